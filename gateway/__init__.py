@@ -1,0 +1,29 @@
+"""An OpenAI-compatible LLM gateway: the public API for plugin and backend authors."""
+
+__version__ = "0.1.0"
+
+from gateway.backend import Backend, BackendConfig, model_object
+from gateway.context import Deployment, Principal, RequestContext
+from gateway.errors import (
+    AuthenticationError,
+    GatewayError,
+    InternalError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    ModelNotFoundError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from gateway.hookspecs import hookimpl
+from gateway.streaming import ChunkFilter
+
+__all__ = [
+    "AuthenticationError", "Backend", "BackendConfig", "ChunkFilter", "Deployment", "GatewayError",
+    "InternalError", "InvalidRequestError", "MethodNotAllowedError", "ModelNotFoundError", "NotFoundError",
+    "PayloadTooLargeError", "PermissionDeniedError", "Principal", "RateLimitError", "RequestContext",
+    "UpstreamError", "UpstreamTimeoutError", "hookimpl", "model_object", "__version__",
+]

@@ -1,0 +1,104 @@
+"""The Backend interface every model provider implements, and the registry built at start-up."""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from gateway.context import RequestContext
+
+
+class BackendConfig(BaseModel):
+    """Settings every backend has; a backend's own ``Config`` subclasses this."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    type: str
+    models: list[str] = Field(default_factory=list, description="model ids this backend serves, for /v1/models")
+    timeout: float = Field(
+        600.0, gt=0, description="seconds allowed for the first output and between two streamed chunks"
+    )
+
+
+class Backend(ABC):
+    """A model provider. One instance per configured backend, entered once for the app's life.
+
+    ``chat(ctx)`` is one async iterator for both modes. Streaming (``ctx.stream``): it yields
+    ``chat.completion.chunk`` dicts, or pre-encoded SSE payloads (``bytes``, the JSON after ``data: ``)
+    on a pass-through path; it never yields ``[DONE]``. Non-streaming: it yields exactly one
+    ``chat.completion`` dict. It sets ``ctx.usage`` when the usage is known, and raises
+    ``gateway.errors.GatewayError`` subclasses for failures. The model to ask for is
+    ``ctx.deployment.model``; the request is ``ctx.body``.
+    """
+
+    type_name: ClassVar[str]
+    Config: ClassVar[type[BackendConfig]] = BackendConfig
+    owned_by: ClassVar[str] = "gateway"
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.name = config.name
+
+    async def __aenter__(self) -> Backend:
+        """Open pooled resources (one ClientSession) for the app's life."""
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Close what ``__aenter__`` opened."""
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """The OpenAI model objects this backend serves."""
+        return [model_object(m, self.owned_by) for m in self.config.models]
+
+    @abstractmethod
+    def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:
+        """Answer a chat completion request (see the class docstring)."""
+
+    def describe(self) -> dict[str, Any]:
+        """What /info shows: the config without secrets."""
+        return {"name": self.name, "type": self.type_name, **_public(self.config)}
+
+
+def model_object(model_id: str, owned_by: str, created: int = 0) -> dict[str, Any]:
+    """An OpenAI ``model`` object."""
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
+
+
+def _public(config: BaseModel) -> dict[str, Any]:
+    """The config as JSON; pydantic shows SecretStr fields as ``**********``."""
+    return config.model_dump(mode="json", exclude={"name", "type"})
+
+
+class BackendRegistry(Mapping[str, Backend]):
+    """The configured backends by name; entered and closed with the application."""
+
+    def __init__(self, backends: list[Backend]) -> None:
+        self._backends = {b.name: b for b in backends}
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    def __getitem__(self, name: str) -> Backend:
+        return self._backends[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._backends)
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    async def __aenter__(self) -> BackendRegistry:
+        async with contextlib.AsyncExitStack() as stack:
+            for backend in self._backends.values():
+                await stack.enter_async_context(backend)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+            self._stack = None

@@ -1,0 +1,104 @@
+"""``gateway serve | check-config | plugins`` (``python -m gateway`` too)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway import __version__
+from gateway.app import create_app, load
+from gateway.config import ConfigError
+from gateway.log import setup_logging
+from gateway.plugin_manager import describe
+
+DEFAULT_CONFIG = "config/gateway.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="An OpenAI-compatible LLM gateway.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    default_config = os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG)
+
+    serve = commands.add_parser("serve", help="serve the gateway (the default command)")
+    serve.add_argument("--config", default=default_config, help=f"config file (default: $GATEWAY_CONFIG or {DEFAULT_CONFIG})")
+    serve.add_argument("--host", help="address to listen on (overrides $HOST and the config)")
+    serve.add_argument("--port", type=int, help="port to listen on (overrides $PORT and the config)")
+
+    check = commands.add_parser("check-config", help="validate a config file without serving")
+    check.add_argument("path", nargs="?", default=default_config)
+
+    plugins = commands.add_parser("plugins", help="list the loaded plugins and the hooks each implements")
+    plugins.add_argument("--config", default=default_config)
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return check_config(args.path)
+        if args.command == "plugins":
+            return list_plugins(args.config, args.json)
+        if args.command is None:
+            args = serve.parse_args([])
+        return run(args.config, args.host, args.port)
+    except ConfigError as exc:
+        print(f"error: invalid config\n{exc}", file=sys.stderr)
+        return 2
+
+
+def check_config(path: str) -> int:
+    loaded = load(path)
+    config = loaded.config
+    print(f"{path}: OK ({len(config.backends)} backends, {len(config.models)} models, {len(loaded.pm.get_plugins())} plugins)")
+    return 0
+
+
+def list_plugins(path: str, as_json: bool) -> int:
+    plugins = describe(load(path).pm)
+    if as_json:
+        print(orjson.dumps(plugins, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for plugin in plugins:
+        print(f"{plugin['name']}: {', '.join(plugin['hooks'])}")  # type: ignore[arg-type]
+    return 0
+
+
+def run(path: str, host: str | None, port: int | None) -> int:
+    """Serve until SIGINT/SIGTERM; in-flight requests get ``server.shutdown_timeout`` to finish."""
+    loaded = load(path)
+    config = loaded.config
+    setup_logging(config.logging.format, config.logging.level)
+    host = host or os.environ.get("HOST") or config.server.host
+    port = port if port is not None else int(os.environ.get("PORT") or config.server.port)
+    app = create_app(loaded)
+    structlog.get_logger("gateway").info(
+        "gateway starting", url=f"http://{host}:{port}", config=path, version=__version__,
+        models=[route.name for route in config.models],
+    )
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        shutdown_timeout=config.server.shutdown_timeout,
+        access_log=None,
+        handler_cancellation=True,
+        print=None,
+        loop=_new_loop(),
+    )
+    return 0
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when it is installed, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()

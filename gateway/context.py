@@ -1,0 +1,75 @@
+"""The request context: one object that walks down the pipeline and that every hook receives."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import structlog
+
+from gateway.keys import config_key
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from gateway.backend import Backend
+    from gateway.config import GatewayConfig
+
+
+@dataclass(slots=True, eq=False)
+class Principal:
+    """Who is calling, as established by ``gateway_authenticate`` (never the key itself)."""
+
+    name: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class Deployment:
+    """Where a request goes: a backend and the model name to ask it for."""
+
+    backend: Backend
+    model: str
+
+
+@dataclass(slots=True, eq=False)
+class RequestContext:
+    """Everything known about one request. Plugins read and edit it; ``state`` is their scratch space.
+
+    ``endpoint`` names the operation (``chat.completions``, ``models.list``, ``models.retrieve``,
+    ``health``, ``info``) or is empty for a path the gateway does not serve.
+    """
+
+    request: web.Request
+    request_id: str
+    endpoint: str = ""
+    body: dict[str, Any] | None = None  # the parsed JSON body, unknown fields included; editable
+    model: str | None = None  # the model the client asked for, after `default` resolution
+    stream: bool = False
+    principal: Principal | None = None
+    deployment: Deployment | None = None  # chosen by gateway_select_backend
+    usage: dict[str, Any] | None = None  # the response's token usage, once known
+    response: dict[str, Any] | None = None  # set in gateway_process_request to answer directly
+    response_headers: dict[str, str] = field(default_factory=dict)  # added to the response
+    status: int = 0  # the HTTP status sent
+    started: float = field(default_factory=time.perf_counter)
+    first_byte: float | None = None  # perf_counter() when the backend's first output arrived
+    state: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None  # the exception that ended the request, if any
+
+    log: ClassVar[structlog.typing.FilteringBoundLogger] = structlog.get_logger("gateway")
+
+    @property
+    def config(self) -> GatewayConfig:
+        """The gateway's validated config."""
+        return self.request.app[config_key]
+
+    @property
+    def backend(self) -> Backend | None:
+        return self.deployment.backend if self.deployment else None
+
+    @property
+    def duration(self) -> float:
+        """Seconds since the request arrived."""
+        return time.perf_counter() - self.started

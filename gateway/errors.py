@@ -1,0 +1,104 @@
+"""Errors a client can see, rendered as OpenAI error objects.
+
+Each class carries its HTTP status, OpenAI ``type`` and default ``code``; raise one anywhere in the
+pipeline (plugins and backends included) and the client gets ``{"error": {...}}`` with that status.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    """Base class: an error with an HTTP status and an OpenAI-shaped body."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The body sent to the client."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationError(InvalidRequestError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(InvalidRequestError):
+    status = 403
+    code = "permission_denied"
+
+
+class NotFoundError(InvalidRequestError):
+    status = 404
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+    def __init__(self, model: str, **kwargs: Any) -> None:
+        kwargs.setdefault("param", "model")
+        super().__init__(f"The model `{model}` does not exist or you do not have access to it.", **kwargs)
+
+
+class MethodNotAllowedError(InvalidRequestError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    status = 413
+    code = "request_too_large"
+
+
+class RateLimitError(GatewayError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class InternalError(GatewayError):
+    """An unexpected failure inside the gateway; the details go to the log, not the client."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+class UpstreamError(GatewayError):
+    """A backend failed (bad status, refused or broken connection)."""
+
+    status = 502
+    type = "upstream_error"
+    code = "bad_gateway"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status = 504
+    code = "upstream_timeout"

@@ -1,0 +1,64 @@
+"""Calling the hooks that may be async: each impl in call order, awaited before the next."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+import structlog
+
+from gateway.hookspecs import ASYNC_HOOKS
+
+log = structlog.get_logger("gateway")
+
+
+async def await_me_maybe(value: Any) -> Any:
+    """Await ``value`` if it is awaitable, else return it."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class Hooks:
+    """The async-capable hooks of one plugin manager, with their impls resolved once at start-up."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self._impls: dict[str, tuple[tuple[Callable[..., Any], tuple[str, ...], str], ...]] = {
+            name: tuple(
+                (impl.function, tuple(impl.argnames), impl.plugin_name)
+                for impl in reversed(getattr(pm.hook, name).get_hookimpls())
+            )
+            for name in ASYNC_HOOKS
+        }
+
+    def has(self, name: str) -> bool:
+        return bool(self._impls[name])
+
+    async def first_result(self, name: str, **kwargs: Any) -> Any:
+        """The first non-None result; later impls are not called. Exceptions propagate."""
+        for function, argnames, _ in self._impls[name]:
+            result = function(*[kwargs[a] for a in argnames])
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                return result
+        return None
+
+    async def call_all(self, name: str, **kwargs: Any) -> None:
+        """Call every impl in order. Exceptions propagate (decision hooks fail closed)."""
+        for function, argnames, _ in self._impls[name]:
+            result = function(*[kwargs[a] for a in argnames])
+            if inspect.isawaitable(result):
+                await result
+
+    async def notify(self, name: str, **kwargs: Any) -> None:
+        """Call every impl in order; an exception is logged and the next impl still runs."""
+        for function, argnames, plugin in self._impls[name]:
+            try:
+                result = function(*[kwargs[a] for a in argnames])
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("observer hook failed", hook=name, plugin=plugin)

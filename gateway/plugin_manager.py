@@ -1,0 +1,98 @@
+"""Building the plugin manager: the built-ins, the ``gateway`` entry points and modules named in YAML."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+
+import pluggy
+
+from gateway import hookspecs
+from gateway.config import ConfigError
+
+#: Built-in plugins by dotted path; each is registered under the path without ``plugins.``.
+DEFAULT_PLUGINS = (
+    "plugins.error_renderer",
+    "plugins.routing",
+    "plugins.request_logging",
+    "plugins.cors",
+    "plugins.backends.mock",
+)
+#: Built-ins that cannot be disabled.
+ESSENTIAL_PLUGINS = frozenset({"error_renderer"})
+
+
+def builtin_name(path: str) -> str:
+    return path.removeprefix("plugins.")
+
+
+def build_plugin_manager(
+    enabled: Iterable[str] = (),
+    disabled: Iterable[str] = (),
+    extra: Iterable[object] = (),
+    *,
+    source: str = "<config>",
+) -> pluggy.PluginManager:
+    """A new plugin manager with the built-ins (less ``disabled``), the ``gateway`` entry points, the
+    modules in ``enabled`` and the ``extra`` plugin objects, validated against the specs."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    disabled = list(disabled)
+    known = {builtin_name(p) for p in DEFAULT_PLUGINS} | {ep.name for ep in entry_points(group=hookspecs.PROJECT)}
+    known |= set(enabled)
+    for i, name in enumerate(disabled):
+        if name in ESSENTIAL_PLUGINS:
+            raise ConfigError(source, [(f"plugins.disabled[{i}]", f"the {name} plugin cannot be disabled")])
+        if name not in known:
+            raise ConfigError(source, [(f"plugins.disabled[{i}]", f"no plugin named {name!r} (known: {', '.join(sorted(known))})")])
+        pm.set_blocked(name)
+
+    for path in DEFAULT_PLUGINS:
+        name = builtin_name(path)
+        if not pm.is_blocked(name):
+            pm.register(importlib.import_module(path), name)
+    pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    for i, path in enumerate(enabled):
+        if pm.is_blocked(path) or pm.has_plugin(path):
+            continue
+        try:
+            module = importlib.import_module(path)
+        except ImportError as exc:
+            raise ConfigError(source, [(f"plugins.enabled[{i}]", f"cannot import plugin module {path!r}: {exc}")]) from None
+        if not pm.is_registered(module):
+            pm.register(module, path)
+    for plugin in extra:
+        pm.register(plugin)
+    check(pm, source)
+    return pm
+
+
+def check(pm: pluggy.PluginManager, source: str = "<config>") -> None:
+    """Every impl matches a spec; sync hooks have no ``async def`` impls; async hooks no wrappers."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError(source, [("plugins", str(exc))]) from None
+    for name in hookspecs_names():
+        for impl in getattr(pm.hook, name).get_hookimpls():
+            where = f"plugin {impl.plugin_name!r}, hook {name}"
+            if name in hookspecs.ASYNC_HOOKS and (impl.wrapper or impl.hookwrapper):
+                raise ConfigError(source, [("plugins", f"{where}: wrappers are not allowed on hooks that may be async")])
+            if name not in hookspecs.ASYNC_HOOKS and inspect.iscoroutinefunction(impl.function):
+                raise ConfigError(source, [("plugins", f"{where}: this hook is synchronous and cannot be `async def`")])
+
+
+def hookspecs_names() -> list[str]:
+    """The names of every hook, in the order hookspecs.py declares them."""
+    return [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("gateway_")]
+
+
+def describe(pm: pluggy.PluginManager) -> list[dict[str, object]]:
+    """Each loaded plugin and the hooks it implements."""
+    return [
+        {"name": name, "hooks": sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())}
+        for name, plugin in pm.list_name_plugin()
+        if plugin is not None
+    ]

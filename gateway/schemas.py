@@ -1,0 +1,192 @@
+"""Request models validated at the boundary, and OpenAI-style messages for what fails.
+
+The models check what the gateway relies on and keep unknown fields (``extra="allow"``): the
+validated dict itself, not a dump of the model, is what plugins and backends receive.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
+from pydantic_core import PydanticCustomError
+
+from gateway.errors import InvalidRequestError
+
+
+def one_of(expected: str) -> WrapValidator:
+    """Report a value that fits no member of a union as one error at the field, not one per member."""
+
+    def validate(value: Any, handler: Any) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            deeper = [e for e in exc.errors() if len(e["loc"]) > 1]  # inside the member that fit the type
+            if not deeper:
+                raise PydanticCustomError("invalid_type", "expected {expected}", {"expected": expected}) from None
+            errors = [{"type": e["type"], "loc": e["loc"][1:], "input": e["input"], "ctx": e.get("ctx", {})} for e in deeper]
+            raise ValidationError.from_exception_data(exc.title, errors) from None
+
+    return WrapValidator(validate)
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class ContentPart(_Open):
+    type: str
+
+
+class StreamOptions(_Open):
+    include_usage: bool | None = None
+
+
+class FunctionDefinition(_Open):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(_Open):
+    type: str = "function"
+    function: FunctionDefinition | None = None
+
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+Content = Annotated[str | list[ContentPart] | None, one_of("a string or an array of content parts")]
+
+
+class ChatMessage(_Open):
+    role: Role
+    content: Content = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatCompletionRequest(_Open):
+    """The body of ``POST /v1/chat/completions``: the fields the gateway checks; others pass through."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=128)
+    max_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    stop: Annotated[str | list[str] | None, one_of("a string or an array of strings")] = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[Tool] | None = None
+    tool_choice: Annotated[
+        Literal["none", "auto", "required"] | dict[str, Any] | None,
+        one_of("'none', 'auto', 'required' or an object naming a tool"),
+    ] = None
+    user: str | None = None
+
+
+_NEEDS_CONTENT = frozenset({"system", "developer", "user", "tool"})
+
+
+def validate_chat_request(body: Any) -> None:
+    """Check a chat completion body; raise ``InvalidRequestError`` naming the first bad ``param``."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("Invalid request body: expected a JSON object.", code="invalid_type")
+    try:
+        ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise request_error(exc) from None
+    if body.get("stream_options") is not None and not body.get("stream"):
+        raise InvalidRequestError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options", code="invalid_value",
+        )
+    for i, message in enumerate(body["messages"]):
+        role = message["role"]
+        if role in _NEEDS_CONTENT and message.get("content") is None:
+            raise missing(f"messages[{i}].content")
+        if role == "tool" and not message.get("tool_call_id"):
+            raise missing(f"messages[{i}].tool_call_id")
+        if role == "assistant" and message.get("content") is None and not (message.get("tool_calls") or message.get("function_call")):
+            raise missing(f"messages[{i}].content")
+
+
+def missing(param: str) -> InvalidRequestError:
+    return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+
+
+def param_path(loc: tuple[Any, ...]) -> str:
+    """``("messages", 0, "role")`` -> ``messages[0].role`` (OpenAI's ``param`` notation)."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_TYPE_NAMES = {
+    "string_type": "a string", "float_type": "a decimal", "int_type": "an integer", "int_from_float": "an integer",
+    "bool_type": "a boolean", "list_type": "an array", "dict_type": "an object", "model_type": "an object",
+    "model_attributes_type": "an object",
+}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"
+
+
+def request_error(exc: ValidationError) -> InvalidRequestError:
+    """The first pydantic error as OpenAI words it (message, ``param``, ``code``)."""
+    err = exc.errors(include_url=False)[0]
+    param, kind, value, ctx = param_path(err["loc"]), err["type"], err.get("input"), err.get("ctx") or {}
+    if kind == "missing":
+        return missing(param)
+    if kind in _TYPE_NAMES or kind == "invalid_type":
+        expected = ctx.get("expected") or _TYPE_NAMES[kind]
+        return InvalidRequestError(
+            f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
+            param=param, code="invalid_type",
+        )
+    if kind == "literal_error":
+        return InvalidRequestError(
+            f"Invalid value: {value!r}. Supported values are: {ctx.get('expected')}.", param=param, code="invalid_value"
+        )
+    number = "integer" if isinstance(value, int) else "decimal"
+    ctx = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in ctx.items()}
+    if kind in ("greater_than_equal", "greater_than"):
+        bound = ">=" if kind == "greater_than_equal" else ">"
+        limit = ctx.get("ge", ctx.get("gt"))
+        return InvalidRequestError(
+            f"Invalid '{param}': {number} below minimum value. Expected a value {bound} {limit}, but got {value} instead.",
+            param=param, code=f"{number}_below_min_value",
+        )
+    if kind in ("less_than_equal", "less_than"):
+        bound = "<=" if kind == "less_than_equal" else "<"
+        limit = ctx.get("le", ctx.get("lt"))
+        return InvalidRequestError(
+            f"Invalid '{param}': {number} above maximum value. Expected a value {bound} {limit}, but got {value} instead.",
+            param=param, code=f"{number}_above_max_value",
+        )
+    if kind == "too_short" and isinstance(value, list) and not value:
+        return InvalidRequestError(
+            f"Invalid '{param}': empty array. Expected an array with minimum length {ctx.get('min_length')}, "
+            "but got an empty array instead.",
+            param=param, code="empty_array",
+        )
+    return InvalidRequestError(f"Invalid '{param}': {err['msg']}.", param=param, code="invalid_value")

@@ -1,0 +1,134 @@
+"""Server-Sent Events: encoding chunks, applying chunk filters, parsing upstream streams, and the
+watchdog that bounds how long a backend may stay silent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import orjson
+
+#: A stream filter (see ``gateway_stream_filter``): called with each chunk, then once with None.
+#: It returns the chunk to send, None to drop it, or a list of chunks.
+ChunkFilter = Callable[[dict[str, Any] | None], dict[str, Any] | list[dict[str, Any]] | None]
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "Connection": "keep-alive",
+    "X-Accel-Buffering": "no",
+}
+DONE = b"data: [DONE]\n\n"
+
+
+def encode_event(item: dict[str, Any] | bytes) -> bytes:
+    """One SSE event for a chunk dict; bytes are already framed events and pass as they are."""
+    if type(item) is bytes:
+        return item
+    return b"data: " + orjson.dumps(item) + b"\n\n"
+
+
+def iter_sse_data(block: bytes) -> Iterable[bytes]:
+    """The ``data:`` payloads of complete SSE events in ``block``."""
+    for event in block.split(b"\n\n"):
+        for line in event.splitlines():
+            if line.startswith(b"data:"):
+                yield line[5:].lstrip(b" ")
+
+
+def decode_items(item: dict[str, Any] | bytes) -> list[dict[str, Any]]:
+    """The chunk dicts in a backend item (a dict, or framed SSE events as bytes)."""
+    if type(item) is not bytes:
+        return [item]  # type: ignore[list-item]
+    return [orjson.loads(data) for data in iter_sse_data(item) if data and data != b"[DONE]"]
+
+
+def apply_filters(filters: list[ChunkFilter], chunks: list[dict[str, Any]], start: int = 0) -> list[dict[str, Any]]:
+    """Pass ``chunks`` through ``filters[start:]`` in order."""
+    for f in filters[start:]:
+        out: list[dict[str, Any]] = []
+        for chunk in chunks:
+            result = f(chunk)
+            if result is None:
+                continue
+            if isinstance(result, dict):
+                out.append(result)
+            else:
+                out.extend(result)
+        chunks = out
+    return chunks
+
+
+def flush_filters(filters: list[ChunkFilter]) -> list[dict[str, Any]]:
+    """Call each filter with None, in order; what one releases passes through the later ones."""
+    released: list[dict[str, Any]] = []
+    for f in filters:
+        released = apply_filters([f], released)
+        held = f(None)
+        if held is not None:
+            released += [held] if isinstance(held, dict) else list(held)
+    return released
+
+
+async def iter_sse(lines: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, bytes]]:
+    """Parse an upstream SSE byte stream (an iterator of lines) into ``(event, data)`` pairs."""
+    event, data = "message", []
+    async for raw in lines:
+        line = raw.rstrip(b"\r\n")
+        if not line:
+            if data:
+                yield event, b"\n".join(data)
+            event, data = "message", []
+        elif line.startswith(b"data:"):
+            data.append(line[5:].removeprefix(b" "))
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode()
+    if data:
+        yield event, b"\n".join(data)
+
+
+class Watchdog:
+    """Cancels the current task when a backend stays silent for ``timeout`` seconds.
+
+    One timer for the whole response, re-armed only when it fires: the per-chunk cost is two
+    attribute writes (``waiting()`` / ``idle()``), not a timer per chunk.
+    """
+
+    __slots__ = ("loop", "task", "timeout", "since", "fired", "_handle")
+
+    def __init__(self, timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.timeout = timeout
+        self.since: float | None = None  # when the current wait began; None while not waiting
+        self.fired = False
+        self._handle = self.loop.call_later(timeout, self._check)
+
+    def waiting(self) -> None:
+        self.since = self.loop.time()
+
+    def idle(self) -> None:
+        self.since = None
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        if self.since is not None and now - self.since >= self.timeout:
+            self.fired = True
+            assert self.task is not None
+            self.task.cancel()
+            return
+        start = now if self.since is None else self.since
+        self._handle = self.loop.call_at(start + self.timeout, self._check)
+
+    def expired(self) -> bool:
+        """After a ``CancelledError``: True if this watchdog caused it (the cancel is then withdrawn)."""
+        if not self.fired:
+            return False
+        self.fired = False
+        assert self.task is not None
+        self.task.uncancel()
+        return True
+
+    def stop(self) -> None:
+        self._handle.cancel()

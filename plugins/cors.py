@@ -1,0 +1,61 @@
+"""CORS for every route, streaming included, through aiohttp-cors (headers go out on prepare)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import aiohttp_cors
+from aiohttp import web
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from gateway import hookimpl
+from gateway.config import GatewayConfig
+
+
+def _split(value: Any) -> Any:
+    """Accept a comma-separated string (``ALLOW_ORIGINS=http://a,http://b``) as well as a list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+Names = Annotated[list[str], BeforeValidator(_split)]
+
+
+class CorsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    allow_origins: Names = Field(default_factory=lambda: ["*"], description="origins allowed; `*` for any; [] turns CORS off")
+    allow_methods: Names = Field(default_factory=lambda: ["*"], description="methods allowed in preflight")
+    allow_headers: Names = Field(default_factory=lambda: ["*"], description="request headers allowed")
+    expose_headers: Names = Field(default_factory=lambda: ["*"], description="response headers scripts may read")
+    allow_credentials: bool = False
+    max_age: int | None = Field(None, ge=0, description="seconds a preflight answer may be cached")
+
+
+@hookimpl
+def gateway_register_config(register):  # type: ignore[no-untyped-def]
+    """Declare the ``cors`` section."""
+    register("cors", CorsConfig)
+
+
+@hookimpl(trylast=True)
+def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
+    """Apply the CORS policy to every route (trylast: after every plugin added its routes)."""
+    cors: CorsConfig = config.plugin_config("cors")
+    if not cors.allow_origins:
+        return
+
+    def star_or_list(names: list[str]) -> Any:
+        return "*" if "*" in names else names
+
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=cors.allow_credentials,
+        expose_headers=star_or_list(cors.expose_headers),
+        allow_headers=star_or_list(cors.allow_headers),
+        allow_methods=star_or_list(cors.allow_methods),
+        max_age=cors.max_age,
+    )
+    setup = aiohttp_cors.setup(app, defaults={origin: options for origin in cors.allow_origins})
+    for route in list(app.router.routes()):
+        setup.add(route)

@@ -1,0 +1,38 @@
+"""The default error rendering: gateway errors as they are, HTTP errors mapped, anything else a
+logged 500 that tells the client only the request id."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway import hookimpl
+from gateway.context import RequestContext
+from gateway.errors import GatewayError, InternalError, InvalidRequestError, MethodNotAllowedError, NotFoundError
+
+
+@hookimpl(trylast=True)
+def gateway_handle_error(ctx: RequestContext, error: BaseException) -> GatewayError:
+    """Render ``error`` for the client."""
+    if isinstance(error, GatewayError):
+        return error
+    if isinstance(error, web.HTTPException):
+        return from_http_exception(ctx, error)
+    ctx.log.error("unexpected error", path=ctx.request.path, exc_info=error)
+    return InternalError(
+        f"The server had an error while processing your request (request id {ctx.request_id}). "
+        "Retry, and report the request id if the error persists."
+    )
+
+
+def from_http_exception(ctx: RequestContext, error: web.HTTPException) -> GatewayError:
+    request = ctx.request
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        allowed = sorted(error.allowed_methods)
+        return MethodNotAllowedError(
+            f"Method {request.method} is not allowed for {request.path}; use {', '.join(allowed)}.",
+            headers={"Allow": ", ".join(allowed)},
+        )
+    if isinstance(error, web.HTTPNotFound):
+        return NotFoundError(f"Invalid URL ({request.method} {request.path})", code="unknown_url")
+    kind = InvalidRequestError if error.status < 500 else GatewayError
+    return kind(error.text or error.reason, status=error.status, code=None)
