@@ -29,6 +29,11 @@ from gateway.routes import setup_routes
 
 ConfigSource = str | os.PathLike[str] | Mapping[str, Any]
 
+#: How every server of the app runs (``gateway serve`` and the test servers): a client that
+#: disconnects cancels its handler (and so the backend call); aiohttp's access log is replaced by
+#: the ``request_logging`` plugin.
+RUNNER_OPTIONS: dict[str, Any] = {"handler_cancellation": True, "access_log": None}
+
 
 @dataclass(frozen=True)
 class Loaded:

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from gateway import __version__
-from gateway.app import create_app, load
+from gateway.app import RUNNER_OPTIONS, create_app, load
 from gateway.config import ConfigError
 from gateway.log import setup_logging
 from gateway.plugin_manager import describe
@@ -87,9 +87,8 @@ def run(path: str, host: str | None, port: int | None) -> int:
         host=host,
         port=port,
         shutdown_timeout=config.server.shutdown_timeout,
-        access_log=None,
-        handler_cancellation=True,
         print=None,
+        **RUNNER_OPTIONS,
         loop=_new_loop(),
     )
     return 0

@@ -13,7 +13,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.chat_format import completion_to_chunks
+from gateway.chat_format import completion_to_chunks, include_usage
 from gateway.context import RequestContext
 from gateway.errors import (
     GatewayError,
@@ -248,7 +248,7 @@ async def _answer_directly(ctx: RequestContext, completion: dict[str, Any]) -> w
         return json_response(completion)
 
     async def replay() -> AsyncIterator[dict[str, Any]]:
-        for chunk in completion_to_chunks(completion, include_usage=_include_usage(ctx.body)):
+        for chunk in completion_to_chunks(completion, include_usage(ctx.body or {})):
             yield chunk
 
     watchdog = Watchdog(600.0)
@@ -257,7 +257,3 @@ async def _answer_directly(ctx: RequestContext, completion: dict[str, Any]) -> w
     finally:
         watchdog.stop()
 
-
-def _include_usage(body: dict[str, Any] | None) -> bool:
-    options = (body or {}).get("stream_options") or {}
-    return bool(options.get("include_usage"))

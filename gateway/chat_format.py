@@ -1,0 +1,207 @@
+"""Builders for OpenAI chat completion objects, shared by every backend.
+
+Plain dicts, no validation: these run on the hot path, once per streamed chunk. The shapes follow
+OpenAI's OpenAPI spec (``CreateChatCompletionResponse``, ``CreateChatCompletionStreamResponse``,
+``ChatCompletionResponseMessage``, ``ChatCompletionStreamResponseDelta``, ``CompletionUsage``).
+
+Token estimates (``estimate_tokens``, ``estimate_prompt_tokens``) need no tokenizer: a text counts
+``ceil(len(text) / 4)`` tokens (OpenAI's rule of thumb of about four characters per token for
+English), at least 1 when it is not empty. A prompt adds 3 tokens per message and 1 per ``name``, plus
+3 for priming the reply, as OpenAI's cookbook counts for its chat models. Text parts, tool-call names
+and arguments count as text; an image part counts 85 tokens (the cost of a low-detail image); other
+parts count nothing. Good enough for accounting and limits when an upstream reports no usage.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+#: Tokens added for each message of a prompt, and for priming the assistant's reply.
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING_TOKENS = 3
+IMAGE_PART_TOKENS = 85
+
+_MISSING: Any = object()
+
+
+def _random_suffix() -> str:
+    """32 random url-safe characters (24 random bytes)."""
+    return base64.urlsafe_b64encode(os.urandom(24)).decode("ascii")
+
+
+def completion_id() -> str:
+    """A new ``chatcmpl-...`` id."""
+    return "chatcmpl-" + _random_suffix()
+
+
+def tool_call_id() -> str:
+    """A new ``call_...`` id for a tool call."""
+    return "call_" + _random_suffix()
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """A ``CompletionUsage`` object."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    """A complete function tool call, as in a non-streamed message's ``tool_calls``."""
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def message_choice(
+    index: int,
+    content: str | None,
+    finish_reason: str | None,
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One choice of a ``chat.completion``; ``tool_calls`` appears only when given."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason}
+
+
+def chat_completion(
+    id: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    usage: Mapping[str, Any] | None,
+    system_fingerprint: str | None = None,
+) -> dict[str, Any]:
+    """A ``chat.completion`` object; ``choices`` are built with ``message_choice``."""
+    return {
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+        "system_fingerprint": system_fingerprint,
+    }
+
+
+def chunk_choice(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    """One choice of a ``chat.completion.chunk``."""
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+def chunk(
+    id: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    usage: Mapping[str, Any] | None = _MISSING,
+    system_fingerprint: str | None = None,
+) -> dict[str, Any]:
+    """A ``chat.completion.chunk`` object; ``choices`` are built with ``chunk_choice``.
+
+    ``usage`` is left out unless given: when the request asked for
+    ``stream_options.include_usage``, pass ``None`` on every chunk and the usage on one last chunk
+    with ``choices=[]`` (``usage_chunk``), as OpenAI does.
+    """
+    out = {
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": system_fingerprint,
+        "choices": choices,
+    }
+    if usage is not _MISSING:
+        out["usage"] = usage
+    return out
+
+
+def usage_chunk(
+    id: str, created: int, model: str, usage: Mapping[str, Any], system_fingerprint: str | None = None
+) -> dict[str, Any]:
+    """The last chunk of a stream with ``include_usage``: no choices, the usage of the whole reply."""
+    return chunk(id, created, model, [], usage, system_fingerprint)
+
+
+def include_usage(body: Mapping[str, Any]) -> bool:
+    """Whether a streaming request asked for ``stream_options.include_usage``."""
+    options = body.get("stream_options")
+    return bool(options and options.get("include_usage"))
+
+
+def estimate_tokens(text: str | None) -> int:
+    """Tokens in ``text``: ``ceil(len / 4)``, at least 1 for a non-empty text, 0 for none."""
+    return (len(text) + 3) // 4 if text else 0
+
+
+def content_text(content: Any) -> str:
+    """The text of a message ``content``: a string, None, or a list of parts (text parts joined by \\n)."""
+    if isinstance(content, str):
+        return content
+    if not content:
+        return ""
+    return "\n".join(p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+def _content_tokens(content: Any) -> int:
+    if isinstance(content, str):
+        return estimate_tokens(content)
+    if not content:
+        return 0
+    total = 0
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind == "text":
+            total += estimate_tokens(part.get("text"))
+        elif kind in ("image_url", "input_image"):
+            total += IMAGE_PART_TOKENS
+    return total
+
+
+def estimate_prompt_tokens(messages: Iterable[Mapping[str, Any]] | None) -> int:
+    """Tokens in a prompt's ``messages`` (see the module docstring for the method)."""
+    total = REPLY_PRIMING_TOKENS
+    for message in messages or ():
+        total += TOKENS_PER_MESSAGE + _content_tokens(message.get("content"))
+        if message.get("name"):
+            total += TOKENS_PER_NAME + estimate_tokens(message["name"])
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            total += estimate_tokens(function.get("name")) + estimate_tokens(function.get("arguments"))
+    return total
+
+
+def completion_to_chunks(completion: Mapping[str, Any], include_usage: bool = False) -> list[dict[str, Any]]:
+    """The chunks that stream a complete ``chat.completion``: per choice a role delta, its content
+    (and tool calls, with their index), and a finish chunk; then the usage chunk if asked for."""
+    id, created, model = completion["id"], completion["created"], completion["model"]
+    fingerprint = completion.get("system_fingerprint")
+    extra = {"usage": None} if include_usage else {}
+    chunks = []
+    for choice in completion["choices"]:
+        message, index = choice["message"], choice["index"]
+        delta: dict[str, Any] = {"role": "assistant", "content": message.get("content"), "refusal": None}
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+        chunks.append(chunk(id, created, model, [chunk_choice(index, delta)], system_fingerprint=fingerprint, **extra))
+        chunks.append(
+            chunk(
+                id,
+                created,
+                model,
+                [chunk_choice(index, {}, choice["finish_reason"])],
+                system_fingerprint=fingerprint,
+                **extra,
+            )
+        )
+    if include_usage and completion.get("usage"):
+        chunks.append(usage_chunk(id, created, model, completion["usage"], fingerprint))
+    return chunks

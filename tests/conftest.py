@@ -1,0 +1,35 @@
+"""Shared fixtures: a fresh gateway per test, over real sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import pytest
+import structlog
+from aiohttp.test_utils import TestClient
+
+from gateway.testing import make_app
+
+GatewayClient = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_structlog() -> Iterable[None]:
+    """Tests start from structlog's defaults (a test that sets up logging must not leak it)."""
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def gateway(aiohttp_client: Any) -> GatewayClient:
+    """``client = await gateway(config=None, plugins=())``: a TestClient on a new gateway app
+    (default config: the mock backend serving ``mock-gpt-model``)."""
+
+    async def start(config: Any = None, plugins: Iterable[object] = ()) -> TestClient:
+        return await aiohttp_client(make_app(config, plugins=plugins))
+
+    return start
+
