@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ REDACTED = "[REDACTED]"
 def redact(value: Any) -> Any:
     """``value`` with credentials masked: secret-named keys of mappings, bearer/``sk-`` strings."""
     if isinstance(value, str):
-        return _SECRET_VALUE.sub(_mask, value)
+        return _SECRET_VALUE.sub(_mask, value) if _may_hold_secret(value) else value
     if isinstance(value, dict):
         return {k: REDACTED if str(k).lower() in SECRET_KEYS else redact(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -29,35 +30,66 @@ def redact(value: Any) -> Any:
     return value
 
 
+def _may_hold_secret(value: str) -> bool:
+    """A cheap test that lets most strings skip the regex."""
+    lowered = value.lower()
+    return "bearer" in lowered or "sk-" in lowered or lowered.startswith(("token", "basic"))
+
+
 def _mask(match: re.Match[str]) -> str:
     return (match.group(1) or match.group(2) or "") + REDACTED
 
 
+#: Fields the gateway fills itself with values that cannot hold a secret: not scanned.
+_TRUSTED_FIELDS = frozenset({"event", "level", "timestamp", "method", "status", "stream"})
+
+
 def redact_processor(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: redact every field of a log event."""
-    for key, value in event_dict.items():
-        if key.lower() in SECRET_KEYS:
+    """structlog processor: mask secret-named fields and credentials in any field's value."""
+    if not SECRET_KEYS.isdisjoint(event_dict):
+        for key in SECRET_KEYS.intersection(event_dict):
             event_dict[key] = REDACTED
-        elif isinstance(value, (str, dict, list, tuple)):
+    for key, value in event_dict.items():
+        if type(value) is str:
+            if key not in _TRUSTED_FIELDS and _may_hold_secret(value):
+                event_dict[key] = _SECRET_VALUE.sub(_mask, value)
+        elif isinstance(value, (dict, list, tuple)):
             event_dict[key] = redact(value)
     return event_dict
+
+
+def render_json(_logger: Any, _method: str, event_dict: dict[str, Any]) -> bytes:
+    """structlog renderer: one JSON line (orjson; unknown types as their repr)."""
+    return orjson.dumps(event_dict, default=repr)
+
+
+class _Timestamp:
+    """structlog processor: ``timestamp`` in ISO 8601 UTC with milliseconds, the date part
+    formatted once per second rather than once per line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+        return event_dict
 
 
 def setup_logging(fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
     """Configure structlog process-wide: ``json`` lines, ``console``, or ``auto`` (console on a TTY)."""
     stream = stream or sys.stdout
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_processor,
-    ]
+    processors: list[Any] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, _Timestamp()]
     if console:
-        processors.append(structlog.dev.ConsoleRenderer())
+        processors += [redact_processor, structlog.dev.ConsoleRenderer()]
         factory: Any = structlog.PrintLoggerFactory(stream)
     else:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+        processors += [structlog.processors.format_exc_info, redact_processor, render_json]
         factory = structlog.BytesLoggerFactory(getattr(stream, "buffer", stream))
     structlog.configure(
         processors=processors,

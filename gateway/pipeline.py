@@ -4,8 +4,8 @@ backend, stream or serialise, and render errors. Handlers in routes.py stay thin
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -47,7 +47,7 @@ async def context_middleware(
 ) -> web.StreamResponse:
     """Give the request its context and id, turn any exception into an OpenAI error object, send
     the response, then call ``gateway_request_finished`` once."""
-    ctx = RequestContext(request=request, request_id=request.headers.get("X-Request-ID") or uuid.uuid4().hex)
+    ctx = RequestContext(request=request, request_id=request.headers.get("X-Request-ID") or os.urandom(16).hex())
     request[ctx_key] = ctx
     structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
     try:
@@ -103,10 +103,8 @@ async def read_json(request: web.Request) -> Any:
     """The parsed request body: 413 over the size limit, 400 when it is not JSON."""
     try:
         raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLargeError(
-            f"Request body too large: the limit is {exc.max_size} bytes, got at least {exc.actual_size}."
-        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLargeError(f"Request body too large: the limit is {request.client_max_size} bytes.") from None
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -49,6 +49,17 @@ def build_plugin_manager(
             raise ConfigError(source, [(f"plugins.disabled[{i}]", f"no plugin named {name!r} (known: {', '.join(sorted(known))})")])
         pm.set_blocked(name)
 
+    try:
+        _register_all(pm, enabled, extra, source)
+        pm.check_pending()  # every impl names a hook that exists
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError(source, [("plugins", str(exc).replace("\n", " "))]) from None
+    check_async_rules(pm, source)
+    return pm
+
+
+def _register_all(pm: pluggy.PluginManager, enabled: Iterable[str], extra: Iterable[object], source: str) -> None:
+    """Register the built-ins (unless blocked), the entry points, the YAML modules, then ``extra``."""
     for path in DEFAULT_PLUGINS:
         name = builtin_name(path)
         if not pm.is_blocked(name):
@@ -65,16 +76,10 @@ def build_plugin_manager(
             pm.register(module, path)
     for plugin in extra:
         pm.register(plugin)
-    check(pm, source)
-    return pm
 
 
-def check(pm: pluggy.PluginManager, source: str = "<config>") -> None:
-    """Every impl matches a spec; sync hooks have no ``async def`` impls; async hooks no wrappers."""
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise ConfigError(source, [("plugins", str(exc))]) from None
+def check_async_rules(pm: pluggy.PluginManager, source: str = "<config>") -> None:
+    """Sync hooks have no ``async def`` impls; hooks that may be async have no wrappers."""
     for name in hookspecs_names():
         for impl in getattr(pm.hook, name).get_hookimpls():
             where = f"plugin {impl.plugin_name!r}, hook {name}"

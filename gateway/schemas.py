@@ -167,7 +167,7 @@ def request_error(exc: ValidationError) -> InvalidRequestError:
         return InvalidRequestError(
             f"Invalid value: {value!r}. Supported values are: {ctx.get('expected')}.", param=param, code="invalid_value"
         )
-    number = "integer" if isinstance(value, int) else "decimal"
+    number = "decimal" if any(isinstance(ctx.get(k), float) for k in ("ge", "gt", "le", "lt")) else "integer"
     ctx = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in ctx.items()}
     if kind in ("greater_than_equal", "greater_than"):
         bound = ">=" if kind == "greater_than_equal" else ">"

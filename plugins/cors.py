@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import aiohttp_cors
-from aiohttp import web
+from aiohttp import hdrs, web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from gateway import hookimpl
@@ -59,3 +59,22 @@ def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
     setup = aiohttp_cors.setup(app, defaults={origin: options for origin in cors.allow_origins})
     for route in list(app.router.routes()):
         setup.add(route)
+    app.on_response_prepare.append(_unrouted_responses(cors))
+
+
+def _unrouted_responses(cors: CorsConfig) -> Any:
+    """aiohttp-cors answers only for matched routes; give 404/405 errors the same headers so a
+    browser shows the gateway's error rather than a CORS failure."""
+    any_origin = "*" in cors.allow_origins
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if not origin or hdrs.ACCESS_CONTROL_ALLOW_ORIGIN in response.headers:
+            return
+        if any_origin or origin in cors.allow_origins:
+            response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin  # echoed, as aiohttp-cors does
+            response.headers.add(hdrs.VARY, hdrs.ORIGIN)
+            if cors.allow_credentials:
+                response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
+
+    return on_prepare
