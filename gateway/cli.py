@@ -76,7 +76,8 @@ def run(path: str, host: str | None, port: int | None) -> int:
     config = loaded.config
     setup_logging(config.logging.format, config.logging.level)
     host = host or os.environ.get("HOST") or config.server.host
-    port = port if port is not None else int(os.environ.get("PORT") or config.server.port)
+    if port is None:
+        port = _env_port() or config.server.port
     app = create_app(loaded)
     structlog.get_logger("gateway").info(
         "gateway starting", url=f"http://{host}:{port}", config=path, version=__version__,
@@ -92,6 +93,16 @@ def run(path: str, host: str | None, port: int | None) -> int:
         loop=_new_loop(),
     )
     return 0
+
+
+def _env_port() -> int | None:
+    """``$PORT`` as a port number, or None when unset."""
+    value = os.environ.get("PORT")
+    if not value:
+        return None
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise ConfigError("environment", [("PORT", f"must be a port number from 0 to 65535 (got {value!r})")])
+    return int(value)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -43,7 +43,7 @@ class ServerConfig(_Section):
     host: str = Field("0.0.0.0", description="address to listen on (env HOST and --host override it)")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (env PORT and --port override it)")
     max_body_size: int = Field(32 * 1024 * 1024, gt=0, description="largest request body in bytes (larger: 413)")
-    shutdown_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get to finish on SIGTERM")
+    shutdown_timeout: float = Field(30.0, gt=0, description="seconds in-flight requests get to finish on SIGTERM")
 
 
 class LoggingConfig(_Section):

@@ -41,7 +41,7 @@ def _mask(match: re.Match[str]) -> str:
 
 
 #: Fields the gateway fills itself with values that cannot hold a secret: not scanned.
-_TRUSTED_FIELDS = frozenset({"event", "level", "timestamp", "method", "status", "stream"})
+_TRUSTED_FIELDS = frozenset({"level", "timestamp", "method", "status", "stream"})
 
 
 def redact_processor(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -84,17 +84,23 @@ def setup_logging(fmt: str = "auto", level: str = "info", stream: Any = None) ->
     """Configure structlog process-wide: ``json`` lines, ``console``, or ``auto`` (console on a TTY)."""
     stream = stream or sys.stdout
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
-    processors: list[Any] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, _Timestamp()]
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _Timestamp(),
+        structlog.processors.format_exc_info,  # tracebacks become text before redaction sees them
+        redact_processor,
+    ]
     if console:
-        processors += [redact_processor, structlog.dev.ConsoleRenderer()]
+        processors.append(structlog.dev.ConsoleRenderer())
         factory: Any = structlog.PrintLoggerFactory(stream)
     else:
-        processors += [structlog.processors.format_exc_info, redact_processor, render_json]
+        processors.append(render_json)
         factory = structlog.BytesLoggerFactory(getattr(stream, "buffer", stream))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=factory,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,  # a later setup_logging (tests, reloads) must take effect everywhere
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")

@@ -30,6 +30,7 @@ from gateway.streaming import DONE, SSE_HEADERS, Watchdog, apply_filters, decode
 
 log = structlog.get_logger("gateway")
 
+MAX_REQUEST_ID = 200  # a longer X-Request-ID from a client is replaced by a new one
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the response was complete
 
 INVALID_JSON = (
@@ -47,7 +48,10 @@ async def context_middleware(
 ) -> web.StreamResponse:
     """Give the request its context and id, turn any exception into an OpenAI error object, send
     the response, then call ``gateway_request_finished`` once."""
-    ctx = RequestContext(request=request, request_id=request.headers.get("X-Request-ID") or os.urandom(16).hex())
+    request_id = request.headers.get("X-Request-ID")
+    if not request_id or len(request_id) > MAX_REQUEST_ID:
+        request_id = os.urandom(16).hex()
+    ctx = RequestContext(request=request, request_id=request_id)
     request[ctx_key] = ctx
     structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
     try:
@@ -167,9 +171,16 @@ async def chat_completions(ctx: RequestContext) -> web.StreamResponse:
         response = await _first(ctx, chunks, watchdog)
     finally:
         watchdog.stop()
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await close(chunks)
     await app[hooks_key].call_all("gateway_process_response", ctx=ctx, response=response)
     return json_response(response)
+
+
+async def close(chunks: AsyncIterator[Any]) -> None:
+    """Close a backend's iterator (an async generator ends its upstream call here)."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 async def _first(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watchdog) -> Any:

@@ -64,14 +64,18 @@ def _register_all(pm: pluggy.PluginManager, enabled: Iterable[str], extra: Itera
         name = builtin_name(path)
         if not pm.is_blocked(name):
             pm.register(importlib.import_module(path), name)
-    pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    try:
+        pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    except Exception as exc:  # an installed plugin that fails to import
+        raise ConfigError(source, [("plugins", f"loading a `gateway` entry point failed: {type(exc).__name__}: {exc}")]) from None
     for i, path in enumerate(enabled):
         if pm.is_blocked(path) or pm.has_plugin(path):
             continue
         try:
             module = importlib.import_module(path)
-        except ImportError as exc:
-            raise ConfigError(source, [(f"plugins.enabled[{i}]", f"cannot import plugin module {path!r}: {exc}")]) from None
+        except Exception as exc:
+            problem = f"cannot import plugin module {path!r}: {type(exc).__name__}: {exc}"
+            raise ConfigError(source, [(f"plugins.enabled[{i}]", problem)]) from None
         if not pm.is_registered(module):
             pm.register(module, path)
     for plugin in extra:

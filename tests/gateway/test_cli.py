@@ -1,0 +1,250 @@
+"""The real CLI in subprocesses: ``check-config``, ``plugins``, ``serve`` (ports, SIGTERM, graceful
+shutdown of an in-flight stream) and ``--version``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from gateway import __version__
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = "config/gateway.yaml"
+TIMEOUT = 20  # seconds any one CLI command may take before the test fails
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PORT", "HOST", "GATEWAY_CONFIG", "ALLOW_ORIGINS")}
+    env.update(extra)
+    return env
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        check=False, cwd=ROOT, env=clean_env(**env), capture_output=True, text=True, timeout=TIMEOUT,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Server:
+    """``gateway serve`` in a subprocess; stopped (and reaped) whatever happens in the test."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", *args],
+            cwd=ROOT, env=clean_env(HOST="127.0.0.1", **env),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.output = ""
+
+    def wait_up(self, port: int, timeout: float = 10) -> str:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out, err = self.proc.communicate()
+                pytest.fail(f"gateway serve exited with {self.proc.returncode}:\n{out}\n{err}")
+            try:
+                if requests.get(url + "/health", timeout=1).status_code == 200:
+                    return url
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"gateway serve did not answer on port {port} within {timeout} s")
+
+    def terminate_and_wait(self, timeout: float = 5) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"gateway serve still running {timeout} s after SIGTERM")
+        self.output = out + err
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=5)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.kill()
+
+
+# One-shot commands -----------------------------------------------------------------------------
+
+
+def test_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"gateway {__version__}"
+
+
+def test_check_config_ok() -> None:
+    result = cli("check-config", CONFIG)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{CONFIG}: OK")
+    assert "1 backends" in result.stdout
+
+
+BAD = """\
+backends:
+  - {name: mock, type: mock, bogus: 1}
+models:
+  - {name: mock-gpt-model, backend: nowhere}
+"""
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["serve", "--config"]], ids=["check-config", "serve"])
+def test_bad_config_exits_2_with_a_message(tmp_path: Path, command: list[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    result = cli(*command, str(path), PORT=str(free_port()))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{path}: backends[0].bogus: unknown key" in result.stderr
+    assert f"{path}: models[0].backend: " in result.stderr and "nowhere" in result.stderr
+    assert result.stdout == ""
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "missing.yaml"
+    result = cli("check-config", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert str(path) in result.stderr and "cannot read config file" in result.stderr
+
+
+def test_plugins_lists_the_builtins_with_their_hooks() -> None:
+    text = cli("plugins", "--config", CONFIG)
+    assert text.returncode == 0, text.stderr
+    lines = dict(line.split(": ", 1) for line in text.stdout.splitlines())
+    assert list(lines)[:5] == ["error_renderer", "routing", "request_logging", "cors", "backends.mock"]
+    assert lines["error_renderer"] == "gateway_handle_error"
+    assert lines["routing"] == "gateway_select_backend"
+    assert lines["cors"] == "gateway_register_config, gateway_setup_app"
+    assert lines["backends.mock"] == "gateway_register_backends"
+
+    as_json = cli("plugins", "--json", "--config", CONFIG)
+    assert as_json.returncode == 0, as_json.stderr
+    plugins = json.loads(as_json.stdout)
+    assert {p["name"]: p["hooks"] for p in plugins}["request_logging"] == ["gateway_register_config", "gateway_request_finished"]
+    assert [p["name"] for p in plugins][:5] == list(lines)[:5]
+
+
+# serve -----------------------------------------------------------------------------------------
+
+
+def chat(url: str, **body: object) -> requests.Response:
+    payload = {"model": "mock-gpt-model", "messages": [{"role": "user", "content": "ping pong"}], **body}
+    return requests.post(url + "/v1/chat/completions", json=payload, timeout=5)
+
+
+def test_serve_port_option_overrides_env_and_sigterm_exits_0(servers: list[Server]) -> None:
+    env_port, option_port = free_port(), free_port()
+    server = Server(["--config", CONFIG, "--port", str(option_port)], {"PORT": str(env_port)})
+    servers.append(server)
+    url = server.wait_up(option_port)
+    assert not port_open(env_port)
+
+    resp = chat(url)
+    assert resp.status_code == 200
+    assert resp.json()["choices"][0]["message"]["content"] == "ping pong"
+    assert resp.headers["X-Request-ID"]
+
+    assert server.terminate_and_wait(5) == 0
+    assert "Traceback" not in server.output
+
+
+STREAMING = """\
+server: {{host: 127.0.0.1, port: {port}}}
+backends:
+  - {{name: mock, type: mock, models: [mock-gpt-model], chunk_delay: 0.2, chunks: 5, reply: "one two three four five"}}
+models:
+  - {{name: mock-gpt-model, backend: mock}}
+"""
+
+
+def test_serve_env_port_and_graceful_shutdown(tmp_path: Path, servers: list[Server]) -> None:
+    config_port, env_port = free_port(), free_port()
+    path = tmp_path / "slow.yaml"
+    path.write_text(STREAMING.format(port=config_port))
+    server = Server(["--config", str(path)], {"PORT": str(env_port)})
+    servers.append(server)
+    url = server.wait_up(env_port)
+    assert not port_open(config_port)
+
+    first_chunk = threading.Event()
+    received: list[bytes] = []
+    failure: list[Exception] = []
+
+    def stream() -> None:
+        try:
+            payload = {"model": "mock-gpt-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            with requests.post(url + "/v1/chat/completions", json=payload, stream=True, timeout=(2, 5)) as resp:
+                assert resp.status_code == 200
+                for data in resp.iter_content(chunk_size=None):
+                    received.append(data)
+                    first_chunk.set()
+        except Exception as exc:  # noqa: BLE001 - reported to the test thread
+            failure.append(exc)
+        finally:
+            first_chunk.set()
+
+    reader = threading.Thread(target=stream, daemon=True)
+    reader.start()
+    assert first_chunk.wait(5), "no chunk within 5 s"
+    assert not failure, failure
+    server.proc.send_signal(signal.SIGTERM)
+    sent_at = time.monotonic()
+
+    time.sleep(0.2)  # the listening socket closes on SIGTERM; the stream is still going (~1.2 s)
+    assert server.proc.poll() is None, "exited before the in-flight stream finished"
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(url + "/health", timeout=1)
+
+    reader.join(5)
+    assert not reader.is_alive(), "stream did not finish"
+    assert not failure, failure
+    text = b"".join(received).decode()
+    assert text.endswith("data: [DONE]\n\n")
+    contents = [
+        json.loads(line[len("data: "):])["choices"][0]["delta"].get("content", "")
+        for line in text.split("\n\n") if line.startswith("data: {")
+    ]
+    assert "".join(contents) == "one two three four five"
+
+    assert server.wait(5) == 0
+    assert time.monotonic() - sent_at < 5
+    assert "Traceback" not in server.output

@@ -1,0 +1,416 @@
+"""The ``request_logging`` plugin (one access line per request, after its last byte) and the log
+set-up around it (``gateway.log``: JSON lines, levels, secret redaction)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+import gateway.hookcall
+import gateway.pipeline
+import gateway.routes
+from gateway import hookimpl
+from gateway.context import RequestContext
+from gateway.log import REDACTED, redact, setup_logging
+from gateway.testing import MOCK_MODEL, mock_config
+
+PROMPT = "count these five words"
+CHAT = {"model": MOCK_MODEL, "messages": [{"role": "user", "content": PROMPT}]}
+SECRET = "sk-secret-0123456789abcdef"
+ACCESS_FIELDS = {
+    "event", "level", "timestamp", "request_id", "method", "path", "status", "model", "backend", "stream",
+    "duration_ms", "ttfb_ms", "prompt_tokens", "completion_tokens",
+}
+
+
+class Finished:
+    """Counts finished requests; ``trylast``, so it runs after the access log was written."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @hookimpl(trylast=True)
+    def gateway_request_finished(self, ctx: RequestContext, error: BaseException | None) -> None:
+        self.count += 1
+
+    async def wait(self, count: int, timeout: float = 5.0) -> None:
+        """Until ``count`` requests have finished (the client may see the response before that)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.count < count:
+            assert asyncio.get_running_loop().time() < deadline, f"{self.count} of {count} requests finished"
+            await asyncio.sleep(0.002)
+
+
+class Leaky:
+    """A plugin that fails with the caller's credentials in the exception message."""
+
+    @hookimpl
+    def gateway_process_request(self, ctx: RequestContext) -> None:
+        raise RuntimeError("upstream refused " + ctx.request.headers["Authorization"])
+
+
+@pytest.fixture
+def fresh_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """New, uncached logger proxies where the gateway keeps module-level ones, so each test sees
+    its own ``setup_logging`` (see ``test_setup_logging_again_takes_effect``)."""
+    for owner in (RequestContext, gateway.pipeline, gateway.routes, gateway.hookcall):
+        monkeypatch.setattr(owner, "log", structlog.get_logger("gateway"))
+
+
+class JsonLog:
+    def __init__(self, buffer: io.BytesIO) -> None:
+        self.buffer = buffer
+
+    @property
+    def text(self) -> str:
+        return self.buffer.getvalue().decode()
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.buffer.getvalue().splitlines()]
+
+    def access(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line["event"] == "request"]
+
+
+@pytest.fixture
+def configure(fresh_loggers: None) -> Callable[..., JsonLog]:
+    """``log = configure(level="info")``: JSON logging into a buffer."""
+
+    def setup(level: str = "info") -> JsonLog:
+        buffer = io.BytesIO()
+        setup_logging("json", level, stream=buffer)
+        return JsonLog(buffer)
+
+    return setup
+
+
+@pytest.fixture
+def log(configure: Callable[..., JsonLog]) -> JsonLog:
+    return configure()
+
+
+@pytest.fixture
+def finished() -> Finished:
+    return Finished()
+
+
+def logging_config(**request_logging: Any) -> dict[str, Any]:
+    return {**mock_config(), "plugins": {"request_logging": request_logging}}
+
+
+# The access line --------------------------------------------------------------------------------
+
+
+async def test_access_line_of_a_chat_completion(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(plugins=[finished])
+    response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status == 200
+    await response.read()
+    await finished.wait(1)
+    [line] = log.access()
+    assert set(line) == ACCESS_FIELDS
+    assert line["request_id"] == response.headers["X-Request-ID"]
+    assert line["level"] == "info"
+    assert line["method"] == "POST"
+    assert line["path"] == "/v1/chat/completions"
+    assert line["status"] == 200
+    assert line["model"] == MOCK_MODEL
+    assert line["backend"] == "mock"
+    assert line["stream"] is False
+    assert line["prompt_tokens"] > 0
+    assert line["completion_tokens"] == len(PROMPT.split())
+    assert isinstance(line["duration_ms"], (int, float))
+    assert 0 <= line["ttfb_ms"] <= line["duration_ms"] < 5000
+    assert line["timestamp"].endswith("Z")
+
+
+async def test_access_line_of_a_stream(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(plugins=[finished])
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    response = await client.post("/v1/chat/completions", json=body, headers={"X-Request-ID": "client-chosen-id"})
+    assert response.status == 200
+    assert (await response.read()).endswith(b"data: [DONE]\n\n")
+    await finished.wait(1)
+    [line] = log.access()
+    assert line["request_id"] == "client-chosen-id" == response.headers["X-Request-ID"]
+    assert line["stream"] is True
+    assert line["status"] == 200
+    assert line["backend"] == "mock"
+    assert line["completion_tokens"] == len(PROMPT.split())
+    assert line["prompt_tokens"] > 0
+    assert 0 <= line["ttfb_ms"] <= line["duration_ms"]
+
+
+async def test_time_to_first_byte_and_duration_reflect_the_backend(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(mock_config(first_chunk_delay=0.05, chunk_delay=0.02), plugins=[finished])
+    response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    await response.read()
+    await finished.wait(1)
+    [line] = log.access()
+    assert line["ttfb_ms"] >= 45
+    assert line["duration_ms"] >= line["ttfb_ms"] + 4 * 15  # the five words after the first chunk
+
+
+async def test_one_line_per_request(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(plugins=[finished])
+    ids = []
+    for path in ("/v1/models", f"/v1/models/{MOCK_MODEL}", "/health"):
+        response = await client.get(path)
+        assert response.status == 200
+        ids.append(response.headers["X-Request-ID"])
+    response = await client.post("/chat/completions", json={**CHAT, "model": "default"})
+    ids.append(response.headers["X-Request-ID"])
+    await finished.wait(4)
+    lines = log.access()
+    assert [line["request_id"] for line in lines] == ids
+    assert len(set(ids)) == 4
+    assert [line["path"] for line in lines] == ["/v1/models", f"/v1/models/{MOCK_MODEL}", "/health", "/chat/completions"]
+    assert [line["method"] for line in lines] == ["GET", "GET", "GET", "POST"]
+    assert [line["status"] for line in lines] == [200] * 4
+    assert "stream" not in lines[0]  # only chat completions say whether they streamed
+    assert lines[1]["model"] == MOCK_MODEL
+    assert lines[3]["model"] == MOCK_MODEL  # `default` resolved
+
+
+async def test_unknown_model_is_logged_with_its_status(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(plugins=[finished])
+    response = await client.post("/v1/chat/completions", json={**CHAT, "model": "no-such-model"})
+    assert response.status == 404
+    await finished.wait(1)
+    [line] = log.access()
+    assert line["request_id"] == response.headers["X-Request-ID"]
+    assert line["status"] == 404
+    assert line["level"] == "info"
+    assert line["model"] == "no-such-model"
+    assert "backend" not in line
+    assert line["error"].startswith("ModelNotFoundError: ")
+
+
+async def test_upstream_failure_is_logged_as_an_error(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(mock_config(failure={"mode": "error", "status": 503}), plugins=[finished])
+    response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status == 502
+    await finished.wait(1)
+    [line] = log.access()
+    assert line["status"] == 502
+    assert line["level"] == "error"
+    assert line["backend"] == "mock"
+    assert line["error"].startswith("UpstreamError: ")
+
+
+async def test_stream_broken_off_is_logged_with_its_error(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(mock_config(failure={"mode": "midstream", "after_chunks": 2}), plugins=[finished])
+    response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert response.status == 200
+    assert b'"error"' in await response.read()
+    await finished.wait(1)
+    [line] = log.access()
+    assert line["status"] == 200  # already sent when the stream broke
+    assert line["stream"] is True
+    assert "broke off" in line["error"]
+
+
+async def test_skip_paths(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(logging_config(skip_paths=["/health"]), plugins=[finished])
+    assert (await client.get("/health")).status == 200
+    assert (await client.get("/health")).status == 200
+    models = await client.get("/v1/models")
+    await finished.wait(3)
+    assert [(line["path"], line["request_id"]) for line in log.access()] == [
+        ("/v1/models", models.headers["X-Request-ID"])
+    ]
+
+
+async def test_disabled_plugin_writes_no_access_line(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway({**mock_config(), "plugins": {"disabled": ["request_logging"]}}, plugins=[finished])
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+    assert (await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"})).status == 404
+    await finished.wait(2)
+    assert log.access() == []
+
+
+async def test_level_warning_keeps_only_failures(
+    gateway: Any, configure: Callable[..., JsonLog], finished: Finished
+) -> None:
+    log = configure("warning")
+    client = await gateway(mock_config(failure={"mode": "error", "status": 500}), plugins=[finished])
+    assert (await client.get("/v1/models")).status == 200
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 502
+    await finished.wait(2)
+    assert [(line["path"], line["status"], line["level"]) for line in log.access()] == [
+        ("/v1/chat/completions", 502, "error")
+    ]
+
+
+def test_unknown_request_logging_key_is_a_config_error() -> None:
+    from gateway.app import create_app
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"plugins\.request_logging\.skip_path"):
+        create_app(logging_config(skip_path=["/health"]))
+
+
+async def test_setup_logging_again_takes_effect(gateway: Any, fresh_loggers: None, finished: Finished) -> None:
+    """Reconfiguring logging (as every test, or an embedding application, does) must redirect the
+    gateway's log lines; structlog's cache_logger_on_first_use must not pin the first set-up."""
+    client = await gateway(plugins=[finished])
+    first = io.BytesIO()
+    setup_logging("json", "info", stream=first)
+    await client.get("/health")
+    await finished.wait(1)
+    assert b'"path":"/health"' in first.getvalue()
+
+    structlog.reset_defaults()  # what tests/conftest.py does between tests
+    second = io.BytesIO()
+    setup_logging("json", "info", stream=second)
+    await client.get("/v1/models")
+    await finished.wait(2)
+    assert b'"path":"/v1/models"' in second.getvalue()
+    assert b"/v1/models" not in first.getvalue()
+
+
+# Redaction --------------------------------------------------------------------------------------
+
+
+def test_redact_strings() -> None:
+    assert redact("Bearer sk-abc123456789") == f"Bearer {REDACTED}"
+    assert redact("bearer abcdefghijklmnop") == f"bearer {REDACTED}"
+    assert redact("beareryour_api_key_here") == f"bearer{REDACTED}"  # the seed's header, no space
+    assert redact("the key sk-proj-abcdef123 leaked") == f"the key {REDACTED} leaked"
+    assert redact("Basic dXNlcjpwYXNz") == f"Basic {REDACTED}"
+    assert redact("token abcdef") == f"token {REDACTED}"
+    assert redact("nothing to see here") == "nothing to see here"
+    assert redact("ask-me anything") == "ask-me anything"  # not an sk- key
+
+
+def test_redact_structures() -> None:
+    value = {
+        "Authorization": "anything at all",
+        "headers": {"X-API-Key": "k-123", "Accept": "application/json", "Cookie": "session=1"},
+        "api_key": 12345,
+        "password": ["a", "b"],
+        "items": ["Bearer abcdefghijkl", "plain", ("sk-abcdefgh",)],
+        "count": 3,
+    }
+    assert redact(value) == {
+        "Authorization": REDACTED,
+        "headers": {"X-API-Key": REDACTED, "Accept": "application/json", "Cookie": REDACTED},
+        "api_key": REDACTED,
+        "password": REDACTED,
+        "items": [f"Bearer {REDACTED}", "plain", [REDACTED]],
+        "count": 3,
+    }
+    assert redact(42) == 42
+    assert redact(None) is None
+
+
+def test_secret_fields_are_redacted_in_json_output(log: JsonLog) -> None:
+    logger = structlog.get_logger("gateway")
+    logger.info(
+        "calling upstream",
+        authorization="Bearer sk-abc123456789",
+        detail="retrying with Bearer sk-abc123456789 after a 401",
+        headers={"Authorization": "Bearer sk-abc123456789", "Accept": "text/event-stream"},
+        api_key="plain-looking-key-value",
+    )
+    assert "sk-abc123456789" not in log.text
+    assert "plain-looking-key-value" not in log.text
+    [line] = log.lines()
+    assert line["event"] == "calling upstream"
+    assert line["authorization"] == REDACTED
+    assert line["detail"] == f"retrying with Bearer {REDACTED} after a 401"
+    assert line["headers"] == {"Authorization": REDACTED, "Accept": "text/event-stream"}
+    assert line["api_key"] == REDACTED
+
+
+def test_credentials_in_the_message_itself_are_redacted(log: JsonLog) -> None:
+    """A plugin may log an f-string (the event) that quotes an upstream's error with a key in it."""
+    structlog.get_logger("gateway").warning("upstream rejected Bearer sk-abc123456789 with 401")
+    assert "sk-abc123456789" not in log.text
+    [line] = log.lines()
+    assert line["event"] == f"upstream rejected Bearer {REDACTED} with 401"
+
+
+def test_secret_named_fields_are_redacted_whatever_their_type(log: JsonLog) -> None:
+    """As ``redact`` does: the value of a secret-named key goes, be it a string, mapping, list or number."""
+    structlog.get_logger("gateway").info(
+        "session", cookie={"session": "s3ss10n-value"}, password=["hunter2-hunter2"], secret=987654321
+    )
+    [line] = log.lines()
+    assert "s3ss10n-value" not in log.text
+    assert "hunter2-hunter2" not in log.text
+    assert "987654321" not in log.text
+    assert line["cookie"] == line["password"] == line["secret"] == REDACTED
+
+
+def test_secret_fields_are_redacted_in_console_output(fresh_loggers: None) -> None:
+    out = io.StringIO()
+    setup_logging("console", "info", stream=out)
+    structlog.get_logger("gateway").info("calling upstream", authorization="Bearer sk-abc123456789", note="sk-abcdefgh1")
+    text = out.getvalue()
+    assert "calling upstream" in text
+    assert "sk-abc123456789" not in text
+    assert "sk-abcdefgh1" not in text
+    assert REDACTED in text
+
+
+@pytest.fixture
+def everything_logged(capfd: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
+    """All a test's output: stdout and stderr (the stdlib ``logging`` root goes to stderr)."""
+    yield lambda: "".join(capfd.readouterr())
+
+
+async def test_client_credentials_never_reach_the_log(
+    gateway: Any, log: JsonLog, finished: Finished, everything_logged: Callable[[], str]
+) -> None:
+    headers = {"Authorization": f"Bearer {SECRET}", "X-Api-Key": SECRET}
+    client = await gateway(plugins=[finished])
+    assert (await client.post("/v1/chat/completions", json=CHAT, headers=headers)).status == 200
+    assert (await client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=headers)).status == 200
+    assert (await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=headers)).status == 404
+    assert (await client.post("/v1/chat/completions", json={**CHAT, "model": SECRET}, headers=headers)).status == 404
+    assert (await client.post("/v1/chat/completions", data=b"{oops", headers=headers)).status == 400
+    assert (await client.get("/v1/nothing-here", headers=headers)).status == 404
+    await finished.wait(6)
+    assert len(log.access()) == 6
+    assert SECRET not in log.text
+    assert "0123456789abcdef" not in log.text
+    assert SECRET not in everything_logged()
+
+
+async def test_credentials_in_an_unexpected_error_never_reach_the_log(
+    gateway: Any, log: JsonLog, finished: Finished, everything_logged: Callable[[], str]
+) -> None:
+    client = await gateway(plugins=[Leaky(), finished])
+    response = await client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {SECRET}"})
+    assert response.status == 500
+    assert SECRET not in await response.text()
+    await finished.wait(1)
+    lines = log.lines()
+    assert [line["event"] for line in lines] == ["unexpected error", "request"]
+    assert "RuntimeError: upstream refused Bearer" in lines[0]["exception"]  # the traceback is there
+    assert lines[1]["status"] == 500
+    assert SECRET not in log.text
+    assert SECRET not in everything_logged()
+
+
+async def test_credentials_in_an_unexpected_error_never_reach_the_console_log(
+    gateway: Any, fresh_loggers: None, finished: Finished, everything_logged: Callable[[], str]
+) -> None:
+    out = io.StringIO()
+    setup_logging("console", "info", stream=out)
+    client = await gateway(plugins=[Leaky(), finished])
+    response = await client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {SECRET}"})
+    assert response.status == 500
+    await finished.wait(1)
+    text = out.getvalue()
+    assert "unexpected error" in text
+    assert "RuntimeError" in text
+    assert SECRET not in text
+    assert SECRET not in everything_logged()
