@@ -31,7 +31,8 @@ from gateway.streaming import DONE, SSE_HEADERS, Watchdog, apply_filters, decode
 log = structlog.get_logger("gateway")
 
 MAX_REQUEST_ID = 200  # a longer X-Request-ID from a client is replaced by a new one
-CLIENT_CLOSED = 499  # nginx's status for a client that left before the response was complete
+CLIENT_CLOSED = 499
+REPLAY_TIMEOUT = 60.0  # nginx's status for a client that left before the response was complete
 
 INVALID_JSON = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
@@ -260,7 +261,7 @@ async def _answer_directly(ctx: RequestContext, completion: dict[str, Any]) -> w
         for chunk in completion_to_chunks(completion, include_usage(ctx.body or {})):
             yield chunk
 
-    watchdog = Watchdog(600.0)
+    watchdog = Watchdog(REPLAY_TIMEOUT)  # a replay never waits; _stream just needs one
     try:
         return await _stream(ctx, replay(), watchdog)
     finally:

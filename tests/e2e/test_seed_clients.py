@@ -25,6 +25,7 @@ from gateway.app import create_app
 from gateway.testing import ServerThread, make_app, mock_config
 
 ROOT = Path(__file__).parents[2]
+README = (ROOT / "README.md").read_text()
 DEFAULT_CONFIG = ROOT / "config" / "gateway.yaml"
 SEED_PROMPT = "Tell me a joke"
 LONG_PROMPT = "Why did the gateway cross the road? To stream every event in one piece, of course."
@@ -77,43 +78,34 @@ def seed_stream_chat_completion(base_url, model, messages):  # type: ignore[no-u
                     break
 
 
-def stream_chat_completion(base_url, model, messages):  # type: ignore[no-untyped-def]
-    """The README's corrected client: ``data: [DONE]`` is checked before json-parsing."""
-    url = base_url + "/v1/chat/completions"
-    headers = {
-        "Content-Type": "application/json",
-        "Authorization": "beareryour_api_key_here"
-    }
-    data = {
-        "model": model,
-        "messages": messages,
-        "stream": True
-    }
-
-    with requests.post(url, json=data, headers=headers, stream=True, timeout=TIMEOUT) as response:
-        for line in response.iter_lines():
-            if line:
-                decoded_line = line.decode('utf-8')
-                if decoded_line == "data: [DONE]":  # fix 1: the end marker is not JSON
-                    break
-                elif decoded_line.startswith("data: "):
-                    chunk = json.loads(decoded_line[6:])
-                    yield chunk
+def readme_block(language: str, marker: str) -> str:
+    """The README's fenced ``language`` block that contains ``marker``."""
+    blocks = README.split(f"```{language}\n")[1:]
+    found = [block.split("```", 1)[0] for block in blocks if marker in block]
+    assert len(found) == 1, f"the README should show exactly one {language} block with {marker!r}"
+    return found[0]
 
 
-def run_corrected_usage(base_url: str) -> str:
-    """The README's usage block (fix 2: the final delta has no content); returns what it printed."""
+def run_readme_python_client(base_url: str) -> str:
+    """The README's corrected client, run as printed (URL replaced); returns what it printed."""
+    code = readme_block("python", "def stream_chat_completion")
+    assert "http://localhost:8000" in code
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        # Usage
-        messages = [{"role": "user", "content": "Tell me a joke"}]
-        for chunk in stream_chat_completion(base_url, "default", messages):
-            print(chunk['choices'][0]['delta'].get('content') or '', end='', flush=True)
+        exec(compile(code.replace("http://localhost:8000", base_url), "README.md", "exec"), {})  # noqa: S102
     return out.getvalue()
 
 
-def test_corrected_python_client_prints_the_echoed_prompt(server: ServerThread) -> None:
-    assert run_corrected_usage(server.url) == SEED_PROMPT
+def stream_chat_completion(base_url: str, model: str, messages: list[dict[str, Any]]) -> Any:
+    """The README's generator, for tests that look at the chunks themselves."""
+    namespace: dict[str, Any] = {}
+    code = readme_block("python", "def stream_chat_completion").split("# Usage")[0]
+    exec(compile(code.replace("http://localhost:8000", base_url), "README.md", "exec"), namespace)  # noqa: S102
+    return namespace["stream_chat_completion"](model, messages)
+
+
+def test_readme_python_client_prints_the_echoed_prompt(server: ServerThread) -> None:
+    assert run_readme_python_client(server.url) == SEED_PROMPT
 
 
 def test_corrected_python_client_sees_every_chunk_then_stops_at_done(server: ServerThread) -> None:
@@ -197,6 +189,14 @@ async function streamChatCompletion(model, messages) {
   }
 }
 """
+
+
+def test_readme_shows_the_seed_js_client_verbatim() -> None:
+    def lines(code: str) -> list[str]:
+        return [line.rstrip() for line in code.strip().split("\n")]
+
+    function = readme_block("javascript", "async function streamChatCompletion").split("// Usage")[0]
+    assert lines(function) == lines(SEED_JS_FUNCTION)
 
 
 def seed_js(url: str, prompt: str) -> str:
