@@ -16,10 +16,10 @@ from gateway.config import (
     ConfigError,
     GatewayConfig,
     PluginsConfig,
-    validation_problems,
     interpolate,
     read_config,
     validate_config,
+    validation_problems,
 )
 from gateway.hookcall import Hooks
 from gateway.keys import backends_key, config_key, hooks_key, plugin_manager_key

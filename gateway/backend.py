@@ -49,7 +49,7 @@ class Backend(ABC):
         """Open pooled resources (one ClientSession) for the app's life."""
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:  # noqa: B027 (optional, like __aenter__)
         """Close what ``__aenter__`` opened."""
 
     async def list_models(self) -> list[dict[str, Any]]:

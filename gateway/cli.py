@@ -28,7 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_config = os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG)
 
     serve = commands.add_parser("serve", help="serve the gateway (the default command)")
-    serve.add_argument("--config", default=default_config, help=f"config file (default: $GATEWAY_CONFIG or {DEFAULT_CONFIG})")
+    serve.add_argument(
+        "--config", default=default_config, help=f"config file (default: $GATEWAY_CONFIG or {DEFAULT_CONFIG})"
+    )
     serve.add_argument("--host", help="address to listen on (overrides $HOST and the config)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides $PORT and the config)")
 
@@ -56,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def check_config(path: str) -> int:
     loaded = load(path)
     config = loaded.config
-    print(f"{path}: OK ({len(config.backends)} backends, {len(config.models)} models, {len(loaded.pm.get_plugins())} plugins)")
+    counts = f"{len(config.backends)} backends, {len(config.models)} models, {len(loaded.pm.get_plugins())} plugins"
+    print(f"{path}: OK ({counts})")
     return 0
 
 
@@ -80,7 +83,10 @@ def run(path: str, host: str | None, port: int | None) -> int:
         port = _env_port() or config.server.port
     app = create_app(loaded)
     structlog.get_logger("gateway").info(
-        "gateway starting", url=f"http://{host}:{port}", config=path, version=__version__,
+        "gateway starting",
+        url=f"http://{host}:{port}",
+        config=path,
+        version=__version__,
         models=[route.name for route in config.models],
     )
     web.run_app(

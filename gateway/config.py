@@ -32,7 +32,9 @@ class ConfigError(Exception):
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
         self.source = source
         self.problems = problems
-        super().__init__("\n".join(f"{source}: {path}: {msg}" if path else f"{source}: {msg}" for path, msg in problems))
+        super().__init__(
+            "\n".join(f"{source}: {path}: {msg}" if path else f"{source}: {msg}" for path, msg in problems)
+        )
 
 
 class _Section(BaseModel):
@@ -142,7 +144,9 @@ def interpolate(value: Any, source: str, path: str = "") -> Any:
                 return found
             if default is not None:
                 return default
-            raise ConfigError(source, [(path, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)")])
+            raise ConfigError(
+                source, [(path, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)")]
+            )
 
         return _VAR.sub(substitute, value)
     if isinstance(value, dict):
@@ -208,7 +212,12 @@ def validate_config(
     elif "models" in raw:
         for i, route in enumerate(config.models):
             if route.backend not in names:
-                problems.append((f"models[{i}].backend", f"no backend named {route.backend!r} (configured: {', '.join(sorted(names)) or 'none'})"))
+                problems.append(
+                    (
+                        f"models[{i}].backend",
+                        f"no backend named {route.backend!r} (configured: {', '.join(sorted(names)) or 'none'})",
+                    )
+                )
     if config.default_model and config.find_route(config.default_model) is None:
         problems.append(("default_model", f"no entry in models serves {config.default_model!r}"))
     if problems:
@@ -232,7 +241,12 @@ def _validate_backends(
         kind = entry.get("type")
         if kind not in backend_types:
             known = ", ".join(sorted(backend_types)) or "none"
-            problems.append((f"{where}.type", f"unknown backend type {kind!r} (known: {known})" if kind else f"missing (known: {known})"))
+            problems.append(
+                (
+                    f"{where}.type",
+                    f"unknown backend type {kind!r} (known: {known})" if kind else f"missing (known: {known})",
+                )
+            )
             continue
         try:
             backend = backend_types[kind].Config.model_validate(entry)
@@ -257,7 +271,9 @@ def _validate_sections(
         except ValidationError as exc:
             problems.extend(validation_problems(exc, ("plugins", section)))
     for section in given:
-        problems.append((f"plugins.{section}", "no loaded plugin declares this section (is the plugin disabled or not installed?)"))
+        problems.append(
+            (f"plugins.{section}", "no loaded plugin declares this section (is the plugin disabled or not installed?)")
+        )
     return validated
 
 

@@ -7,12 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    import pluggy
-
-    from gateway.backend import BackendRegistry
-    from gateway.config import GatewayConfig
-    from gateway.context import RequestContext
-    from gateway.hookcall import Hooks
+    pass
 
 config_key = web.AppKey("config", "GatewayConfig")
 plugin_manager_key = web.AppKey("plugin_manager", "pluggy.PluginManager")

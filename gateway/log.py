@@ -12,8 +12,20 @@ import orjson
 import structlog
 
 SECRET_KEYS = frozenset(
-    {"authorization", "proxy-authorization", "api_key", "api-key", "x-api-key", "key", "token", "access_token",
-     "password", "secret", "cookie", "set-cookie"}
+    {
+        "authorization",
+        "proxy-authorization",
+        "api_key",
+        "api-key",
+        "x-api-key",
+        "key",
+        "token",
+        "access_token",
+        "password",
+        "secret",
+        "cookie",
+        "set-cookie",
+    }
 )
 _SECRET_VALUE = re.compile(r"(?i)\b(bearer\s*)[\w.~+/=-]{8,}|\bsk-[\w-]{6,}|^(token\s+|basic\s+)\S+$")
 REDACTED = "[REDACTED]"

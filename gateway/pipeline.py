@@ -89,7 +89,9 @@ async def render_error(ctx: RequestContext, exc: BaseException) -> GatewayError:
     except Exception:
         log.exception("gateway_handle_error failed", error=repr(exc))
         error = None
-    return error if isinstance(error, GatewayError) else InternalError("The server had an error processing your request.")
+    return (
+        error if isinstance(error, GatewayError) else InternalError("The server had an error processing your request.")
+    )
 
 
 async def error_response(ctx: RequestContext, exc: BaseException) -> web.Response:
@@ -123,7 +125,9 @@ async def admit(ctx: RequestContext) -> None:
     await hooks.call_all("gateway_process_request", ctx=ctx)
 
 
-async def json_endpoint(ctx: RequestContext, produce: Callable[[RequestContext], Awaitable[dict[str, Any]]]) -> web.Response:
+async def json_endpoint(
+    ctx: RequestContext, produce: Callable[[RequestContext], Awaitable[dict[str, Any]]]
+) -> web.Response:
     """A non-chat API endpoint: admit, produce the response (unless a plugin answered), post-process."""
     await admit(ctx)
     response = ctx.response if ctx.response is not None else await produce(ctx)
@@ -141,7 +145,9 @@ def resolve_model(ctx: RequestContext, body: dict[str, Any]) -> None:
     if config.default_model and (model == "default" or (not model and not config.require_model)):
         body["model"] = model = config.default_model
     if not model:
-        raise InvalidRequestError("You must provide a model parameter.", param="model", code="missing_required_parameter")
+        raise InvalidRequestError(
+            "You must provide a model parameter.", param="model", code="missing_required_parameter"
+        )
     if not isinstance(model, str):
         raise InvalidRequestError("Invalid type for 'model': expected a string.", param="model", code="invalid_type")
     ctx.model = model
@@ -266,4 +272,3 @@ async def _answer_directly(ctx: RequestContext, completion: dict[str, Any]) -> w
         return await _stream(ctx, replay(), watchdog)
     finally:
         watchdog.stop()
-

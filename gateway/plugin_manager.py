@@ -46,7 +46,9 @@ def build_plugin_manager(
         if name in ESSENTIAL_PLUGINS:
             raise ConfigError(source, [(f"plugins.disabled[{i}]", f"the {name} plugin cannot be disabled")])
         if name not in known:
-            raise ConfigError(source, [(f"plugins.disabled[{i}]", f"no plugin named {name!r} (known: {', '.join(sorted(known))})")])
+            raise ConfigError(
+                source, [(f"plugins.disabled[{i}]", f"no plugin named {name!r} (known: {', '.join(sorted(known))})")]
+            )
         pm.set_blocked(name)
 
     try:
@@ -67,7 +69,9 @@ def _register_all(pm: pluggy.PluginManager, enabled: Iterable[str], extra: Itera
     try:
         pm.load_setuptools_entrypoints(hookspecs.PROJECT)
     except Exception as exc:  # an installed plugin that fails to import
-        raise ConfigError(source, [("plugins", f"loading a `gateway` entry point failed: {type(exc).__name__}: {exc}")]) from None
+        raise ConfigError(
+            source, [("plugins", f"loading a `gateway` entry point failed: {type(exc).__name__}: {exc}")]
+        ) from None
     for i, path in enumerate(enabled):
         if pm.is_blocked(path) or pm.has_plugin(path):
             continue
@@ -88,7 +92,9 @@ def check_async_rules(pm: pluggy.PluginManager, source: str = "<config>") -> Non
         for impl in getattr(pm.hook, name).get_hookimpls():
             where = f"plugin {impl.plugin_name!r}, hook {name}"
             if name in hookspecs.ASYNC_HOOKS and (impl.wrapper or impl.hookwrapper):
-                raise ConfigError(source, [("plugins", f"{where}: wrappers are not allowed on hooks that may be async")])
+                raise ConfigError(
+                    source, [("plugins", f"{where}: wrappers are not allowed on hooks that may be async")]
+                )
             if name not in hookspecs.ASYNC_HOOKS and inspect.iscoroutinefunction(impl.function):
                 raise ConfigError(source, [("plugins", f"{where}: this hook is synchronous and cannot be `async def`")])
 

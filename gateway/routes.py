@@ -80,7 +80,7 @@ async def all_models(app: web.Application) -> list[dict[str, Any]]:
     for route in config.models:
         if not _is_pattern(route.name):
             found.setdefault(route.name, model_object(route.name, backends[route.backend].owned_by))
-    for route, listing in zip(patterns, listings):
+    for route, listing in zip(patterns, listings, strict=True):
         if isinstance(listing, BaseException):
             log.warning("listing models failed", backend=route.backend, error=str(listing))
             continue

@@ -24,7 +24,9 @@ def one_of(expected: str) -> WrapValidator:
             deeper = [e for e in exc.errors() if len(e["loc"]) > 1]  # inside the member that fit the type
             if not deeper:
                 raise PydanticCustomError("invalid_type", "expected {expected}", {"expected": expected}) from None
-            errors = [{"type": e["type"], "loc": e["loc"][1:], "input": e["input"], "ctx": e.get("ctx", {})} for e in deeper]
+            errors = [
+                {"type": e["type"], "loc": e["loc"][1:], "input": e["input"], "ctx": e.get("ctx", {})} for e in deeper
+            ]
             raise ValidationError.from_exception_data(exc.title, errors) from None
 
     return WrapValidator(validate)
@@ -104,7 +106,8 @@ def validate_chat_request(body: Any) -> None:
     if body.get("stream_options") is not None and not body.get("stream"):
         raise InvalidRequestError(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-            param="stream_options", code="invalid_value",
+            param="stream_options",
+            code="invalid_value",
         )
     for i, message in enumerate(body["messages"]):
         role = message["role"]
@@ -112,12 +115,18 @@ def validate_chat_request(body: Any) -> None:
             raise missing(f"messages[{i}].content")
         if role == "tool" and not message.get("tool_call_id"):
             raise missing(f"messages[{i}].tool_call_id")
-        if role == "assistant" and message.get("content") is None and not (message.get("tool_calls") or message.get("function_call")):
+        if (
+            role == "assistant"
+            and message.get("content") is None
+            and not (message.get("tool_calls") or message.get("function_call"))
+        ):
             raise missing(f"messages[{i}].content")
 
 
 def missing(param: str) -> InvalidRequestError:
-    return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    return InvalidRequestError(
+        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+    )
 
 
 def param_path(loc: tuple[Any, ...]) -> str:
@@ -129,8 +138,14 @@ def param_path(loc: tuple[Any, ...]) -> str:
 
 
 _TYPE_NAMES = {
-    "string_type": "a string", "float_type": "a decimal", "int_type": "an integer", "int_from_float": "an integer",
-    "bool_type": "a boolean", "list_type": "an array", "dict_type": "an object", "model_type": "an object",
+    "string_type": "a string",
+    "float_type": "a decimal",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "bool_type": "a boolean",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
     "model_attributes_type": "an object",
 }
 
@@ -151,6 +166,15 @@ def _json_type(value: Any) -> str:
     return "null"
 
 
+#: pydantic's bound errors: (OpenAI's words, the operator, the constraint's key).
+_BOUNDS = {
+    "greater_than_equal": ("below minimum", ">=", "ge"),
+    "greater_than": ("below minimum", ">", "gt"),
+    "less_than_equal": ("above maximum", "<=", "le"),
+    "less_than": ("above maximum", "<", "lt"),
+}
+
+
 def request_error(exc: ValidationError) -> InvalidRequestError:
     """The first pydantic error as OpenAI words it (message, ``param``, ``code``)."""
     err = exc.errors(include_url=False)[0]
@@ -161,7 +185,8 @@ def request_error(exc: ValidationError) -> InvalidRequestError:
         expected = ctx.get("expected") or _TYPE_NAMES[kind]
         return InvalidRequestError(
             f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
-            param=param, code="invalid_type",
+            param=param,
+            code="invalid_type",
         )
     if kind == "literal_error":
         return InvalidRequestError(
@@ -169,24 +194,19 @@ def request_error(exc: ValidationError) -> InvalidRequestError:
         )
     number = "decimal" if any(isinstance(ctx.get(k), float) for k in ("ge", "gt", "le", "lt")) else "integer"
     ctx = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in ctx.items()}
-    if kind in ("greater_than_equal", "greater_than"):
-        bound = ">=" if kind == "greater_than_equal" else ">"
-        limit = ctx.get("ge", ctx.get("gt"))
+    if kind in _BOUNDS:
+        words, operator, key = _BOUNDS[kind]
         return InvalidRequestError(
-            f"Invalid '{param}': {number} below minimum value. Expected a value {bound} {limit}, but got {value} instead.",
-            param=param, code=f"{number}_below_min_value",
-        )
-    if kind in ("less_than_equal", "less_than"):
-        bound = "<=" if kind == "less_than_equal" else "<"
-        limit = ctx.get("le", ctx.get("lt"))
-        return InvalidRequestError(
-            f"Invalid '{param}': {number} above maximum value. Expected a value {bound} {limit}, but got {value} instead.",
-            param=param, code=f"{number}_above_max_value",
+            f"Invalid '{param}': {number} {words} value. "
+            f"Expected a value {operator} {ctx[key]}, but got {value} instead.",
+            param=param,
+            code=f"{number}_{words.replace('imum', '').replace(' ', '_')}_value",
         )
     if kind == "too_short" and isinstance(value, list) and not value:
         return InvalidRequestError(
             f"Invalid '{param}': empty array. Expected an array with minimum length {ctx.get('min_length')}, "
             "but got an empty array instead.",
-            param=param, code="empty_array",
+            param=param,
+            code="empty_array",
         )
     return InvalidRequestError(f"Invalid '{param}': {err['msg']}.", param=param, code="invalid_value")

@@ -95,7 +95,7 @@ class Watchdog:
     attribute writes (``waiting()`` / ``idle()``), not a timer per chunk.
     """
 
-    __slots__ = ("loop", "task", "timeout", "since", "fired", "_handle")
+    __slots__ = ("_handle", "fired", "loop", "since", "task", "timeout")
 
     def __init__(self, timeout: float) -> None:
         self.loop = asyncio.get_running_loop()

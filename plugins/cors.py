@@ -25,7 +25,9 @@ Names = Annotated[list[str], BeforeValidator(_split)]
 class CorsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    allow_origins: Names = Field(default_factory=lambda: ["*"], description="origins allowed; `*` for any; [] turns CORS off")
+    allow_origins: Names = Field(
+        default_factory=lambda: ["*"], description="origins allowed; `*` for any; [] turns CORS off"
+    )
     allow_methods: Names = Field(default_factory=lambda: ["*"], description="methods allowed in preflight")
     allow_headers: Names = Field(default_factory=lambda: ["*"], description="request headers allowed")
     expose_headers: Names = Field(default_factory=lambda: ["*"], description="response headers scripts may read")

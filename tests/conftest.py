@@ -32,4 +32,3 @@ def gateway(aiohttp_client: Any) -> GatewayClient:
         return await aiohttp_client(make_app(config, plugins=plugins))
 
     return start
-

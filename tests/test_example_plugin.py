@@ -45,5 +45,8 @@ async def test_is_listed_as_a_plugin(client: Any) -> None:
     info = await (await client.get("/info")).json()
     plugin = next(p for p in info["plugins"] if p["name"] == "example_plugin")
     assert plugin["hooks"] == [
-        "gateway_process_request", "gateway_process_response", "gateway_register_config", "gateway_stream_filter",
+        "gateway_process_request",
+        "gateway_process_response",
+        "gateway_register_config",
+        "gateway_stream_filter",
     ]

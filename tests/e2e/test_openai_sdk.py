@@ -424,7 +424,9 @@ def test_sync_forced_tool_call_streamed(sync_client: OpenAI) -> None:
     for chunk in stream:
         for choice in chunk.choices:
             for delta in choice.delta.tool_calls or ():
-                arguments[delta.index] = arguments.get(delta.index, "") + (delta.function.arguments or "" if delta.function else "")
+                arguments[delta.index] = arguments.get(delta.index, "") + (
+                    delta.function.arguments or "" if delta.function else ""
+                )
                 if delta.function is not None and delta.function.name:
                     names[delta.index] = names.get(delta.index, "") + delta.function.name
     assert names == {0: "get_weather"}

@@ -57,20 +57,13 @@ def _silent_logs() -> None:
 def seed_stream_chat_completion(base_url, model, messages):  # type: ignore[no-untyped-def]
     """The seed's generator exactly as written (only the URL points at the test server, and a timeout)."""
     url = base_url + "/v1/chat/completions"
-    headers = {
-        "Content-Type": "application/json",
-        "Authorization": "beareryour_api_key_here"
-    }
-    data = {
-        "model": model,
-        "messages": messages,
-        "stream": True
-    }
+    headers = {"Content-Type": "application/json", "Authorization": "beareryour_api_key_here"}
+    data = {"model": model, "messages": messages, "stream": True}
 
     with requests.post(url, json=data, headers=headers, stream=True, timeout=TIMEOUT) as response:
         for line in response.iter_lines():
             if line:
-                decoded_line = line.decode('utf-8')
+                decoded_line = line.decode("utf-8")
                 if decoded_line.startswith("data: "):
                     chunk = json.loads(decoded_line[6:])
                     yield chunk
@@ -92,7 +85,7 @@ def run_readme_python_client(base_url: str) -> str:
     assert "http://localhost:8000" in code
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(code.replace("http://localhost:8000", base_url), "README.md", "exec"), {})  # noqa: S102
+        exec(compile(code.replace("http://localhost:8000", base_url), "README.md", "exec"), {})
     return out.getvalue()
 
 
@@ -100,7 +93,7 @@ def stream_chat_completion(base_url: str, model: str, messages: list[dict[str, A
     """The README's generator, for tests that look at the chunks themselves."""
     namespace: dict[str, Any] = {}
     code = readme_block("python", "def stream_chat_completion").split("# Usage")[0]
-    exec(compile(code.replace("http://localhost:8000", base_url), "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(code.replace("http://localhost:8000", base_url), "README.md", "exec"), namespace)
     return namespace["stream_chat_completion"](model, messages)
 
 
@@ -125,7 +118,7 @@ def test_seed_python_usage_fails_on_the_final_empty_delta(server: ServerThread) 
     with pytest.raises(KeyError, match="content"), contextlib.redirect_stdout(out):
         messages = [{"role": "user", "content": "Tell me a joke"}]
         for chunk in seed_stream_chat_completion(server.url, "default", messages):
-            print(chunk['choices'][0]['delta']['content'], end='', flush=True)
+            print(chunk["choices"][0]["delta"]["content"], end="", flush=True)
     assert out.getvalue() == SEED_PROMPT  # everything before the final delta did print
 
 
@@ -135,7 +128,7 @@ def test_seed_python_generator_fails_on_done(server: ServerThread) -> None:
     received: list[Any] = []
     with pytest.raises(json.JSONDecodeError):
         for chunk in seed_stream_chat_completion(server.url, "default", messages):
-            received.append(chunk)  # noqa: PERF402 (keeps what arrived before the error)
+            received.append(chunk)
     assert received[-1]["choices"][0]["finish_reason"] == "stop"  # it failed only on the end marker
 
 

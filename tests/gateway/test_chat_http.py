@@ -56,9 +56,7 @@ def stream_chunks(body: bytes) -> list[dict[str, Any]]:
 
 
 def content_of(chunks: list[dict[str, Any]], index: int = 0) -> str:
-    return "".join(
-        c["delta"].get("content") or "" for ch in chunks for c in ch["choices"] if c["index"] == index
-    )
+    return "".join(c["delta"].get("content") or "" for ch in chunks for c in ch["choices"] if c["index"] == index)
 
 
 def finish_reasons(chunks: list[dict[str, Any]]) -> list[tuple[int, str]]:
@@ -156,7 +154,9 @@ async def test_non_stream_forced_tool_call(gateway: Any) -> None:
     client = await gateway()
     resp = await client.post(
         CHAT,
-        json=chat_body("weather?", tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}),
+        json=chat_body(
+            "weather?", tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}
+        ),
     )
     body = await resp.json()
     assert resp.status == 200
@@ -545,7 +545,10 @@ def hold_back() -> Callable[[Any], Any]:
 
     def f(chunk: dict[str, Any] | None) -> Any:
         if chunk is None:
-            return {**template, "choices": [{"index": 0, "delta": {"content": "".join(held)}, "logprobs": None, "finish_reason": None}]}
+            return {
+                **template,
+                "choices": [{"index": 0, "delta": {"content": "".join(held)}, "logprobs": None, "finish_reason": None}],
+            }
         template.update({k: chunk[k] for k in ("id", "object", "created", "model")})
         content = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
         if content:

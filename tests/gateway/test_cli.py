@@ -34,7 +34,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
-        check=False, cwd=ROOT, env=clean_env(**env), capture_output=True, text=True, timeout=TIMEOUT,
+        check=False,
+        cwd=ROOT,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
 
 
@@ -56,8 +61,11 @@ class Server:
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", *args],
-            cwd=ROOT, env=clean_env(HOST="127.0.0.1", **env),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            env=clean_env(HOST="127.0.0.1", **env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.output = ""
 
@@ -159,7 +167,10 @@ def test_plugins_lists_the_builtins_with_their_hooks() -> None:
     as_json = cli("plugins", "--json", "--config", CONFIG)
     assert as_json.returncode == 0, as_json.stderr
     plugins = json.loads(as_json.stdout)
-    assert {p["name"]: p["hooks"] for p in plugins}["request_logging"] == ["gateway_register_config", "gateway_request_finished"]
+    assert {p["name"]: p["hooks"] for p in plugins}["request_logging"] == [
+        "gateway_register_config",
+        "gateway_request_finished",
+    ]
     assert [p["name"] for p in plugins][:5] == list(lines)[:5]
 
 
@@ -217,7 +228,7 @@ def test_serve_env_port_and_graceful_shutdown(tmp_path: Path, servers: list[Serv
                 for data in resp.iter_content(chunk_size=None):
                     received.append(data)
                     first_chunk.set()
-        except Exception as exc:  # noqa: BLE001 - reported to the test thread
+        except Exception as exc:
             failure.append(exc)
         finally:
             first_chunk.set()
@@ -240,8 +251,9 @@ def test_serve_env_port_and_graceful_shutdown(tmp_path: Path, servers: list[Serv
     text = b"".join(received).decode()
     assert text.endswith("data: [DONE]\n\n")
     contents = [
-        json.loads(line[len("data: "):])["choices"][0]["delta"].get("content", "")
-        for line in text.split("\n\n") if line.startswith("data: {")
+        json.loads(line[len("data: ") :])["choices"][0]["delta"].get("content", "")
+        for line in text.split("\n\n")
+        if line.startswith("data: {")
     ]
     assert "".join(contents) == "one two three four five"
 

@@ -17,8 +17,17 @@ from gateway.app import load
 from gateway.config import ConfigError, interpolate, read_config
 
 # Variables these tests set, directly or through .env files.
-VARS = ("GW_TEST_REPLY", "GW_TEST_EMPTY", "GW_TEST_UNSET", "GW_TEST_ORIGIN", "GW_TEST_NESTED",
-        "GW_TEST_FROM_DOTENV", "GW_TEST_FROM_CWD", "GW_TEST_BOTH", "GW_TEST_KEY")
+VARS = (
+    "GW_TEST_REPLY",
+    "GW_TEST_EMPTY",
+    "GW_TEST_UNSET",
+    "GW_TEST_ORIGIN",
+    "GW_TEST_NESTED",
+    "GW_TEST_FROM_DOTENV",
+    "GW_TEST_FROM_CWD",
+    "GW_TEST_BOTH",
+    "GW_TEST_KEY",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -148,10 +157,13 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 
 def test_var_set_is_substituted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GW_TEST_REPLY", "hello from env")
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: mock, type: mock, reply: "${GW_TEST_REPLY}"}
-    """)
+    """,
+    )
     assert load(path).config.backends[0].reply == "hello from env"
 
 
@@ -169,10 +181,13 @@ def test_var_inside_a_longer_string_and_twice(tmp_path: Path, monkeypatch: pytes
 def test_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str | None, expected: str) -> None:
     if env is not None:
         monkeypatch.setenv("GW_TEST_REPLY", env)
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: mock, type: mock, reply: "${GW_TEST_REPLY:-fallback}"}
-    """)
+    """,
+    )
     assert load(path).config.backends[0].reply == expected
 
 
@@ -188,7 +203,9 @@ def test_var_set_to_empty_without_default_is_empty(monkeypatch: pytest.MonkeyPat
 def test_vars_nested_in_lists_and_mappings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GW_TEST_ORIGIN", "http://a.example")
     monkeypatch.setenv("GW_TEST_NESTED", "deep")
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - name: mock
             type: mock
@@ -201,7 +218,8 @@ def test_vars_nested_in_lists_and_mappings(tmp_path: Path, monkeypatch: pytest.M
             allow_origins: ["${GW_TEST_ORIGIN}", "${GW_TEST_UNSET:-http://b.example}"]
         info:
           nested: {list: [{value: "${GW_TEST_NESTED}"}], number: 3}
-    """)
+    """,
+    )
     config = load(path).config
     assert config.backends[0].models == ["deep-model", "other-model"]
     assert [(r.name, r.model) for r in config.models] == [("deep-model", None), ("other-model", "deep-model")]
@@ -215,10 +233,13 @@ def test_non_strings_are_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_missing_var_names_the_key_path_and_the_variable(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: mock, type: mock, reply: "${GW_TEST_UNSET}"}
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     message = str(exc_info.value)
@@ -228,11 +249,14 @@ def test_missing_var_names_the_key_path_and_the_variable(tmp_path: Path) -> None
 
 
 def test_missing_var_in_a_nested_list(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         plugins:
           cors:
             allow_origins: ["http://ok", "${GW_TEST_UNSET}"]
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     assert str(exc_info.value).startswith(f"{path}: plugins.cors.allow_origins[1]: ")
@@ -255,10 +279,13 @@ def test_dotenv_beside_the_config_file(tmp_path: Path, monkeypatch: pytest.Monke
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     (config_dir / ".env").write_text("GW_TEST_FROM_DOTENV=from beside\n")
-    path = write(config_dir, """
+    path = write(
+        config_dir,
+        """
         backends:
           - {name: mock, type: mock, reply: "${GW_TEST_FROM_DOTENV}"}
-    """)
+    """,
+    )
     assert load(path).config.backends[0].reply == "from beside"
 
 
@@ -269,10 +296,13 @@ def test_dotenv_in_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     cwd.mkdir()
     (cwd / ".env").write_text("GW_TEST_FROM_CWD='from cwd'\n")
     monkeypatch.chdir(cwd)
-    path = write(config_dir, """
+    path = write(
+        config_dir,
+        """
         backends:
           - {name: mock, type: mock, reply: "${GW_TEST_FROM_CWD}"}
-    """)
+    """,
+    )
     assert load(path).config.backends[0].reply == "from cwd"
 
 
@@ -284,10 +314,13 @@ def test_both_dotenv_files_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (cwd / ".env").write_text("GW_TEST_FROM_CWD=c\n")
     (config_dir / ".env").write_text("GW_TEST_FROM_DOTENV=d\n")
     monkeypatch.chdir(cwd)
-    path = write(config_dir, """
+    path = write(
+        config_dir,
+        """
         backends:
           - {name: mock, type: mock, reply: "${GW_TEST_FROM_CWD}+${GW_TEST_FROM_DOTENV}"}
-    """)
+    """,
+    )
     assert load(path).config.backends[0].reply == "c+d"
 
 
@@ -300,10 +333,13 @@ def test_process_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytes
     (config_dir / ".env").write_text("GW_TEST_BOTH=from config dotenv\n")
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("GW_TEST_BOTH", "from the process")
-    path = write(config_dir, """
+    path = write(
+        config_dir,
+        """
         backends:
           - {name: mock, type: mock, reply: "${GW_TEST_BOTH}"}
-    """)
+    """,
+    )
     assert load(path).config.backends[0].reply == "from the process"
     assert os.environ["GW_TEST_BOTH"] == "from the process"
 
@@ -311,10 +347,13 @@ def test_process_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytes
 def test_dotenv_value_beats_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("GW_TEST_FROM_DOTENV=dotenv\n")
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: mock, type: mock, reply: "${GW_TEST_FROM_DOTENV:-default}"}
-    """)
+    """,
+    )
     assert load(path).config.backends[0].reply == "dotenv"
 
 
@@ -336,21 +375,27 @@ def test_unknown_key_in_a_core_section(tmp_path: Path) -> None:
 
 
 def test_unknown_key_inside_a_backend(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: mock, type: mock, bogus: 1}
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     assert errors_of(exc_info) == [f"{path}: backends[0].bogus: unknown key"]
 
 
 def test_backend_without_a_type(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: a, type: mock}
           - {name: b}
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     [line] = errors_of(exc_info)
@@ -359,11 +404,14 @@ def test_backend_without_a_type(tmp_path: Path) -> None:
 
 
 def test_backend_with_an_unknown_type_lists_known_types(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: a, type: mock}
           - {name: b, type: warp_drive}
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as exc_info:
         load(path, plugins=[SecretPlugin()])
     [line] = errors_of(exc_info)
@@ -380,11 +428,14 @@ def test_backend_not_a_mapping(tmp_path: Path) -> None:
 
 
 def test_duplicate_backend_names(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: same, type: mock}
           - {name: same, type: mock}
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     [line] = errors_of(exc_info)
@@ -393,12 +444,15 @@ def test_duplicate_backend_names(tmp_path: Path) -> None:
 
 
 def test_model_pointing_to_an_unknown_backend(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: mock, type: mock}
         models:
           - {name: m1, backend: nowhere}
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     [line] = errors_of(exc_info)
@@ -416,13 +470,16 @@ def test_default_model_nothing_serves(tmp_path: Path) -> None:
 
 
 def test_default_model_served_by_a_pattern(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: mock, type: mock}
         models:
           - {name: "mock-*", backend: mock}
         default_model: mock-gpt-model
-    """)
+    """,
+    )
     assert load(path).config.default_model == "mock-gpt-model"
 
 
@@ -444,13 +501,16 @@ def test_bad_value_in_a_plugin_section(tmp_path: Path) -> None:
 
 
 def test_every_problem_is_reported_one_per_line(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: a, type: mock, bogus: 1}
           - {name: b, type: nope}
         models:
           - {name: m, backend: zzz}
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     lines = errors_of(exc_info)
@@ -474,10 +534,13 @@ def test_a_bad_value_is_shown(tmp_path: Path) -> None:
 
 
 def test_a_bad_value_in_a_backend_is_shown(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: s, type: secretive, api_key: fine, retries: lots}
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as exc_info:
         load(path, plugins=[SecretPlugin()])
     [line] = errors_of(exc_info)
@@ -487,12 +550,15 @@ def test_a_bad_value_in_a_backend_is_shown(tmp_path: Path) -> None:
 
 def test_secret_backend_value_is_not_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GW_TEST_KEY", "31415926535")
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: s, type: secretive, api_key: [1], retries: 0}
           - {name: t, type: secretive, api_key: 27182818284}
           - {name: u, type: secretive, api_key: "${GW_TEST_KEY}", base_url: 16180339887}
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as exc_info:
         load(path, plugins=[SecretPlugin()])
     message = str(exc_info.value)
@@ -517,12 +583,15 @@ def test_secret_plugin_value_is_not_shown(tmp_path: Path, field: str) -> None:
 
 
 def test_implicit_routes_from_declared_models(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: one, type: mock, models: [alpha, beta]}
           - {name: two, type: mock, models: [gamma]}
         default_model: gamma
-    """)
+    """,
+    )
     config = load(path).config
     assert [(r.name, r.backend) for r in config.models] == [("alpha", "one"), ("beta", "one"), ("gamma", "two")]
     assert config.find_route("beta").backend == "one"
@@ -531,11 +600,14 @@ def test_implicit_routes_from_declared_models(tmp_path: Path) -> None:
 
 
 def test_implicit_route_for_a_backend_without_models_is_everything(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         backends:
           - {name: one, type: mock, models: [alpha]}
           - {name: any, type: mock, models: []}
-    """)
+    """,
+    )
     config = load(path).config
     assert [(r.name, r.backend) for r in config.models] == [("alpha", "one"), ("*", "any")]
     assert config.find_route("alpha").backend == "one"
@@ -543,11 +615,17 @@ def test_implicit_route_for_a_backend_without_models_is_everything(tmp_path: Pat
 
 
 async def test_implicit_routes_serve_requests(gateway: Any) -> None:
-    client = await gateway({"backends": [
-        {"name": "one", "type": "mock", "models": ["alpha"], "reply": "from one"},
-        {"name": "two", "type": "mock", "models": ["beta"], "reply": "from two"},
-    ]})
+    client = await gateway(
+        {
+            "backends": [
+                {"name": "one", "type": "mock", "models": ["alpha"], "reply": "from one"},
+                {"name": "two", "type": "mock", "models": ["beta"], "reply": "from two"},
+            ]
+        }
+    )
     for model, reply in (("alpha", "from one"), ("beta", "from two")):
-        resp = await client.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+        resp = await client.post(
+            "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        )
         assert resp.status == 200, await resp.text()
         assert (await resp.json())["choices"][0]["message"]["content"] == reply

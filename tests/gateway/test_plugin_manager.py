@@ -122,7 +122,7 @@ def test_disabling_routing_leaves_no_router() -> None:
 
 # Modules named in YAML -------------------------------------------------------------------------
 
-UPPER_PLUGIN = '''
+UPPER_PLUGIN = """
 from gateway import hookimpl
 
 @hookimpl
@@ -130,7 +130,7 @@ def gateway_process_request(ctx):
     for message in ctx.body["messages"]:
         if message["role"] == "user":
             message["content"] = message["content"].upper()
-'''
+"""
 
 
 async def test_enabled_module_is_imported_and_registered(
@@ -173,13 +173,13 @@ def test_module_whose_import_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 # Entry points ----------------------------------------------------------------------------------
 
-FAKEPLUG = '''
+FAKEPLUG = """
 from gateway import hookimpl
 
 @hookimpl
 def gateway_process_request(ctx):
     ctx.body["messages"][-1]["content"] += " [fakeplug]"
-'''
+"""
 
 
 @pytest.fixture
@@ -269,7 +269,9 @@ def test_impl_of_an_unknown_hook_is_refused() -> None:
     assert "gateway_nope" in str(error)
 
 
-def test_impl_with_an_argument_the_spec_lacks_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_impl_with_an_argument_the_spec_lacks_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A module named in the YAML whose impl asks for an argument the hook does not have: a config
     error (exit code 2 from the CLI), not pluggy's PluginValidationError escaping as a traceback."""
     (tmp_path / "gw_test_wrong_argument.py").write_text(
@@ -382,7 +384,9 @@ def hooks_of(*plugins: object) -> Hooks:
 class Recorder:
     """A plugin whose ``gateway_authenticate`` and ``gateway_process_request`` record a name."""
 
-    def __init__(self, log: list[str], name: str, result: Any = None, is_async: bool = False, fail: bool = False) -> None:
+    def __init__(
+        self, log: list[str], name: str, result: Any = None, is_async: bool = False, fail: bool = False
+    ) -> None:
         self.log, self.name, self.result, self.is_async, self.fail = log, name, result, is_async, fail
 
     def _run(self) -> Any:
@@ -403,8 +407,9 @@ class Recorder:
         return run()
 
 
-def recorder(log: list[str], name: str, *, result: Any = None, is_async: bool = False, fail: bool = False,
-             **marks: bool) -> object:
+def recorder(
+    log: list[str], name: str, *, result: Any = None, is_async: bool = False, fail: bool = False, **marks: bool
+) -> object:
     base = Recorder(log, name, result, is_async, fail)
 
     class Plugin:
@@ -542,7 +547,9 @@ async def test_request_finished_once_on_success(gateway: Any) -> None:
 async def test_request_finished_once_on_error(gateway: Any) -> None:
     finished = Finished()
     client = await gateway(None, [finished])
-    resp = await client.post("/v1/chat/completions", json={**chat_body(), "model": "nope"}, headers={"X-Request-ID": "e-1"})
+    resp = await client.post(
+        "/v1/chat/completions", json={**chat_body(), "model": "nope"}, headers={"X-Request-ID": "e-1"}
+    )
     assert resp.status == 404
     [(_, _, status, error)] = await finished.wait_for("e-1")
     assert status == 404
@@ -783,7 +790,12 @@ async def test_handle_error_plugin_wins_over_the_default(gateway: Any) -> None:
     resp = await client.post("/v1/chat/completions", json=chat_body(content="kettle"))
     assert resp.status == 418
     assert await resp.json() == {
-        "error": {"message": "short and stout: the kettle boiled over", "type": "teapot_error", "param": None, "code": "im_a_teapot"}
+        "error": {
+            "message": "short and stout: the kettle boiled over",
+            "type": "teapot_error",
+            "param": None,
+            "code": "im_a_teapot",
+        }
     }
     assert isinstance(renderer.errors[-1], Kettle)
 

@@ -115,7 +115,11 @@ async def test_preflight_of_the_unprefixed_path(gateway: Any) -> None:
     client = await gateway()
     response = await client.options(
         "/chat/completions",
-        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
     )
     assert response.status == 200
     assert response.headers.get(ACAO) == ORIGIN
@@ -125,7 +129,11 @@ async def test_max_age_and_credentials(gateway: Any) -> None:
     client = await gateway(with_cors(allow_origins=[ORIGIN], allow_credentials=True, max_age=600))
     preflight = await client.options(
         "/v1/chat/completions",
-        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"},
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
     )
     assert preflight.status == 200
     assert preflight.headers.get("Access-Control-Max-Age") == "600"

@@ -24,8 +24,20 @@ PROMPT = "count these five words"
 CHAT = {"model": MOCK_MODEL, "messages": [{"role": "user", "content": PROMPT}]}
 SECRET = "sk-secret-0123456789abcdef"
 ACCESS_FIELDS = {
-    "event", "level", "timestamp", "request_id", "method", "path", "status", "model", "backend", "stream",
-    "duration_ms", "ttfb_ms", "prompt_tokens", "completion_tokens",
+    "event",
+    "level",
+    "timestamp",
+    "request_id",
+    "method",
+    "path",
+    "status",
+    "model",
+    "backend",
+    "stream",
+    "duration_ms",
+    "ttfb_ms",
+    "prompt_tokens",
+    "completion_tokens",
 }
 
 
@@ -147,7 +159,9 @@ async def test_access_line_of_a_stream(gateway: Any, log: JsonLog, finished: Fin
     assert 0 <= line["ttfb_ms"] <= line["duration_ms"]
 
 
-async def test_time_to_first_byte_and_duration_reflect_the_backend(gateway: Any, log: JsonLog, finished: Finished) -> None:
+async def test_time_to_first_byte_and_duration_reflect_the_backend(
+    gateway: Any, log: JsonLog, finished: Finished
+) -> None:
     client = await gateway(mock_config(first_chunk_delay=0.05, chunk_delay=0.02), plugins=[finished])
     response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
     await response.read()
@@ -170,7 +184,12 @@ async def test_one_line_per_request(gateway: Any, log: JsonLog, finished: Finish
     lines = log.access()
     assert [line["request_id"] for line in lines] == ids
     assert len(set(ids)) == 4
-    assert [line["path"] for line in lines] == ["/v1/models", f"/v1/models/{MOCK_MODEL}", "/health", "/chat/completions"]
+    assert [line["path"] for line in lines] == [
+        "/v1/models",
+        f"/v1/models/{MOCK_MODEL}",
+        "/health",
+        "/chat/completions",
+    ]
     assert [line["method"] for line in lines] == ["GET", "GET", "GET", "POST"]
     assert [line["status"] for line in lines] == [200] * 4
     assert "stream" not in lines[0]  # only chat completions say whether they streamed
@@ -352,7 +371,9 @@ def test_secret_named_fields_are_redacted_whatever_their_type(log: JsonLog) -> N
 def test_secret_fields_are_redacted_in_console_output(fresh_loggers: None) -> None:
     out = io.StringIO()
     setup_logging("console", "info", stream=out)
-    structlog.get_logger("gateway").info("calling upstream", authorization="Bearer sk-abc123456789", note="sk-abcdefgh1")
+    structlog.get_logger("gateway").info(
+        "calling upstream", authorization="Bearer sk-abc123456789", note="sk-abcdefgh1"
+    )
     text = out.getvalue()
     assert "calling upstream" in text
     assert "sk-abc123456789" not in text
