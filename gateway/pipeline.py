@@ -64,10 +64,13 @@ async def context_middleware(
         except Exception as exc:
             ctx.error = exc
             response = await error_response(ctx, exc)
-        if not response.prepared:
-            await response.prepare(request)
-            await response.write_eof()
         ctx.status = ctx.status or response.status
+        if not response.prepared:  # send it now, so that request_finished comes after the last byte
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except ConnectionError as exc:
+                ctx.status, ctx.error = CLIENT_CLOSED, exc
     finally:
         await request.app[hooks_key].notify("gateway_request_finished", ctx=ctx, error=ctx.error)
     return response
