@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 import structlog
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.app import RUNNER_OPTIONS, create_app, load
-from gateway.config import ConfigError
+from gateway.config import ConfigError, load_dotenv_files
 from gateway.log import setup_logging
 from gateway.plugin_manager import describe
 
@@ -25,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="An OpenAI-compatible LLM gateway.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command")
+    load_dotenv_files(Path.cwd())  # ./.env may name the config ($GATEWAY_CONFIG) or the port
     default_config = os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG)
 
     serve = commands.add_parser("serve", help="serve the gateway (the default command)")

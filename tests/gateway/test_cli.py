@@ -260,3 +260,22 @@ def test_serve_env_port_and_graceful_shutdown(tmp_path: Path, servers: list[Serv
     assert server.wait(5) == 0
     assert time.monotonic() - sent_at < 5
     assert "Traceback" not in server.output
+
+
+def test_dotenv_in_the_cwd_names_the_config(tmp_path: Path) -> None:
+    """`GATEWAY_CONFIG` in ./.env picks the config file `check-config` validates by default."""
+    config = tmp_path / "mine.yaml"
+    config.write_text("backends: [{name: m, type: mock, models: [from-dotenv]}]\n")
+    (tmp_path / ".env").write_text(f"GATEWAY_CONFIG={config}\n")
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{config}: OK (1 backends, 1 models")
