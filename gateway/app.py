@@ -22,8 +22,9 @@ from gateway.config import (
     validation_problems,
 )
 from gateway.hookcall import Hooks
-from gateway.keys import backends_key, config_key, hooks_key, plugin_manager_key
-from gateway.pipeline import add_response_headers, context_middleware
+from gateway.keys import backends_key, config_key, hooks_key, lifecycle_key, plugin_manager_key
+from gateway.lifecycle import Lifecycle
+from gateway.middleware import add_response_headers, context_middleware
 from gateway.plugin_manager import build_plugin_manager
 from gateway.routes import setup_routes
 
@@ -91,8 +92,10 @@ def create_app(source: ConfigSource | Loaded, *, plugins: Iterable[object] = ())
     app[plugin_manager_key] = pm
     app[hooks_key] = Hooks(pm)
     app[backends_key] = registry = BackendRegistry(loaded.backends)
+    app[lifecycle_key] = lifecycle = Lifecycle(config.server.shutdown_timeout)
     setup_routes(app)
     app.on_response_prepare.append(add_response_headers)
+    app.on_shutdown.append(lifecycle.on_shutdown)
 
     async def backends_ctx(app: web.Application) -> AsyncIterator[None]:
         async with registry:

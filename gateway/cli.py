@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway import __version__
 from gateway.app import RUNNER_OPTIONS, create_app, load
 from gateway.config import ConfigError, load_dotenv_files
+from gateway.lifecycle import AIOHTTP_MARGIN
 from gateway.log import setup_logging
 from gateway.plugin_manager import describe
 
@@ -95,7 +96,7 @@ def run(path: str, host: str | None, port: int | None) -> int:
         app,
         host=host,
         port=port,
-        shutdown_timeout=config.server.shutdown_timeout,
+        shutdown_timeout=config.server.shutdown_timeout + AIOHTTP_MARGIN,  # the gateway ends requests first
         print=None,
         **RUNNER_OPTIONS,
         loop=_new_loop(),

@@ -53,6 +53,7 @@ class RequestContext:
     response: dict[str, Any] | None = None  # set in gateway_process_request to answer directly
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the response
     status: int = 0  # the HTTP status sent
+    headers_sent: bool = False  # the response's headers are out: it can no longer change
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None  # perf_counter() when the backend's first output arrived
     state: dict[str, Any] = field(default_factory=dict)

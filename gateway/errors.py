@@ -63,7 +63,6 @@ class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
     def __init__(self, model: str, **kwargs: Any) -> None:
-        kwargs.setdefault("param", "model")
         super().__init__(f"The model `{model}` does not exist or you do not have access to it.", **kwargs)
 
 
@@ -89,6 +88,14 @@ class InternalError(GatewayError):
     status = 500
     type = "server_error"
     code = "internal_error"
+
+
+class ServiceUnavailableError(GatewayError):
+    """The gateway cannot serve the request now (it is shutting down)."""
+
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
 
 
 class UpstreamError(GatewayError):

@@ -4,106 +4,35 @@ backend, stream or serialise, and render errors. Handlers in routes.py stay thin
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-import structlog
 from aiohttp import web
 
 from gateway.chat_format import completion_to_chunks, include_usage
 from gateway.context import RequestContext
 from gateway.errors import (
     GatewayError,
-    InternalError,
     InvalidRequestError,
     ModelNotFoundError,
     PayloadTooLargeError,
+    ServiceUnavailableError,
     UpstreamError,
     UpstreamTimeoutError,
 )
-from gateway.keys import backends_key, ctx_key, hooks_key, plugin_manager_key
+from gateway.keys import backends_key, hooks_key, lifecycle_key, plugin_manager_key
+from gateway.middleware import CLIENT_CLOSED, SHUTTING_DOWN, json_response, render_error
 from gateway.schemas import validate_chat_request
 from gateway.streaming import DONE, SSE_HEADERS, Watchdog, apply_filters, decode_items, encode_event, flush_filters
 
-log = structlog.get_logger("gateway")
-
-MAX_REQUEST_ID = 200  # a longer X-Request-ID from a client is replaced by a new one
-CLIENT_CLOSED = 499
-REPLAY_TIMEOUT = 60.0  # nginx's status for a client that left before the response was complete
+REPLAY_TIMEOUT = 60.0  # a replayed response never waits; _stream just needs a watchdog
 
 INVALID_JSON = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
     "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
 )
-
-
-# The middleware: one context per request, errors rendered, exactly one request_finished ---------
-
-
-@web.middleware
-async def context_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Give the request its context and id, turn any exception into an OpenAI error object, send
-    the response, then call ``gateway_request_finished`` once."""
-    request_id = request.headers.get("X-Request-ID")
-    if not request_id or len(request_id) > MAX_REQUEST_ID:
-        request_id = os.urandom(16).hex()
-    ctx = RequestContext(request=request, request_id=request_id)
-    request[ctx_key] = ctx
-    structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
-    try:
-        try:
-            response = await handler(request)
-        except asyncio.CancelledError as exc:  # the client left; nothing more can be sent
-            ctx.status, ctx.error = CLIENT_CLOSED, exc
-            raise
-        except Exception as exc:
-            ctx.error = exc
-            response = await error_response(ctx, exc)
-        ctx.status = ctx.status or response.status
-        if not response.prepared:  # send it now, so that request_finished comes after the last byte
-            try:
-                await response.prepare(request)
-                await response.write_eof()
-            except ConnectionError as exc:
-                ctx.status, ctx.error = CLIENT_CLOSED, exc
-    finally:
-        await request.app[hooks_key].notify("gateway_request_finished", ctx=ctx, error=ctx.error)
-    return response
-
-
-async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: the request id and the headers plugins put on ``ctx.response_headers``."""
-    ctx = request.get(ctx_key)
-    if ctx is not None:
-        response.headers["X-Request-ID"] = ctx.request_id
-        if ctx.response_headers:
-            response.headers.update(ctx.response_headers)
-
-
-async def render_error(ctx: RequestContext, exc: BaseException) -> GatewayError:
-    """The ``GatewayError`` a client sees for ``exc`` (``gateway_handle_error``; a 500 if that fails)."""
-    try:
-        error = await ctx.request.app[hooks_key].first_result("gateway_handle_error", ctx=ctx, error=exc)
-    except Exception:
-        log.exception("gateway_handle_error failed", error=repr(exc))
-        error = None
-    return (
-        error if isinstance(error, GatewayError) else InternalError("The server had an error processing your request.")
-    )
-
-
-async def error_response(ctx: RequestContext, exc: BaseException) -> web.Response:
-    error = await render_error(ctx, exc)
-    return json_response(error.to_dict(), status=error.status, headers=error.headers)
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
 # Steps shared by every API endpoint ------------------------------------------------------------
@@ -172,9 +101,13 @@ async def chat_completions(ctx: RequestContext) -> web.StreamResponse:
     if deployment is None:
         raise ModelNotFoundError(ctx.body["model"])
     ctx.deployment = deployment
-    backend = deployment.backend
-    watchdog = Watchdog(backend.config.timeout)
-    chunks = backend.chat(ctx)
+    try:
+        chunks = deployment.backend.chat(ctx)
+    except GatewayError:
+        raise
+    except Exception as exc:
+        raise backend_failure(ctx, exc) from exc
+    watchdog = Watchdog(deployment.backend.config.timeout)
     try:
         if ctx.stream:
             return await _stream(ctx, chunks, watchdog)
@@ -193,6 +126,32 @@ async def close(chunks: AsyncIterator[Any]) -> None:
         await aclose()
 
 
+def backend_failure(ctx: RequestContext, exc: Exception) -> GatewayError:
+    """What the client sees for an exception out of a backend: a ``GatewayError`` as it is, a timeout
+    as 504, anything else as 502 (the details go to the log, where secrets are redacted)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    name = ctx.backend.name if ctx.backend else "?"
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeoutError(f"Backend {name!r} timed out.")
+    ctx.log.error("backend failed", backend=name, exc_info=exc)
+    return UpstreamError(f"Backend {name!r} failed ({type(exc).__name__}).")
+
+
+def _cancelled(ctx: RequestContext, watchdog: Watchdog) -> GatewayError | None:
+    """After a ``CancelledError``: the error to answer with when the gateway itself caused it (the
+    backend's silence or the end of the shutdown grace period), else None (the client left)."""
+    if watchdog.expired():
+        backend = ctx.backend
+        assert backend is not None
+        return UpstreamTimeoutError(
+            f"Backend {backend.name!r} did not respond within {backend.config.timeout:g} seconds."
+        )
+    if ctx.request.app[lifecycle_key].ended_by_shutdown():
+        return ServiceUnavailableError(SHUTTING_DOWN)
+    return None
+
+
 async def _first(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watchdog) -> Any:
     """The backend's first output, within its timeout."""
     watchdog.waiting()
@@ -201,67 +160,63 @@ async def _first(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watc
     except StopAsyncIteration:
         raise UpstreamError(f"Backend {ctx.backend.name!r} returned no response.") from None
     except asyncio.CancelledError:
-        if watchdog.expired():
-            raise _timeout(ctx) from None
+        if (error := _cancelled(ctx, watchdog)) is not None:
+            raise error from None
         raise
+    except Exception as exc:
+        raise backend_failure(ctx, exc) from exc
     watchdog.idle()
     ctx.first_byte = time.perf_counter()
     return item
 
 
-def _timeout(ctx: RequestContext) -> UpstreamTimeoutError:
-    backend = ctx.backend
-    return UpstreamTimeoutError(f"Backend {backend.name!r} did not respond within {backend.config.timeout:g} seconds.")
-
-
 async def _stream(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watchdog) -> web.StreamResponse:
-    """Write the backend's chunks as SSE events as they arrive; errors before the first chunk
-    propagate (a JSON error), later ones end the stream with an error event."""
+    """Write the backend's chunks as SSE events as they arrive. An error before the first chunk
+    propagates (a JSON error response); after it, the stream ends with one error event, no [DONE]."""
     first = await _first(ctx, chunks, watchdog)
     filters = ctx.request.app[plugin_manager_key].hook.gateway_stream_filter(ctx=ctx)
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(ctx.request)
     ctx.status = response.status
-    write, loop = response.write, watchdog.loop
-    try:
+    write, loop, item = response.write, watchdog.loop, first
+    try:  # ConnectionError here comes from a write: the client went away
         try:
-            item = first
-            if not filters:  # pass-through: the backend's events go out as they are
-                while True:
-                    await write(encode_event(item))
-                    watchdog.since = loop.time()
-                    item = await anext(chunks)
-                    watchdog.since = None
-            else:
-                while True:
+            while True:
+                if filters:
                     for chunk in apply_filters(filters, decode_items(item)):
                         await write(encode_event(chunk))
-                    watchdog.since = loop.time()
+                else:  # pass-through: the backend's events go out as they are
+                    await write(encode_event(item))
+                watchdog.since = loop.time()
+                try:
                     item = await anext(chunks)
-                    watchdog.since = None
-        except StopAsyncIteration:
+                except StopAsyncIteration:
+                    break
+                except asyncio.CancelledError:
+                    if (error := _cancelled(ctx, watchdog)) is not None:
+                        raise error from None
+                    raise
+                except Exception as exc:
+                    raise backend_failure(ctx, exc) from exc
+                watchdog.since = None
             watchdog.since = None
-        except asyncio.CancelledError:
-            if watchdog.expired():
-                raise _timeout(ctx) from None
-            raise
-        for chunk in flush_filters(filters):
-            await write(encode_event(chunk))
-        await write(DONE)
-    except ConnectionError as exc:  # the client went away mid-stream
-        ctx.status, ctx.error = CLIENT_CLOSED, exc
-    except Exception as exc:
-        ctx.error = exc
-        error = await render_error(ctx, exc)
-        try:
-            await write(encode_event(error.to_dict()))
+            for chunk in flush_filters(filters):
+                await write(encode_event(chunk))
+            await write(DONE)
         except ConnectionError:
-            ctx.status = CLIENT_CLOSED
+            raise
+        except Exception as exc:  # the backend failed (already a GatewayError), or a plugin's filter
+            ctx.error = exc
+            await write(encode_event((await render_error(ctx, exc)).to_dict()))
+        await response.write_eof()
+    except ConnectionError as exc:
+        ctx.status, ctx.error = CLIENT_CLOSED, exc
     return response
 
 
 async def _answer_directly(ctx: RequestContext, completion: dict[str, Any]) -> web.StreamResponse:
     """Send a response a plugin set on ``ctx.response``: as it is, or as chunks for a stream."""
+    ctx.usage = completion.get("usage")
     if not ctx.stream:
         await ctx.request.app[hooks_key].call_all("gateway_process_response", ctx=ctx, response=completion)
         return json_response(completion)
@@ -270,7 +225,7 @@ async def _answer_directly(ctx: RequestContext, completion: dict[str, Any]) -> w
         for chunk in completion_to_chunks(completion, include_usage(ctx.body or {})):
             yield chunk
 
-    watchdog = Watchdog(REPLAY_TIMEOUT)  # a replay never waits; _stream just needs one
+    watchdog = Watchdog(REPLAY_TIMEOUT)
     try:
         return await _stream(ctx, replay(), watchdog)
     finally:

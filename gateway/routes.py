@@ -6,6 +6,7 @@ import asyncio
 from fnmatch import fnmatchcase
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from gateway import __version__
@@ -13,7 +14,8 @@ from gateway.backend import model_object
 from gateway.context import RequestContext
 from gateway.errors import ModelNotFoundError
 from gateway.keys import backends_key, config_key, ctx_key, plugin_manager_key
-from gateway.pipeline import chat_completions, json_endpoint, json_response, log
+from gateway.middleware import json_response
+from gateway.pipeline import chat_completions, json_endpoint
 from gateway.plugin_manager import describe
 
 NAME = "llm-gateway"
@@ -82,7 +84,7 @@ async def all_models(app: web.Application) -> list[dict[str, Any]]:
             found.setdefault(route.name, model_object(route.name, backends[route.backend].owned_by))
     for route, listing in zip(patterns, listings, strict=True):
         if isinstance(listing, BaseException):
-            log.warning("listing models failed", backend=route.backend, error=str(listing))
+            structlog.get_logger("gateway").warning("listing models failed", backend=route.backend, error=str(listing))
             continue
         for model in listing:
             if fnmatchcase(model["id"], route.name):

@@ -12,9 +12,6 @@ from typing import Any
 import pytest
 import structlog
 
-import gateway.hookcall
-import gateway.pipeline
-import gateway.routes
 from gateway import hookimpl
 from gateway.context import RequestContext
 from gateway.log import REDACTED, redact, setup_logging
@@ -67,14 +64,6 @@ class Leaky:
         raise RuntimeError("upstream refused " + ctx.request.headers["Authorization"])
 
 
-@pytest.fixture
-def fresh_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """New, uncached logger proxies where the gateway keeps module-level ones, so each test sees
-    its own ``setup_logging`` (see ``test_setup_logging_again_takes_effect``)."""
-    for owner in (RequestContext, gateway.pipeline, gateway.routes, gateway.hookcall):
-        monkeypatch.setattr(owner, "log", structlog.get_logger("gateway"))
-
-
 class JsonLog:
     def __init__(self, buffer: io.BytesIO) -> None:
         self.buffer = buffer
@@ -91,7 +80,7 @@ class JsonLog:
 
 
 @pytest.fixture
-def configure(fresh_loggers: None) -> Callable[..., JsonLog]:
+def configure() -> Callable[..., JsonLog]:
     """``log = configure(level="info")``: JSON logging into a buffer."""
 
     def setup(level: str = "info") -> JsonLog:
@@ -275,7 +264,7 @@ def test_unknown_request_logging_key_is_a_config_error() -> None:
         create_app(logging_config(skip_path=["/health"]))
 
 
-async def test_setup_logging_again_takes_effect(gateway: Any, fresh_loggers: None, finished: Finished) -> None:
+async def test_setup_logging_again_takes_effect(gateway: Any, finished: Finished) -> None:
     """Reconfiguring logging (as every test, or an embedding application, does) must redirect the
     gateway's log lines; structlog's cache_logger_on_first_use must not pin the first set-up."""
     client = await gateway(plugins=[finished])
@@ -368,7 +357,7 @@ def test_secret_named_fields_are_redacted_whatever_their_type(log: JsonLog) -> N
     assert line["cookie"] == line["password"] == line["secret"] == REDACTED
 
 
-def test_secret_fields_are_redacted_in_console_output(fresh_loggers: None) -> None:
+def test_secret_fields_are_redacted_in_console_output() -> None:
     out = io.StringIO()
     setup_logging("console", "info", stream=out)
     structlog.get_logger("gateway").info(
@@ -422,7 +411,7 @@ async def test_credentials_in_an_unexpected_error_never_reach_the_log(
 
 
 async def test_credentials_in_an_unexpected_error_never_reach_the_console_log(
-    gateway: Any, fresh_loggers: None, finished: Finished, everything_logged: Callable[[], str]
+    gateway: Any, finished: Finished, everything_logged: Callable[[], str]
 ) -> None:
     out = io.StringIO()
     setup_logging("console", "info", stream=out)

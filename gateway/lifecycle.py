@@ -1,0 +1,38 @@
+"""The shutdown grace period: in-flight requests get ``server.shutdown_timeout`` seconds to finish,
+then each is ended with an answer instead of a cut: a 503 error, or a final SSE error event."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+#: What aiohttp waits beyond the grace period for the requests the gateway has just ended.
+AIOHTTP_MARGIN = 2.0
+
+
+class Lifecycle:
+    """Tracks the handler tasks in flight and ends them when the grace period after shutdown is over."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.tasks: set[asyncio.Task[object]] = set()
+        self.expired = False
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        """``app.on_shutdown``: start the grace period (the listening sockets are already closed)."""
+        asyncio.get_running_loop().call_later(self.grace, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        for task in list(self.tasks):
+            task.cancel()
+
+    def ended_by_shutdown(self) -> bool:
+        """After a ``CancelledError``: True if the grace period caused it (the cancel is withdrawn)."""
+        if not self.expired:
+            return False
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()
+        return True

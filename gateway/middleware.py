@@ -1,0 +1,104 @@
+"""The request's frame: a context and an id for every request, every exception rendered as an
+OpenAI error object, and exactly one ``gateway_request_finished`` after the last byte."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.context import RequestContext
+from gateway.errors import GatewayError, InternalError, ServiceUnavailableError
+from gateway.keys import ctx_key, hooks_key, lifecycle_key
+
+log = structlog.get_logger("gateway")
+
+MAX_REQUEST_ID = 200  # a longer X-Request-ID from a client is replaced by a new one
+CLIENT_CLOSED = 499  # nginx's status for a client that left before the response was complete
+SHUTTING_DOWN = "The server is shutting down; retry the request."
+
+
+@web.middleware
+async def context_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Give the request its context and id, turn any exception into an OpenAI error object, send
+    the response, then call ``gateway_request_finished`` once."""
+    request_id = request.headers.get("X-Request-ID")
+    if not request_id or len(request_id) > MAX_REQUEST_ID:
+        request_id = os.urandom(16).hex()
+    ctx = RequestContext(request=request, request_id=request_id)
+    request[ctx_key] = ctx
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    lifecycle = request.app[lifecycle_key]
+    task = asyncio.current_task()
+    lifecycle.tasks.add(task)  # type: ignore[arg-type]
+    try:
+        try:
+            response = await handler(request)
+        except asyncio.CancelledError as exc:
+            if not lifecycle.ended_by_shutdown():  # else the client left: nothing more can be sent
+                ctx.status, ctx.error = CLIENT_CLOSED, exc
+                raise
+            ctx.error = ServiceUnavailableError(SHUTTING_DOWN)
+            response = await error_response(ctx, ctx.error)
+        except Exception as exc:
+            ctx.error = exc
+            if ctx.headers_sent:  # a response is under way: a second one cannot follow it
+                await render_error(ctx, exc)  # logs it
+                ctx.status = ctx.status or 500
+                _close(request)
+                raise asyncio.CancelledError from None  # aiohttp drops the connection quietly
+            response = await error_response(ctx, exc)
+        ctx.status = ctx.status or response.status
+        if not response.prepared:  # send it now, so that request_finished comes after the last byte
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except ConnectionError as exc:
+                ctx.status, ctx.error = CLIENT_CLOSED, exc
+    finally:
+        lifecycle.tasks.discard(task)  # type: ignore[arg-type]
+        await request.app[hooks_key].notify("gateway_request_finished", ctx=ctx, error=ctx.error)
+    return response
+
+
+def _close(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.close()
+
+
+async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the request id and the headers plugins put on ``ctx.response_headers``."""
+    ctx = request.get(ctx_key)
+    if ctx is not None:
+        ctx.headers_sent = True
+        response.headers["X-Request-ID"] = ctx.request_id
+        if ctx.response_headers:
+            response.headers.update(ctx.response_headers)
+
+
+async def render_error(ctx: RequestContext, exc: BaseException) -> GatewayError:
+    """The ``GatewayError`` a client sees for ``exc`` (``gateway_handle_error``; a 500 if that fails)."""
+    try:
+        error = await ctx.request.app[hooks_key].first_result("gateway_handle_error", ctx=ctx, error=exc)
+    except Exception:
+        log.exception("gateway_handle_error failed", error=repr(exc))
+        error = None
+    if isinstance(error, GatewayError):
+        return error
+    return InternalError("The server had an error processing your request.")
+
+
+async def error_response(ctx: RequestContext, exc: BaseException) -> web.Response:
+    error = await render_error(ctx, exc)
+    return json_response(error.to_dict(), status=error.status, headers=error.headers)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
