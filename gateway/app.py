@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -16,6 +17,7 @@ from gateway.config import (
     ConfigError,
     GatewayConfig,
     PluginsConfig,
+    environment,
     interpolate,
     read_config,
     validate_config,
@@ -49,10 +51,10 @@ def load(source: ConfigSource, plugins: Iterable[object] = ()) -> Loaded:
     """Read (a path) or take (a mapping) a config, load the plugins it names plus ``plugins``, and
     validate everything; raise ``ConfigError`` naming the file, the key path and the problem."""
     if isinstance(source, Mapping):
-        name, raw = "<config>", interpolate(dict(source), "<config>")
+        name, raw = "<config>", interpolate(dict(source), "<config>", environment())
     else:
         name = str(source)
-        raw = interpolate(read_config(source), name)
+        raw = interpolate(read_config(source), name, environment(Path(source).resolve().parent))
     try:
         plugin_settings = PluginsConfig.model_validate(raw.get("plugins") or {})
     except ValidationError as exc:

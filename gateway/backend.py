@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.log import redact
+
 if TYPE_CHECKING:
     from gateway.context import RequestContext
 
@@ -30,8 +32,9 @@ class Backend(ABC):
     """A model provider. One instance per configured backend, entered once for the app's life.
 
     ``chat(ctx)`` is one async iterator for both modes. Streaming (``ctx.stream``): it yields
-    ``chat.completion.chunk`` dicts, or pre-encoded SSE payloads (``bytes``, the JSON after ``data: ``)
-    on a pass-through path; it never yields ``[DONE]``. Non-streaming: it yields exactly one
+    ``chat.completion.chunk`` dicts, or ``bytes`` holding one or more complete, framed SSE events
+    (``data: {...}\n\n``) that go to the client as they are (the pass-through path); it never
+    yields ``[DONE]``. Non-streaming: it yields exactly one
     ``chat.completion`` dict. It sets ``ctx.usage`` when the usage is known, and raises
     ``gateway.errors.GatewayError`` subclasses for failures. The model to ask for is
     ``ctx.deployment.model``; the request is ``ctx.body``.
@@ -61,8 +64,9 @@ class Backend(ABC):
         """Answer a chat completion request (see the class docstring)."""
 
     def describe(self) -> dict[str, Any]:
-        """What /info shows: the config without secrets."""
-        return {"name": self.name, "type": self.type_name, **_public(self.config)}
+        """What /info shows: the config, with ``SecretStr`` fields masked by pydantic and anything
+        else that looks like a credential redacted."""
+        return redact({"name": self.name, "type": self.type_name, **_public(self.config)})
 
 
 def model_object(model_id: str, owned_by: str, created: int = 0) -> dict[str, Any]:

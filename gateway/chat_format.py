@@ -179,6 +179,19 @@ def estimate_prompt_tokens(messages: Iterable[Mapping[str, Any]] | None) -> int:
     return total
 
 
+def estimated_usage(body: Mapping[str, Any] | None, completion: Mapping[str, Any]) -> dict[str, int]:
+    """The usage of a ``chat.completion`` that reports none, estimated (see the module docstring)."""
+    prompt = estimate_prompt_tokens((body or {}).get("messages"))
+    completion_tokens = 0
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") or {}
+        completion_tokens += estimate_tokens(message.get("content"))
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            completion_tokens += estimate_tokens(function.get("name")) + estimate_tokens(function.get("arguments"))
+    return usage(prompt, completion_tokens)
+
+
 def completion_to_chunks(completion: Mapping[str, Any], include_usage: bool = False) -> list[dict[str, Any]]:
     """The chunks that stream a complete ``chat.completion``: per choice a role delta, its content
     (and tool calls, with their index), and a finish chunk; then the usage chunk if asked for."""

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.app import RUNNER_OPTIONS, create_app, load
-from gateway.config import ConfigError, load_dotenv_files
+from gateway.config import ConfigError, dotenv_file
 from gateway.lifecycle import AIOHTTP_MARGIN
 from gateway.log import setup_logging
 from gateway.plugin_manager import describe
@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="An OpenAI-compatible LLM gateway.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command")
-    load_dotenv_files(Path.cwd())  # ./.env may name the config ($GATEWAY_CONFIG) or the port
+    for key, value in dotenv_file(Path.cwd() / ".env").items():  # ./.env may set PORT, HOST, GATEWAY_CONFIG
+        os.environ.setdefault(key, value)
     default_config = os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG)
 
     serve = commands.add_parser("serve", help="serve the gateway (the default command)")
@@ -83,7 +84,9 @@ def run(path: str, host: str | None, port: int | None) -> int:
     setup_logging(config.logging.format, config.logging.level)
     host = host or os.environ.get("HOST") or config.server.host
     if port is None:
-        port = _env_port() or config.server.port
+        port = _env_port()
+    if port is None:
+        port = config.server.port
     app = create_app(loaded)
     structlog.get_logger("gateway").info(
         "gateway starting",
@@ -92,15 +95,19 @@ def run(path: str, host: str | None, port: int | None) -> int:
         version=__version__,
         models=[route.name for route in config.models],
     )
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        shutdown_timeout=config.server.shutdown_timeout + AIOHTTP_MARGIN,  # the gateway ends requests first
-        print=None,
-        **RUNNER_OPTIONS,
-        loop=_new_loop(),
-    )
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            shutdown_timeout=config.server.shutdown_timeout + AIOHTTP_MARGIN,  # the gateway ends requests first
+            print=None,
+            **RUNNER_OPTIONS,
+            loop=_new_loop(),
+        )
+    except OSError as exc:  # the address is in use, or not ours to bind
+        print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

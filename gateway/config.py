@@ -23,8 +23,6 @@ from gateway.backend import BackendConfig
 if TYPE_CHECKING:
     from gateway.backend import Backend
 
-RESERVED_PLUGIN_KEYS = ("enabled", "disabled")
-
 
 class ConfigError(Exception):
     """A config problem: ``problems`` is a list of (key path, message); ``source`` the file."""
@@ -100,15 +98,13 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML config file: ``.env`` files are loaded (cwd, then beside the file; the process
-    environment wins), then ``${VAR}`` / ``${VAR:-default}`` are replaced in every string."""
+    """Read a YAML config file (not yet interpolated)."""
     source = str(path)
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [("", f"cannot read config file: {exc.strerror or exc}")]) from None
-    load_dotenv_files(file.resolve().parent)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -122,24 +118,34 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return raw
 
 
-def load_dotenv_files(config_dir: Path) -> None:
-    """Set variables from ``./.env`` and ``<config dir>/.env`` that the environment does not already have."""
-    for env_file in dict.fromkeys([Path.cwd() / ".env", config_dir / ".env"]):
-        if env_file.is_file():
-            for key, value in dotenv_values(env_file).items():
-                if value is not None:
-                    os.environ.setdefault(key, value)
+def environment(config_dir: Path | None = None) -> dict[str, str]:
+    """The variables ``${VAR}`` sees: the process environment, over ``./.env``, over
+    ``<config dir>/.env``. Nothing is written to ``os.environ``."""
+    files = [config_dir / ".env"] if config_dir is not None else []
+    files.append(Path.cwd() / ".env")
+    env: dict[str, str] = {}
+    for env_file in dict.fromkeys(files):
+        env.update(dotenv_file(env_file))
+    env.update(os.environ)
+    return env
 
 
-def interpolate(value: Any, source: str, path: str = "") -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree."""
+def dotenv_file(path: Path) -> dict[str, str]:
+    """The variables a ``.env`` file sets (none when there is no such file)."""
+    if not path.is_file():
+        return {}
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+
+
+def interpolate(value: Any, source: str, env: Mapping[str, str], path: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` from ``env`` in every string of a parsed YAML tree."""
     if isinstance(value, str):
         if "${" not in value:
             return value
 
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
-            found = os.environ.get(name)
+            found = env.get(name)
             if found is not None and (found or default is None):
                 return found
             if default is not None:
@@ -150,14 +156,14 @@ def interpolate(value: Any, source: str, path: str = "") -> Any:
 
         return _VAR.sub(substitute, value)
     if isinstance(value, dict):
-        return {k: interpolate(v, source, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {k: interpolate(v, source, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, source, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [interpolate(v, source, env, f"{path}[{i}]") for i, v in enumerate(value)]
     return value
 
 
 def key_path(loc: tuple[Any, ...]) -> str:
-    """``("backends", 1, "base_url")`` -> ``backends[1].base_url``."""
+    """``("backends", 1, "base_url")`` -> ``backends[1].base_url`` (also OpenAI's ``param`` notation)."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -239,7 +245,7 @@ def _validate_backends(
             problems.append((where, "must be a mapping with at least `name` and `type`"))
             continue
         kind = entry.get("type")
-        if kind not in backend_types:
+        if not isinstance(kind, str) or kind not in backend_types:
             known = ", ".join(sorted(backend_types)) or "none"
             problems.append(
                 (

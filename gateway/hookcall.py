@@ -14,13 +14,6 @@ from gateway.hookspecs import ASYNC_HOOKS
 log = structlog.get_logger("gateway")
 
 
-async def await_me_maybe(value: Any) -> Any:
-    """Await ``value`` if it is awaitable, else return it."""
-    if inspect.isawaitable(value):
-        return await value
-    return value
-
-
 class Hooks:
     """The async-capable hooks of one plugin manager, with their impls resolved once at start-up."""
 
@@ -32,9 +25,6 @@ class Hooks:
             )
             for name in ASYNC_HOOKS
         }
-
-    def has(self, name: str) -> bool:
-        return bool(self._impls[name])
 
     async def first_result(self, name: str, **kwargs: Any) -> Any:
         """The first non-None result; later impls are not called. Exceptions propagate."""

@@ -18,18 +18,46 @@ _STRING_FORMATS = {
 }
 
 
-def example_value(schema: Any, root: Any = None, depth: int = 0) -> Any:
+#: Limits that keep a hostile schema (recursive ``$ref``s, huge ``minItems``) from stalling the server.
+MAX_NODES = 10_000
+MAX_DEPTH = 32
+MAX_ITEMS = 1_000
+MAX_LENGTH = 100_000
+
+
+class SchemaTooComplexError(ValueError):
+    """The schema needs a larger example than the limits allow."""
+
+
+class _Walk:
+    """The root schema (for ``$ref``) and the nodes left to generate."""
+
+    __slots__ = ("nodes_left", "schema")
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+        self.nodes_left = MAX_NODES
+
+
+def example_value(schema: Any) -> Any:
     """A value that validates against the JSON ``schema`` (the common keywords; local ``$ref`` only).
 
     const, then default, then the first enum value, anyOf/oneOf -> the first option; objects get every
     listed property; arrays one item (or ``minItems``); strings "example" (or a sample of their
-    ``format``); numbers their lower bound, else 0; booleans true.
+    ``format``); numbers their lower bound, else 0; booleans true. Raises ``SchemaTooComplexError``
+    past ``MAX_NODES`` values, ``MAX_ITEMS`` items or ``MAX_LENGTH`` characters.
     """
-    if not isinstance(schema, dict) or depth > 32:
+    return _example(schema, _Walk(schema), 0)
+
+
+def _example(schema: Any, root: _Walk, depth: int) -> Any:
+    root.nodes_left -= 1
+    if root.nodes_left < 0:
+        raise SchemaTooComplexError(f"the schema needs more than {MAX_NODES} values")
+    if not isinstance(schema, dict) or depth > MAX_DEPTH:
         return None if schema is False else {}
-    root = schema if root is None else root
     if "$ref" in schema:
-        return example_value(_resolve(root, schema["$ref"]), root, depth + 1)
+        return _example(_resolve(root.schema, schema["$ref"]), root, depth + 1)
     if "const" in schema:
         return schema["const"]
     if "default" in schema:
@@ -38,13 +66,13 @@ def example_value(schema: Any, root: Any = None, depth: int = 0) -> Any:
         return schema["enum"][0]
     for key in ("anyOf", "oneOf"):
         if schema.get(key):
-            return example_value(schema[key][0], root, depth + 1)
+            return _example(schema[key][0], root, depth + 1)
     if schema.get("allOf"):
         merged = {k: v for k, v in schema.items() if k != "allOf"}
         for part in schema["allOf"]:
-            part = _resolve(root, part["$ref"]) if "$ref" in part else part
+            part = _resolve(root.schema, part["$ref"]) if "$ref" in part else part
             merged = {**merged, **part, "properties": {**merged.get("properties", {}), **part.get("properties", {})}}
-        return example_value(merged, root, depth + 1)
+        return _example(merged, root, depth + 1)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
@@ -62,28 +90,32 @@ def _resolve(root: Any, ref: str) -> Any:
     return node
 
 
-def _object(schema: dict[str, Any], root: Any, depth: int) -> dict[str, Any]:
-    out = {name: example_value(sub, root, depth) for name, sub in (schema.get("properties") or {}).items()}
+def _object(schema: dict[str, Any], root: _Walk, depth: int) -> dict[str, Any]:
+    out = {name: _example(sub, root, depth) for name, sub in (schema.get("properties") or {}).items()}
     extra = schema.get("additionalProperties")
     for name in schema.get("required") or ():
         if name not in out:
-            out[name] = example_value(extra, root, depth) if isinstance(extra, dict) else "example"
+            out[name] = _example(extra, root, depth) if isinstance(extra, dict) else "example"
     return out
 
 
-def _array(schema: dict[str, Any], root: Any, depth: int) -> list[Any]:
+def _array(schema: dict[str, Any], root: _Walk, depth: int) -> list[Any]:
     items, prefix = schema.get("items"), schema.get("prefixItems")
     if isinstance(items, list):  # draft 4 tuple
         prefix = items
     if prefix:
-        return [example_value(sub, root, depth) for sub in prefix]
+        return [_example(sub, root, depth) for sub in prefix]
     count = max(1, schema.get("minItems", 1))
     if schema.get("maxItems") is not None:
         count = min(count, schema["maxItems"])
-    return [example_value(items, root, depth) if isinstance(items, dict) else "example"] * count
+    if count > MAX_ITEMS:
+        raise SchemaTooComplexError(f"minItems over {MAX_ITEMS}")
+    return [_example(items, root, depth) if isinstance(items, dict) else "example"] * count
 
 
-def _string(schema: dict[str, Any], root: Any, depth: int) -> str:
+def _string(schema: dict[str, Any], root: _Walk, depth: int) -> str:
+    if schema.get("minLength", 0) > MAX_LENGTH:
+        raise SchemaTooComplexError(f"minLength over {MAX_LENGTH}")
     text = _STRING_FORMATS.get(schema.get("format", ""), "example")
     text += "x" * max(0, schema.get("minLength", 0) - len(text))
     return text[: schema["maxLength"]] if "maxLength" in schema else text
@@ -117,7 +149,7 @@ def _bound(schema: dict[str, Any], inclusive: str, exclusive: str, *, lower: boo
     return value, False
 
 
-_EXAMPLES: dict[str, Callable[[dict[str, Any], Any, int], Any]] = {
+_EXAMPLES: dict[str, Callable[[dict[str, Any], _Walk, int], Any]] = {
     "object": _object,
     "array": _array,
     "string": _string,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -11,21 +12,10 @@ from typing import Any
 import orjson
 import structlog
 
-SECRET_KEYS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "api_key",
-        "api-key",
-        "x-api-key",
-        "key",
-        "token",
-        "access_token",
-        "password",
-        "secret",
-        "cookie",
-        "set-cookie",
-    }
+#: A key names a secret when it ends in one of these words (``X-Goog-Api-Key``, ``access_token``,
+#: ``client_secret``, ``Authorization``), but not ``prompt_tokens``.
+_SECRET_KEY = re.compile(
+    r"(?i)(?:^|[_.-])(?:api[_-]?key|key|token|secret|password|passwd|authorization|auth|cookie|credentials?)$"
 )
 _SECRET_VALUE = re.compile(r"(?i)\b(bearer\s*)[\w.~+/=-]{8,}|\bsk-[\w-]{6,}|^(token\s+|basic\s+)\S+$")
 REDACTED = "[REDACTED]"
@@ -36,10 +26,16 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         return _SECRET_VALUE.sub(_mask, value) if _may_hold_secret(value) else value
     if isinstance(value, dict):
-        return {k: REDACTED if str(k).lower() in SECRET_KEYS else redact(v) for k, v in value.items()}
+        return {k: REDACTED if is_secret_key(str(k)) else redact(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def is_secret_key(key: str) -> bool:
+    """Whether a field or header named ``key`` holds a credential."""
+    return _SECRET_KEY.search(key) is not None
 
 
 def _may_hold_secret(value: str) -> bool:
@@ -58,11 +54,10 @@ _TRUSTED_FIELDS = frozenset({"level", "timestamp", "method", "status", "stream"}
 
 def redact_processor(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: mask secret-named fields and credentials in any field's value."""
-    if not SECRET_KEYS.isdisjoint(event_dict):
-        for key in SECRET_KEYS.intersection(event_dict):
-            event_dict[key] = REDACTED
     for key, value in event_dict.items():
-        if type(value) is str:
+        if is_secret_key(key):
+            event_dict[key] = REDACTED
+        elif type(value) is str:
             if key not in _TRUSTED_FIELDS and _may_hold_secret(value):
                 event_dict[key] = _SECRET_VALUE.sub(_mask, value)
         elif isinstance(value, (dict, list, tuple)):
@@ -115,4 +110,13 @@ def setup_logging(fmt: str = "auto", level: str = "info", stream: Any = None) ->
         logger_factory=factory,
         cache_logger_on_first_use=False,  # a later setup_logging (tests, reloads) must take effect everywhere
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+
+
+class _RedactingFormatter(logging.Formatter):
+    """For the standard library's log lines (aiohttp's own): the same redaction as ours."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))

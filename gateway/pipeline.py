@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.chat_format import completion_to_chunks, include_usage
+from gateway.chat_format import completion_to_chunks, estimated_usage, include_usage
 from gateway.context import RequestContext
 from gateway.errors import (
     GatewayError,
@@ -216,7 +216,9 @@ async def _stream(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Wat
 
 async def _answer_directly(ctx: RequestContext, completion: dict[str, Any]) -> web.StreamResponse:
     """Send a response a plugin set on ``ctx.response``: as it is, or as chunks for a stream."""
-    ctx.usage = completion.get("usage")
+    if completion.get("usage") is None:  # a plugin's answer without usage: estimate it
+        completion["usage"] = estimated_usage(ctx.body, completion)
+    ctx.usage = completion["usage"]
     if not ctx.stream:
         await ctx.request.app[hooks_key].call_all("gateway_process_response", ctx=ctx, response=completion)
         return json_response(completion)

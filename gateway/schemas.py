@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 from pydantic_core import PydanticCustomError
 
+from gateway.config import key_path
 from gateway.errors import InvalidRequestError
 
 
@@ -38,6 +39,7 @@ class _Open(BaseModel):
 
 class ContentPart(_Open):
     type: str
+    text: str | None = None  # required for `text` parts (checked in validate_chat_request)
 
 
 class StreamOptions(_Open):
@@ -52,7 +54,16 @@ class FunctionDefinition(_Open):
 
 class Tool(_Open):
     type: str = "function"
-    function: FunctionDefinition | None = None
+    function: FunctionDefinition | None = None  # required for `function` tools
+
+
+class NamedFunction(_Open):
+    name: str
+
+
+class ToolChoiceObject(_Open):
+    type: str
+    function: NamedFunction | None = None  # required when type is `function`
 
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -86,7 +97,7 @@ class ChatCompletionRequest(_Open):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[Tool] | None = None
     tool_choice: Annotated[
-        Literal["none", "auto", "required"] | dict[str, Any] | None,
+        Literal["none", "auto", "required"] | ToolChoiceObject | None,
         one_of("'none', 'auto', 'required' or an object naming a tool"),
     ] = None
     user: str | None = None
@@ -109,10 +120,15 @@ def validate_chat_request(body: Any) -> None:
             param="stream_options",
             code="invalid_value",
         )
+    _check_tools(body)
     for i, message in enumerate(body["messages"]):
-        role = message["role"]
-        if role in _NEEDS_CONTENT and message.get("content") is None:
+        role, content = message["role"], message.get("content")
+        if role in _NEEDS_CONTENT and content is None:
             raise missing(f"messages[{i}].content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if part["type"] == "text" and part.get("text") is None:
+                    raise missing(f"messages[{i}].content[{j}].text")
         if role == "tool" and not message.get("tool_call_id"):
             raise missing(f"messages[{i}].tool_call_id")
         if (
@@ -123,18 +139,19 @@ def validate_chat_request(body: Any) -> None:
             raise missing(f"messages[{i}].content")
 
 
+def _check_tools(body: dict[str, Any]) -> None:
+    for i, tool in enumerate(body.get("tools") or ()):
+        if tool.get("type", "function") == "function" and tool.get("function") is None:
+            raise missing(f"tools[{i}].function")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice["type"] == "function" and choice.get("function") is None:
+        raise missing("tool_choice.function")
+
+
 def missing(param: str) -> InvalidRequestError:
     return InvalidRequestError(
         f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
     )
-
-
-def param_path(loc: tuple[Any, ...]) -> str:
-    """``("messages", 0, "role")`` -> ``messages[0].role`` (OpenAI's ``param`` notation)."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 _TYPE_NAMES = {
@@ -178,7 +195,7 @@ _BOUNDS = {
 def request_error(exc: ValidationError) -> InvalidRequestError:
     """The first pydantic error as OpenAI words it (message, ``param``, ``code``)."""
     err = exc.errors(include_url=False)[0]
-    param, kind, value, ctx = param_path(err["loc"]), err["type"], err.get("input"), err.get("ctx") or {}
+    param, kind, value, ctx = key_path(err["loc"]), err["type"], err.get("input"), err.get("ctx") or {}
     if kind == "missing":
         return missing(param)
     if kind in _TYPE_NAMES or kind == "invalid_type":

@@ -16,7 +16,6 @@ ChunkFilter = Callable[[dict[str, Any] | None], dict[str, Any] | list[dict[str, 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
-    "Connection": "keep-alive",
     "X-Accel-Buffering": "no",
 }
 DONE = b"data: [DONE]\n\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import aiohttp_cors
@@ -26,7 +27,8 @@ class CorsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     allow_origins: Names = Field(
-        default_factory=lambda: ["*"], description="origins allowed; `*` for any; [] turns CORS off"
+        default_factory=lambda: _split(os.environ.get("ALLOW_ORIGINS") or "*"),
+        description="origins allowed; `*` for any; [] turns CORS off (default: $ALLOW_ORIGINS, else `*`)",
     )
     allow_methods: Names = Field(default_factory=lambda: ["*"], description="methods allowed in preflight")
     allow_headers: Names = Field(default_factory=lambda: ["*"], description="request headers allowed")

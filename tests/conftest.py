@@ -23,6 +23,12 @@ def _quiet_structlog() -> Iterable[None]:
     structlog.reset_defaults()
 
 
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own directory, so a developer's ./.env cannot change what it sees."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def gateway(aiohttp_client: Any) -> GatewayClient:
     """``client = await gateway(config=None, plugins=())``: a TestClient on a new gateway app

@@ -42,7 +42,7 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.hookspecs import hookimpl
-from gateway.json_schema import example_value
+from gateway.json_schema import SchemaTooComplexError, example_value
 
 NO_USER_MESSAGE_REPLY = "Hello! I am the mock backend: send a user message and I will echo it."
 ARGUMENT_FRAGMENT_CHARS = 8
@@ -155,8 +155,15 @@ class MockBackend(Backend):
         body = ctx.body
         function = _forced_function(body)
         if function is not None:
-            arguments = orjson.dumps(example_value(function.get("parameters") or {"type": "object"})).decode()
-            return _Answer(_fragments(arguments), "tool_calls", function["name"])
+            try:
+                arguments = orjson.dumps(example_value(function.get("parameters") or {"type": "object"})).decode()
+            except SchemaTooComplexError as exc:
+                raise InvalidRequestError(
+                    f"The mock backend cannot fill in this tool's parameters: {exc}.", param="tools"
+                ) from None
+            # OpenAI's finish_reason is "tool_calls" for `required`, but "stop" for a named function
+            finish_reason = "tool_calls" if body.get("tool_choice") == "required" else "stop"
+            return _Answer(_fragments(arguments), finish_reason, function["name"])
         text = self.config.reply
         if text is None:
             text = _last_user_text(body.get("messages") or ()) or NO_USER_MESSAGE_REPLY

@@ -161,7 +161,7 @@ async def test_non_stream_forced_tool_call(gateway: Any) -> None:
     body = await resp.json()
     assert resp.status == 200
     choice = body["choices"][0]
-    assert choice["finish_reason"] == "tool_calls"
+    assert choice["finish_reason"] == "stop"  # OpenAI's: "tool_calls" only for tool_choice "required"
     (call,) = choice["message"]["tool_calls"]
     assert call["id"].startswith("call_") and call["type"] == "function"
     assert call["function"]["name"] == "get_weather"
@@ -272,7 +272,7 @@ async def test_stream_forced_tool_call_deltas(gateway: Any) -> None:
         assert "id" not in d and "type" not in d and "name" not in d["function"]
     arguments = "".join(d[0]["function"].get("arguments") or "" for d in deltas)
     assert set(orjson.loads(arguments)) == {"city", "days"}
-    assert finish_reasons(chunks) == [(0, "tool_calls")]
+    assert finish_reasons(chunks) == [(0, "stop")]  # a named function: "stop", as OpenAI sends
 
 
 # Model resolution --------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ def test_var_set_is_substituted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_var_inside_a_longer_string_and_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GW_TEST_REPLY", "X")
     raw = {"a": "pre-${GW_TEST_REPLY}-mid-${GW_TEST_REPLY}-post", "b": "${GW_TEST_UNSET:-d}/${GW_TEST_REPLY}"}
-    assert interpolate(raw, "s") == {"a": "pre-X-mid-X-post", "b": "d/X"}
+    assert interpolate(raw, "s", os.environ) == {"a": "pre-X-mid-X-post", "b": "d/X"}
 
 
 @pytest.mark.parametrize(
@@ -192,12 +192,12 @@ def test_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str | Non
 
 
 def test_empty_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert interpolate({"a": "[${GW_TEST_UNSET:-}]"}, "s") == {"a": "[]"}
+    assert interpolate({"a": "[${GW_TEST_UNSET:-}]"}, "s", os.environ) == {"a": "[]"}
 
 
 def test_var_set_to_empty_without_default_is_empty(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GW_TEST_EMPTY", "")
-    assert interpolate({"a": "[${GW_TEST_EMPTY}]"}, "s") == {"a": "[]"}
+    assert interpolate({"a": "[${GW_TEST_EMPTY}]"}, "s", os.environ) == {"a": "[]"}
 
 
 def test_vars_nested_in_lists_and_mappings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,7 +229,7 @@ def test_vars_nested_in_lists_and_mappings(tmp_path: Path, monkeypatch: pytest.M
 
 def test_non_strings_are_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
     raw = {"a": 1, "b": [True, None, 2.5], "c": {"d": "no vars here $HOME {x}"}}
-    assert interpolate(raw, "s") == raw
+    assert interpolate(raw, "s", os.environ) == raw
 
 
 def test_missing_var_names_the_key_path_and_the_variable(tmp_path: Path) -> None:
@@ -629,3 +629,17 @@ async def test_implicit_routes_serve_requests(gateway: Any) -> None:
         )
         assert resp.status == 200, await resp.text()
         assert (await resp.json())["choices"][0]["message"]["content"] == reply
+
+
+def test_loading_never_writes_to_the_process_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text("GW_TEST_FROM_DOTENV=from the file\n")
+    path = write(
+        tmp_path,
+        """
+        backends:
+          - {name: mock, type: mock, reply: "${GW_TEST_FROM_DOTENV}"}
+    """,
+    )
+    before = dict(os.environ)
+    assert load(path).config.backends[0].reply == "from the file"
+    assert dict(os.environ) == before

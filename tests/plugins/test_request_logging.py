@@ -48,9 +48,9 @@ class Finished:
     def gateway_request_finished(self, ctx: RequestContext, error: BaseException | None) -> None:
         self.count += 1
 
-    async def wait(self, count: int, timeout: float = 5.0) -> None:
+    async def wait(self, count: int, within: float = 5.0) -> None:
         """Until ``count`` requests have finished (the client may see the response before that)."""
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + within
         while self.count < count:
             assert asyncio.get_running_loop().time() < deadline, f"{self.count} of {count} requests finished"
             await asyncio.sleep(0.002)
