@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from gateway import Backend, BackendConfig, RequestContext, __version__, hookimpl
 from gateway.testing import mock_config
@@ -675,6 +675,7 @@ class KeyedBackend(Backend):
 
     class Config(BackendConfig):
         api_key: SecretStr
+        headers: dict[str, str] = Field(default_factory=dict)  # plain strings: /info redacts them
 
     def chat(self, ctx: RequestContext) -> Any:
         raise NotImplementedError
@@ -688,14 +689,17 @@ class KeyedPlugin:
 
 async def test_info(gateway: Any) -> None:
     config = mock_config()
-    config["backends"].append({"name": "keyed", "type": "keyed", "api_key": SECRET, "models": ["keyed-model"]})
+    headers = {"X-Api-Key": "hdr-secret-1", "X-Trace": f"Bearer {SECRET}-2"}
+    config["backends"].append(
+        {"name": "keyed", "type": "keyed", "api_key": SECRET, "headers": headers, "models": ["keyed-model"]}
+    )
     config["models"].append({"name": "keyed-model", "backend": "keyed"})
     config["info"] = {"theme": "midnight"}
     client = await gateway(config, plugins=[KeyedPlugin(), Editor()])
     resp = await client.get("/info")
     raw = await resp.read()
     assert resp.status == 200
-    assert SECRET.encode() not in raw
+    assert SECRET.encode() not in raw and b"hdr-secret-1" not in raw
     info = orjson.loads(raw)
     assert info["name"] == "llm-gateway"
     assert info["version"] == __version__

@@ -279,3 +279,42 @@ def test_dotenv_in_the_cwd_names_the_config(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{config}: OK (1 backends, 1 models")
+
+
+LONG_STREAM = """\
+server: {{host: 127.0.0.1, port: {port}, shutdown_timeout: 0.5}}
+backends:
+  - {{name: mock, type: mock, models: [mock-gpt-model], chunk_delay: 0.2, chunks: 100}}
+"""
+
+
+def test_a_stream_longer_than_the_grace_period_ends_with_an_error_event(tmp_path: Path, servers: list[Server]) -> None:
+    port = free_port()
+    path = tmp_path / "long.yaml"
+    path.write_text(LONG_STREAM.format(port=port))
+    server = Server(["--config", str(path)], {})
+    servers.append(server)
+    url = server.wait_up(port)
+    payload = {"model": "mock-gpt-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with requests.post(url + "/v1/chat/completions", json=payload, stream=True, timeout=(2, 5)) as resp:
+        events = resp.iter_lines()
+        assert next(line for line in events if line).startswith(b"data: {")
+        server.proc.send_signal(signal.SIGTERM)
+        sent_at = time.monotonic()
+        rest = [line for line in events if line]  # until the server ends the stream
+    assert 0.4 < time.monotonic() - sent_at < 2.0  # the grace period, not aiohttp's doubled timeout
+    assert rest[-1].startswith(b'data: {"error"')
+    assert json.loads(rest[-1][6:])["error"]["code"] == "service_unavailable"
+    assert b"data: [DONE]" not in rest
+    assert server.wait(5) == 0
+
+
+def test_a_port_in_use_is_one_line_not_a_traceback(servers: list[Server]) -> None:
+    port = free_port()
+    first = Server(["--config", CONFIG, "--port", str(port)], {})
+    servers.append(first)
+    first.wait_up(port)
+    result = cli("serve", "--config", CONFIG, "--port", str(port))
+    assert result.returncode == 1
+    assert f"cannot listen on 0.0.0.0:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

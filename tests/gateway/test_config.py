@@ -643,3 +643,16 @@ def test_loading_never_writes_to_the_process_environment(tmp_path: Path, monkeyp
     before = dict(os.environ)
     assert load(path).config.backends[0].reply == "from the file"
     assert dict(os.environ) == before
+
+
+def test_a_backend_type_that_is_not_a_string_is_a_clear_error(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        backends:
+          - {name: mock, type: [1]}
+    """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert "backends[0].type: unknown backend type [1]" in str(info.value)

@@ -241,3 +241,14 @@ async def test_unknown_url_error_from_a_disallowed_origin_gets_no_cors_header(ga
     response = await client.post("/v1/chat/completion", json=CHAT, headers={"Origin": "http://evil.example"})
     assert response.status == 404
     assert ACAO not in response.headers
+
+
+async def test_allow_origins_defaults_to_the_environment_in_any_config(
+    gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLOW_ORIGINS", "http://only.example")
+    client = await gateway()  # a config with no cors section
+    allowed = await client.get("/v1/models", headers={"Origin": "http://only.example"})
+    assert allowed.headers.get(ACAO) == "http://only.example"
+    other = await client.get("/v1/models", headers={"Origin": "http://other.example"})
+    assert ACAO not in other.headers

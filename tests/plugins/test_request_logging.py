@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import structlog
 
 from gateway import hookimpl
 from gateway.context import RequestContext
-from gateway.log import REDACTED, redact, setup_logging
+from gateway.log import REDACTED, is_secret_key, redact, setup_logging
 from gateway.testing import MOCK_MODEL, mock_config
 
 PROMPT = "count these five words"
@@ -424,3 +425,33 @@ async def test_credentials_in_an_unexpected_error_never_reach_the_console_log(
     assert "RuntimeError" in text
     assert SECRET not in text
     assert SECRET not in everything_logged()
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("X-Goog-Api-Key", True),
+        ("openai_api_key", True),
+        ("access_token", True),
+        ("client_secret", True),
+        ("Authorization", True),
+        ("proxy-authorization", True),
+        ("Cookie", True),
+        ("password", True),
+        ("prompt_tokens", False),
+        ("max_tokens", False),
+        ("monkey", False),
+        ("keyword", False),
+        ("model", False),
+    ],
+)
+def test_secret_keys_are_recognised_by_their_last_word(key: str, secret: bool) -> None:
+    assert is_secret_key(key) is secret
+
+
+def test_standard_library_log_lines_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("json", "info", stream=io.BytesIO())
+    logging.getLogger("aiohttp.server").error("Error handling request with Bearer sk-abcdef1234567890")
+    err = capsys.readouterr().err
+    assert "Error handling request with Bearer [REDACTED]" in err
+    assert "sk-abcdef" not in err
