@@ -15,6 +15,7 @@ from gateway.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitError,
+    ServiceUnavailableError,
     UpstreamError,
     UpstreamTimeoutError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "Principal",
     "RateLimitError",
     "RequestContext",
+    "ServiceUnavailableError",
     "UpstreamError",
     "UpstreamTimeoutError",
     "__version__",
