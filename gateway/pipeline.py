@@ -103,10 +103,8 @@ async def chat_completions(ctx: RequestContext) -> web.StreamResponse:
     ctx.deployment = deployment
     try:
         chunks = deployment.backend.chat(ctx)
-    except GatewayError:
-        raise
     except Exception as exc:
-        raise backend_failure(ctx, exc) from exc
+        raise backend_failure(ctx, exc) from None
     watchdog = Watchdog(deployment.backend.config.timeout)
     try:
         if ctx.stream:
@@ -164,7 +162,7 @@ async def _first(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watc
             raise error from None
         raise
     except Exception as exc:
-        raise backend_failure(ctx, exc) from exc
+        raise backend_failure(ctx, exc) from None
     watchdog.idle()
     ctx.first_byte = time.perf_counter()
     return item
@@ -197,7 +195,7 @@ async def _stream(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Wat
                         raise error from None
                     raise
                 except Exception as exc:
-                    raise backend_failure(ctx, exc) from exc
+                    raise backend_failure(ctx, exc) from None
                 watchdog.since = None
             watchdog.since = None
             for chunk in flush_filters(filters):
