@@ -136,9 +136,16 @@ def backend_failure(ctx: RequestContext, exc: Exception) -> GatewayError:
     return UpstreamError(f"Backend {name!r} failed ({type(exc).__name__}).")
 
 
+def _failure(ctx: RequestContext, watchdog: Watchdog, exc: BaseException) -> BaseException:
+    """What to raise for an exception out of the backend's iterator: ``backend_failure`` for an error;
+    for a cancellation the gateway caused itself (the backend's silence, the end of the shutdown
+    grace period) the error to answer with; else the exception as it is (the client left)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return _cancelled(ctx, watchdog) or exc
+    return backend_failure(ctx, exc) if isinstance(exc, Exception) else exc
+
+
 def _cancelled(ctx: RequestContext, watchdog: Watchdog) -> GatewayError | None:
-    """After a ``CancelledError``: the error to answer with when the gateway itself caused it (the
-    backend's silence or the end of the shutdown grace period), else None (the client left)."""
     if watchdog.expired():
         backend = ctx.backend
         assert backend is not None
@@ -157,12 +164,8 @@ async def _first(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watc
         item = await anext(chunks)
     except StopAsyncIteration:
         raise UpstreamError(f"Backend {ctx.backend.name!r} returned no response.") from None
-    except asyncio.CancelledError:
-        if (error := _cancelled(ctx, watchdog)) is not None:
-            raise error from None
-        raise
-    except Exception as exc:
-        raise backend_failure(ctx, exc) from None
+    except BaseException as exc:
+        raise _failure(ctx, watchdog, exc) from None
     watchdog.idle()
     ctx.first_byte = time.perf_counter()
     return item
@@ -190,12 +193,8 @@ async def _stream(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Wat
                     item = await anext(chunks)
                 except StopAsyncIteration:
                     break
-                except asyncio.CancelledError:
-                    if (error := _cancelled(ctx, watchdog)) is not None:
-                        raise error from None
-                    raise
-                except Exception as exc:
-                    raise backend_failure(ctx, exc) from None
+                except BaseException as exc:
+                    raise _failure(ctx, watchdog, exc) from None
                 watchdog.since = None
             watchdog.since = None
             for chunk in flush_filters(filters):
