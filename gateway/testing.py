@@ -4,18 +4,41 @@
 ``mock_config(**options)`` is a config serving ``mock-gpt-model`` from the mock backend with the
 given options; ``ServerThread(app)`` serves an app on 127.0.0.1 from a background thread, for
 synchronous clients (the openai SDK's ``OpenAI``, ``requests``, a subprocess).
+
+``RecordingBackend`` (config ``recording_config()``, registered by ``RecordingPlugin()``) answers a
+fixed reply and records every call it gets, so a test sees what reached the backend after the
+plugins ran, and whether the call completed or was cancelled: ``recorded(app)``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
-from collections.abc import Iterable, Mapping
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from aiohttp import web
+from pydantic import Field
 
 from gateway.app import RUNNER_OPTIONS, ConfigSource, create_app
+from gateway.backend import Backend, BackendConfig
+from gateway.chat_format import (
+    chat_completion,
+    chunk,
+    chunk_choice,
+    completion_id,
+    estimate_prompt_tokens,
+    include_usage,
+    message_choice,
+    usage,
+    usage_chunk,
+)
+from gateway.context import Principal, RequestContext
+from gateway.hookspecs import hookimpl
+from gateway.keys import backends_key
 
 MOCK_MODEL = "mock-gpt-model"
 
@@ -88,3 +111,84 @@ class ServerThread:
 def run_in_thread(config: Mapping[str, Any] | None = None, *, plugins: Iterable[object] = ()) -> ServerThread:
     """``ServerThread(make_app(config, plugins=plugins))``."""
     return ServerThread(make_app(config, plugins=plugins))
+
+
+# A recording backend ---------------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    """One call a ``RecordingBackend`` received."""
+
+    body: dict[str, Any]  # a copy of the request as the backend got it (after every plugin)
+    model: str  # the model the backend was asked for (after routing)
+    stream: bool
+    principal: Principal | None
+    outcome: Literal["running", "completed", "cancelled"] = "running"  # cancelled: client gone, timeout
+
+
+class RecordingBackend(Backend):
+    """Answers ``reply`` (streamed word by word, ``chunk_delay`` seconds apart) and records each call."""
+
+    type_name = "recording"
+    owned_by = "tests"
+
+    class Config(BackendConfig):
+        models: list[str] = Field(default_factory=lambda: ["recorded-model"])
+        reply: str = "recorded reply"
+        chunk_delay: float = Field(0, ge=0, description="seconds before each streamed chunk after the first")
+
+    config: Config
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self.calls: list[Call] = []
+
+    async def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+        assert ctx.body is not None and ctx.deployment is not None
+        call = Call(copy.deepcopy(ctx.body), ctx.deployment.model, ctx.stream, ctx.principal)
+        self.calls.append(call)
+        cid, created, model = completion_id(), int(time.time()), ctx.model or call.model
+        words = self.config.reply.split(" ")
+        ctx.usage = usage(estimate_prompt_tokens(ctx.body.get("messages")), len(words))
+        try:
+            if not ctx.stream:  # the gateway closes the generator after its one item: done once handed over
+                call.outcome = "completed"
+                yield chat_completion(cid, created, model, [message_choice(0, self.config.reply, "stop")], ctx.usage)
+                return
+            else:
+                extra = {"usage": None} if include_usage(ctx.body) else {}
+                pieces = [{"role": "assistant", "content": "", "refusal": None}]
+                pieces += [{"content": w if i == len(words) - 1 else w + " "} for i, w in enumerate(words)]
+                for i, delta in enumerate([*pieces, {}]):
+                    if i and self.config.chunk_delay:
+                        await asyncio.sleep(self.config.chunk_delay)
+                    finish = "stop" if i == len(pieces) else None
+                    yield chunk(cid, created, model, [chunk_choice(0, delta, finish)], **extra)
+                if extra:
+                    yield usage_chunk(cid, created, model, ctx.usage)
+            call.outcome = "completed"
+        except (asyncio.CancelledError, GeneratorExit):
+            if call.outcome == "running":
+                call.outcome = "cancelled"
+            raise
+
+
+class RecordingPlugin:
+    """Registers the ``recording`` backend type: ``make_app(recording_config(), plugins=[RecordingPlugin()])``."""
+
+    @hookimpl
+    def gateway_register_backends(self, register: Callable[[str, type[Backend]], None]) -> None:
+        register("recording", RecordingBackend)
+
+
+def recording_config(name: str = "recording", **options: Any) -> dict[str, Any]:
+    """A config with one recording backend (``options`` are its settings); it serves its ``models``."""
+    return {"backends": [{"name": name, "type": "recording", **options}]}
+
+
+def recorded(app: web.Application, name: str = "recording") -> list[Call]:
+    """The calls the recording backend ``name`` of ``app`` received."""
+    backend = app[backends_key][name]
+    assert isinstance(backend, RecordingBackend), f"backend {name!r} is not a recording backend"
+    return backend.calls
