@@ -66,17 +66,13 @@ class Backend(ABC):
     def describe(self) -> dict[str, Any]:
         """What /info shows: the config, with ``SecretStr`` fields masked by pydantic and anything
         else that looks like a credential redacted."""
-        return redact({"name": self.name, "type": self.type_name, **_public(self.config)})
+        public = self.config.model_dump(mode="json", exclude={"name", "type"})  # SecretStr: "**********"
+        return redact({"name": self.name, "type": self.type_name, **public})
 
 
 def model_object(model_id: str, owned_by: str, created: int = 0) -> dict[str, Any]:
     """An OpenAI ``model`` object."""
     return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
-
-
-def _public(config: BaseModel) -> dict[str, Any]:
-    """The config as JSON; pydantic shows SecretStr fields as ``**********``."""
-    return config.model_dump(mode="json", exclude={"name", "type"})
 
 
 class BackendRegistry(Mapping[str, Backend]):

@@ -63,6 +63,11 @@ async def json_endpoint(
     """A non-chat API endpoint: admit, produce the response (unless a plugin answered), post-process."""
     await admit(ctx)
     response = ctx.response if ctx.response is not None else await produce(ctx)
+    return await respond(ctx, response)
+
+
+async def respond(ctx: RequestContext, response: dict[str, Any]) -> web.Response:
+    """A non-streamed answer: ``gateway_process_response``, then JSON."""
     await ctx.request.app[hooks_key].call_all("gateway_process_response", ctx=ctx, response=response)
     return json_response(response)
 
@@ -113,8 +118,7 @@ async def chat_completions(ctx: RequestContext) -> web.StreamResponse:
     finally:
         watchdog.stop()
         await close(chunks)
-    await app[hooks_key].call_all("gateway_process_response", ctx=ctx, response=response)
-    return json_response(response)
+    return await respond(ctx, response)
 
 
 async def close(chunks: AsyncIterator[Any]) -> None:
@@ -217,8 +221,7 @@ async def _answer_directly(ctx: RequestContext, completion: dict[str, Any]) -> w
         completion["usage"] = estimated_usage(ctx.body, completion)
     ctx.usage = completion["usage"]
     if not ctx.stream:
-        await ctx.request.app[hooks_key].call_all("gateway_process_response", ctx=ctx, response=completion)
-        return json_response(completion)
+        return await respond(ctx, completion)
 
     async def replay() -> AsyncIterator[dict[str, Any]]:
         for chunk in completion_to_chunks(completion, include_usage(ctx.body or {})):
