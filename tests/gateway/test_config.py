@@ -272,12 +272,18 @@ def test_missing_var_in_a_mapping_config() -> None:
 # .env files ------------------------------------------------------------------------------------
 
 
-def test_dotenv_beside_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config_dir = tmp_path / "conf"
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A config directory and a separate working directory (the cwd for the test)."""
+    config_dir, cwd = tmp_path / "conf", tmp_path / "cwd"
     config_dir.mkdir()
-    elsewhere = tmp_path / "cwd"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return config_dir, cwd
+
+
+def test_dotenv_beside_the_config_file(dirs: tuple[Path, Path]) -> None:
+    config_dir, _ = dirs
     (config_dir / ".env").write_text("GW_TEST_FROM_DOTENV=from beside\n")
     path = write(
         config_dir,
@@ -289,13 +295,9 @@ def test_dotenv_beside_the_config_file(tmp_path: Path, monkeypatch: pytest.Monke
     assert load(path).config.backends[0].reply == "from beside"
 
 
-def test_dotenv_in_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config_dir = tmp_path / "conf"
-    config_dir.mkdir()
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
+def test_dotenv_in_the_cwd(dirs: tuple[Path, Path]) -> None:
+    config_dir, cwd = dirs
     (cwd / ".env").write_text("GW_TEST_FROM_CWD='from cwd'\n")
-    monkeypatch.chdir(cwd)
     path = write(
         config_dir,
         """
@@ -306,14 +308,10 @@ def test_dotenv_in_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert load(path).config.backends[0].reply == "from cwd"
 
 
-def test_both_dotenv_files_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config_dir = tmp_path / "conf"
-    config_dir.mkdir()
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
+def test_both_dotenv_files_are_read(dirs: tuple[Path, Path]) -> None:
+    config_dir, cwd = dirs
     (cwd / ".env").write_text("GW_TEST_FROM_CWD=c\n")
     (config_dir / ".env").write_text("GW_TEST_FROM_DOTENV=d\n")
-    monkeypatch.chdir(cwd)
     path = write(
         config_dir,
         """
@@ -324,14 +322,10 @@ def test_both_dotenv_files_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert load(path).config.backends[0].reply == "c+d"
 
 
-def test_process_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config_dir = tmp_path / "conf"
-    config_dir.mkdir()
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
+def test_process_environment_wins_over_dotenv(dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    config_dir, cwd = dirs
     (cwd / ".env").write_text("GW_TEST_BOTH=from cwd dotenv\n")
     (config_dir / ".env").write_text("GW_TEST_BOTH=from config dotenv\n")
-    monkeypatch.chdir(cwd)
     monkeypatch.setenv("GW_TEST_BOTH", "from the process")
     path = write(
         config_dir,
