@@ -48,6 +48,9 @@ class RequestContext:
     model: str | None = None  # the model the client asked for, after `default` resolution
     stream: bool = False
     principal: Principal | None = None
+    # the key the client sent as ``Authorization: Bearer``; a backend configured to forward it
+    # upstream (seed 001) uses it. An auth plugin that takes it as a gateway key clears it.
+    client_key: str | None = None
     deployment: Deployment | None = None  # chosen by gateway_select_backend
     usage: dict[str, Any] | None = None  # the response's token usage, once known
     response: dict[str, Any] | None = None  # set in gateway_process_request to answer directly

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -32,7 +32,7 @@ async def context_middleware(
     request_id = request.headers.get("X-Request-ID")
     if not request_id or len(request_id) > MAX_REQUEST_ID:
         request_id = os.urandom(16).hex()
-    ctx = RequestContext(request=request, request_id=request_id)
+    ctx = RequestContext(request=request, request_id=request_id, client_key=bearer_token(request.headers))
     request[ctx_key] = ctx
     structlog.contextvars.bind_contextvars(request_id=request_id)
     lifecycle = request.app[lifecycle_key]
@@ -66,6 +66,15 @@ async def context_middleware(
         lifecycle.tasks.discard(task)  # type: ignore[arg-type]
         await request.app[hooks_key].notify("gateway_request_finished", ctx=ctx, error=ctx.error)
     return response
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header (scheme in any case; the seeds' clients
+    send ``bearer<key>`` with no space), or None."""
+    value = headers.get("Authorization")
+    if not value or value[:6].lower() != "bearer":
+        return None
+    return value[6:].strip() or None
 
 
 def _close(request: web.Request) -> None:

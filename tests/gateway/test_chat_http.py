@@ -713,3 +713,13 @@ async def test_info(gateway: Any) -> None:
     assert backends["mock"]["type"] == "mock"
     assert backends["keyed"]["type"] == "keyed"
     assert {m["name"] for m in info["models"]} == {MODEL, "keyed-model"}
+
+
+@pytest.mark.parametrize(
+    ("header", "key"),
+    [("Bearer sk-1", "sk-1"), ("bearersk-2", "sk-2"), ("BEARER  sk-3 ", "sk-3"), ("Basic abc", None), ("Bearer", None)],
+)
+def test_bearer_token_is_read_from_authorization(header: str, key: str | None) -> None:
+    from gateway.middleware import bearer_token
+
+    assert bearer_token({"Authorization": header}) == key
