@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -192,29 +193,36 @@ def estimated_usage(body: Mapping[str, Any] | None, completion: Mapping[str, Any
     return usage(prompt, completion_tokens)
 
 
-def completion_to_chunks(completion: Mapping[str, Any], include_usage: bool = False) -> list[dict[str, Any]]:
-    """The chunks that stream a complete ``chat.completion``: per choice a role delta, its content
-    (and tool calls, with their index), and a finish chunk; then the usage chunk if asked for."""
+def completion_to_chunks(
+    completion: Mapping[str, Any], include_usage: bool = False, word_by_word: bool = False
+) -> list[dict[str, Any]]:
+    """The chunks that stream a complete ``chat.completion``: per choice a role delta with its content
+    (or, ``word_by_word``, with the first word and then a chunk per word, for simulated streaming),
+    its tool calls with their index, and a finish chunk; then the usage chunk if asked for."""
     id, created, model = completion["id"], completion["created"], completion["model"]
     fingerprint = completion.get("system_fingerprint")
-    extra = {"usage": None} if include_usage else {}
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+    if fingerprint is not None:
+        extra["system_fingerprint"] = fingerprint
     chunks = []
     for choice in completion["choices"]:
         message, index = choice["message"], choice["index"]
-        delta: dict[str, Any] = {"role": "assistant", "content": message.get("content"), "refusal": None}
+        content = message.get("content")
+        pieces = words(content) if word_by_word and content else [content]
+        delta: dict[str, Any] = {"role": "assistant", "content": pieces[0], "refusal": None}
         if message.get("tool_calls"):
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-        chunks.append(chunk(id, created, model, [chunk_choice(index, delta)], system_fingerprint=fingerprint, **extra))
-        chunks.append(
-            chunk(
-                id,
-                created,
-                model,
-                [chunk_choice(index, {}, choice["finish_reason"])],
-                system_fingerprint=fingerprint,
-                **extra,
-            )
-        )
+        chunks.append(chunk(id, created, model, [chunk_choice(index, delta)], **extra))
+        chunks += [chunk(id, created, model, [chunk_choice(index, {"content": p})], **extra) for p in pieces[1:]]
+        chunks.append(chunk(id, created, model, [chunk_choice(index, {}, choice["finish_reason"])], **extra))
     if include_usage and completion.get("usage"):
         chunks.append(usage_chunk(id, created, model, completion["usage"], fingerprint))
     return chunks
+
+
+_WORD = re.compile(r"\s*\S+\s*|\s+")
+
+
+def words(text: str) -> list[str]:
+    """``text`` cut into word pieces that keep their whitespace (joined, they are ``text`` again)."""
+    return _WORD.findall(text) or [text]

@@ -83,13 +83,20 @@ def _close(request: web.Request) -> None:
 
 
 async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: the request id and the headers plugins put on ``ctx.response_headers``."""
+    """``on_response_prepare``: the request id and the headers plugins put on ``ctx.response_headers``.
+
+    ``X-Gateway-Request-ID`` is always the gateway's id; ``X-Request-ID`` is the id the client sent,
+    else the upstream's (a backend forwards it, so the openai SDK's ``_request_id`` is the provider's),
+    else the gateway's."""
     ctx = request.get(ctx_key)
     if ctx is not None:
         ctx.headers_sent = True
-        response.headers["X-Request-ID"] = ctx.request_id
+        headers = response.headers
+        headers["X-Request-ID"] = headers["X-Gateway-Request-ID"] = ctx.request_id
         if ctx.response_headers:
-            response.headers.update(ctx.response_headers)
+            headers.update(ctx.response_headers)
+            if "X-Request-ID" in request.headers:  # a request id the client sent is echoed, whatever else
+                headers["X-Request-ID"] = ctx.request_id
 
 
 async def render_error(ctx: RequestContext, exc: BaseException) -> GatewayError:
