@@ -12,7 +12,6 @@ upstream said before a client or a log line sees it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -26,7 +25,7 @@ from gateway.errors import GatewayError, RateLimitError, UpstreamError, Upstream
 MAX_ERROR_BODY = 64 * 1024
 MAX_ERROR_MESSAGE = 1000
 #: Response headers of an upstream worth passing on to the client.
-FORWARDED_HEADER_PREFIXES = ("x-ratelimit-",)
+FORWARDED_HEADER_PREFIXES = ("x-ratelimit-", "x-request-id")
 
 
 class UpstreamClientError(GatewayError):
@@ -109,15 +108,13 @@ def http_error(
     return UpstreamError(f"Backend {backend!r} failed with HTTP {status}{said}")
 
 
-async def raise_for_status(
-    response: aiohttp.ClientResponse, backend: str, secrets: Iterable[str | None] = ()
-) -> None:
+async def raise_for_status(response: aiohttp.ClientResponse, backend: str, secrets: Iterable[str | None] = ()) -> None:
     """Raise ``http_error`` for an upstream response with an error status."""
     if response.status < 400:
         return
     try:
         body = await response.content.read(MAX_ERROR_BODY)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         body = b""
     raise http_error(backend, response.status, body, response.headers, secrets)
 
@@ -132,7 +129,7 @@ def transport_errors(backend: str, secrets: Iterable[str | None] = ()) -> Iterat
     except aiohttp.ClientConnectorError as exc:
         reason = exc.os_error.strerror or type(exc.os_error).__name__
         raise UpstreamError(f"Backend {backend!r} is unreachable: {reason.lower()}.") from None
-    except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeoutError(f"Backend {backend!r} timed out.") from None
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
         raise UpstreamError(f"Backend {backend!r} broke the connection ({type(exc).__name__}).") from None
@@ -143,6 +140,4 @@ def transport_errors(backend: str, secrets: Iterable[str | None] = ()) -> Iterat
 def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The upstream's ``x-ratelimit-*`` headers and ``x-request-id``, for the client's response (the
     core keeps a request id the client sent itself; the gateway's own is ``x-gateway-request-id``)."""
-    return {
-        k: v for k, v in headers.items() if k.lower().startswith(FORWARDED_HEADER_PREFIXES) or k.lower() == "x-request-id"
-    }
+    return {k: v for k, v in headers.items() if k.lower().startswith(FORWARDED_HEADER_PREFIXES)}
