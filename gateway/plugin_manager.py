@@ -19,6 +19,7 @@ DEFAULT_PLUGINS = (
     "plugins.request_logging",
     "plugins.cors",
     "plugins.backends.mock",
+    "plugins.backends.openai_compat",
 )
 #: Built-ins that cannot be disabled.
 ESSENTIAL_PLUGINS = frozenset({"error_renderer"})

@@ -1,0 +1,295 @@
+"""The built-in ``openai_compat`` backend: any OpenAI-compatible upstream (OpenAI, Azure OpenAI, vLLM,
+Ollama, llama.cpp's server, Groq, Together, OpenRouter...).
+
+The request body goes upstream untouched, unknown fields included, but for the model name. A
+stream passes through as the upstream's bytes, cut at event boundaries; the only work per read is
+a few byte searches (the ``[DONE]`` marker, a usage event, an error event). When the upstream model
+is not the one the client asked for, the ``model`` field of every answer is rewritten to the
+client's name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from pydantic import Field, SecretStr, field_validator
+
+from gateway.backend import Backend, BackendConfig
+from gateway.chat_format import completion_to_chunks, include_usage
+from gateway.context import RequestContext
+from gateway.errors import UpstreamError
+from gateway.hookspecs import hookimpl
+from gateway.upstream import (
+    client_session,
+    error_details,
+    forwarded_headers,
+    raise_for_status,
+    scrub,
+    transport_errors,
+)
+
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_MODEL = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+_DONE = b"data: [DONE]"
+_EVENT_END = b"\n\n"
+#: ``"usage": null`` as upstreams write it on each chunk of a stream that asked for usage.
+_NULL_USAGE = (b',"usage":null', b', "usage": null')
+
+log = structlog.get_logger("gateway")
+
+
+class OpenAICompatConfig(BackendConfig):
+    base_url: str = Field(description="the API root, with its version: https://api.openai.com/v1")
+    api_key: SecretStr | None = Field(None, description="the upstream key (none for local servers)")
+    forward_client_key: bool = Field(
+        False, description="a key the client sends as `Authorization: Bearer` goes upstream instead of api_key"
+    )
+    api_key_header: str = Field(
+        "Authorization", description="header carrying the key: Authorization (as `Bearer <key>`), or e.g. api-key"
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="extra headers sent with every request")
+    api_version: str | None = Field(None, description="sent as the `api-version` query parameter (Azure)")
+    deployment_urls: bool = Field(
+        False, description="Azure style: {base_url}/deployments/{model}/chat/completions, the model in the URL"
+    )
+    connect_timeout: float = Field(10.0, gt=0, description="seconds allowed to connect")
+    models_ttl: float = Field(300.0, ge=0, description="seconds the upstream's model list is cached")
+    max_connections: int = Field(0, ge=0, description="open connections to the upstream at most (0: no limit)")
+    stream_usage: bool = Field(
+        True,
+        description="always ask a stream for its usage (stream_options.include_usage) and drop the usage "
+        "chunk when the client did not ask for it, so every stream is counted",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class OpenAICompatBackend(Backend):
+    """Forwards to an OpenAI-compatible API; see the module docstring."""
+
+    type_name = "openai_compat"
+    Config = OpenAICompatConfig
+    owned_by = "openai_compat"
+    config: OpenAICompatConfig
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self.session: aiohttp.ClientSession | None = None
+        self._key = self.config.api_key.get_secret_value() if self.config.api_key else None
+        self._params = {"api-version": self.config.api_version} if self.config.api_version else None
+        self._models: list[dict[str, Any]] | None = None
+        self._models_until = 0.0
+        self._models_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> OpenAICompatBackend:
+        headers = dict(self.config.headers)
+        if self._key and not self.config.forward_client_key:
+            headers[self.config.api_key_header] = self._credential(self._key)
+        self.session = client_session(
+            connect_timeout=self.config.connect_timeout, headers=headers, max_connections=self.config.max_connections
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # Requests ------------------------------------------------------------------------------
+
+    def _credential(self, key: str) -> str:
+        return f"Bearer {key}" if self.config.api_key_header.lower() == "authorization" else key
+
+    def _request_headers(self, ctx: RequestContext | None) -> dict[str, str] | None:
+        """The key header when it depends on the request (a forwarded client key); else None."""
+        if not self.config.forward_client_key:
+            return None
+        key = (ctx.client_key if ctx is not None else None) or self._key
+        return {self.config.api_key_header: self._credential(key)} if key else None
+
+    def _url(self, operation: str, model: str) -> str:
+        if self.config.deployment_urls:
+            return f"{self.config.base_url}/deployments/{model}/{operation}"
+        return f"{self.config.base_url}/{operation}"
+
+    def _secrets(self, ctx: RequestContext | None) -> tuple[str | None, ...]:
+        return (self._key, ctx.client_key if ctx is not None else None)
+
+    async def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:  # type: ignore[override]
+        async for item in self._call(ctx, "chat/completions"):
+            yield item
+
+    async def _call(self, ctx: RequestContext, operation: str) -> AsyncIterator[dict[str, Any] | bytes]:
+        """POST ``ctx.body`` to ``operation`` and yield the answer: one dict, or a stream's events."""
+        assert ctx.body is not None and ctx.deployment is not None and self.session is not None
+        body, model = ctx.body, ctx.deployment.model
+        if body.get("model") != model:
+            body = {**body, "model": model}
+        drop_usage = False
+        if ctx.stream and self.config.stream_usage and not include_usage(body):
+            body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+            drop_usage = True
+        rename = model != ctx.model and ctx.model is not None
+        secrets = self._secrets(ctx)
+        with transport_errors(self.name, secrets):
+            async with self.session.post(
+                self._url(operation, model),
+                data=orjson.dumps(body),
+                headers=self._request_headers(ctx),
+                params=self._params,
+            ) as response:
+                ctx.response_headers.update(forwarded_headers(response.headers))
+                await raise_for_status(response, self.name, secrets)
+                if not ctx.stream or response.content_type != "text/event-stream":
+                    answer = await self._json(response)
+                    if rename:
+                        answer["model"] = ctx.model
+                    ctx.usage = answer.get("usage") or ctx.usage
+                    if not ctx.stream:
+                        yield answer
+                    else:  # an upstream that answered a stream request in one piece
+                        for chunk in completion_to_chunks(answer, include_usage(ctx.body)):
+                            yield chunk
+                    return
+                renamer = _renamer(ctx.model) if rename else None
+                async for events in self._events(ctx, response, drop_usage, renamer, secrets):
+                    yield events
+
+    async def _json(self, response: aiohttp.ClientResponse) -> dict[str, Any]:
+        raw = await response.read()
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise UpstreamError(f"Backend {self.name!r} answered with something that is not a JSON object.")
+        return answer
+
+    async def _events(
+        self,
+        ctx: RequestContext,
+        response: aiohttp.ClientResponse,
+        drop_usage: bool,
+        renamer: Callable[[bytes], bytes] | None,
+        secrets: tuple[str | None, ...],
+    ) -> AsyncIterator[bytes]:
+        """The upstream's SSE events, as blocks of whole events: ``[DONE]`` removed (the gateway
+        sends its own), the usage event read (and dropped when only the gateway asked for it), an
+        error event raised. A stream that ends without ``[DONE]`` was cut off: an error."""
+        pending = b""
+        async for data in response.content.iter_any():
+            if b"\r" in data:
+                data = data.replace(b"\r\n", b"\n")
+            pending += data
+            end = pending.rfind(_EVENT_END)
+            if end < 0:
+                continue
+            block, pending = pending[: end + 2], pending[end + 2 :]
+            done = _DONE in block
+            if done:
+                block = block[: block.find(_DONE)]
+            failure = None
+            if b'"error"' in block or _USAGE.search(block):
+                block, failure = self._inspect(ctx, block, drop_usage, secrets)
+            if drop_usage:
+                for null in _NULL_USAGE:
+                    block = block.replace(null, b"")
+            if renamer is not None:
+                block = renamer(block)
+            if block:
+                yield block
+            if failure is not None:
+                raise failure
+            if done:
+                return
+        raise UpstreamError(f"Backend {self.name!r} ended the stream before it was complete.")
+
+    def _inspect(
+        self, ctx: RequestContext, block: bytes, drop_usage: bool, secrets: tuple[str | None, ...]
+    ) -> tuple[bytes, UpstreamError | None]:
+        """Read a block holding a usage or error event: record the usage, drop the usage event when
+        the client did not ask for it; the events before an error event, and the error."""
+        kept = []
+        for event in block.split(_EVENT_END):
+            if not event:
+                continue
+            payload = _data(event)
+            if payload.startswith(b'{"error"') or (b'"error"' in payload and b'"choices"' not in payload):
+                message = scrub(error_details(payload).get("message") or "unknown error", secrets)
+                return b"".join(kept), UpstreamError(f"Backend {self.name!r} failed during the stream: {message}")
+            if _USAGE.search(payload):
+                chunk = orjson.loads(payload)
+                ctx.usage = chunk.get("usage") or ctx.usage
+                if drop_usage and not chunk.get("choices"):
+                    continue
+            kept.append(event + _EVENT_END)
+        return b"".join(kept), None
+
+    # Models --------------------------------------------------------------------------------
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """The configured ``models``, else the upstream's ``/models``, cached ``models_ttl`` seconds (a
+        stale list is served while the upstream fails to answer)."""
+        if self.config.models:
+            return await super().list_models()
+        loop = asyncio.get_running_loop()
+        async with self._models_lock:
+            if self._models is None or loop.time() >= self._models_until:
+                try:
+                    self._models = await self._fetch_models()
+                except Exception:
+                    if self._models is None:
+                        raise
+                    log.warning("listing models failed; serving the cached list", backend=self.name, exc_info=True)
+                self._models_until = loop.time() + self.config.models_ttl
+            return self._models
+
+    async def _fetch_models(self) -> list[dict[str, Any]]:
+        assert self.session is not None
+        secrets = self._secrets(None)
+        with transport_errors(self.name, secrets):
+            async with self.session.get(
+                f"{self.config.base_url}/models",
+                headers=self._request_headers(None),
+                params=self._params,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+            ) as response:
+                await raise_for_status(response, self.name, secrets)
+                listing = await self._json(response)
+        return [
+            {
+                "id": m["id"],
+                "object": "model",
+                "created": m.get("created") or 0,
+                "owned_by": m.get("owned_by") or self.owned_by,
+            }
+            for m in listing.get("data") or []
+            if isinstance(m, dict) and isinstance(m.get("id"), str)
+        ]
+
+
+def _data(event: bytes) -> bytes:
+    """The joined ``data:`` lines of one SSE event."""
+    return b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
+
+
+def _renamer(model: str) -> Callable[[bytes], bytes]:
+    """Rewrite every ``"model": "..."`` field of a block of events to ``model``."""
+    replacement = b'"model":' + orjson.dumps(model).replace(b"\\", b"\\\\")
+    return lambda block: _MODEL.sub(replacement, block)
+
+
+@hookimpl
+def gateway_register_backends(register: Callable[[str, type[Backend]], None]) -> None:
+    """Register the ``openai_compat`` backend type."""
+    register("openai_compat", OpenAICompatBackend)

@@ -1,0 +1,416 @@
+"""The openai_compat backend against a fake OpenAI API on 127.0.0.1 (tests/upstreams/openai.py)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway import hookimpl
+from gateway.context import RequestContext
+from tests.upstreams.openai import OpenAIUpstream, Reply
+
+KEY = "sk-upstream-secret-1234567890"
+CLIENT_KEY = "sk-client-own-key-0987654321"
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+def compat_config(base_url: str, models: Any = None, **options: Any) -> dict[str, Any]:
+    backend = {"name": "up", "type": "openai_compat", "base_url": base_url, "api_key": KEY, "timeout": 0.5}
+    return {
+        "backends": [{**backend, **options}],
+        "models": models if models is not None else [{"name": "*", "backend": "up"}],
+    }
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> OpenAIUpstream:
+    fake = OpenAIUpstream()
+    server = await aiohttp_server(fake.app)
+    fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
+    return fake
+
+
+class Usage:
+    """Records ``ctx.usage`` and the error of every finished request."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, BaseException | None]] = []
+
+    @hookimpl
+    def gateway_request_finished(self, ctx: RequestContext, error: BaseException | None) -> None:
+        self.seen.append((ctx.usage, error))
+
+
+async def start(gateway: Any, upstream: OpenAIUpstream, plugins: Any = (), **options: Any) -> TestClient:
+    return await gateway(compat_config(upstream.base_url, **options), plugins)  # type: ignore[attr-defined]
+
+
+def chat(stream: bool = False, **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": stream, **extra}
+
+
+def events(raw: bytes) -> list[bytes]:
+    """The data payloads of an SSE body, in order."""
+    return [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
+
+
+# Requests -------------------------------------------------------------------------------------
+
+
+async def test_the_body_goes_upstream_untouched_with_the_key(gateway: Any, upstream: OpenAIUpstream) -> None:
+    client = await start(gateway, upstream, headers={"OpenAI-Organization": "org-1"})
+    body = chat(temperature=0.2, some_new_parameter={"nested": [1, 2]}, user="u-1")
+    resp = await client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer ignored"})
+    assert resp.status == 200, await resp.text()
+    answer = await resp.json()
+    assert answer["choices"][0]["message"]["content"] == "Hello from upstream"
+    assert answer["usage"] == {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
+    sent = upstream.last
+    assert sent.path == "/v1/chat/completions"
+    assert sent.body == body
+    assert sent.headers["Authorization"] == f"Bearer {KEY}"
+    assert sent.headers["OpenAI-Organization"] == "org-1"
+
+
+async def test_a_mapped_model_goes_upstream_and_the_answer_names_the_client_model(
+    gateway: Any, upstream: OpenAIUpstream
+) -> None:
+    client = await start(gateway, upstream, models=[{"name": "fast", "backend": "up", "model": "gpt-4o-mini"}])
+    resp = await client.post("/v1/chat/completions", json={**chat(), "model": "fast"})
+    assert (await resp.json())["model"] == "fast"
+    assert upstream.last.body["model"] == "gpt-4o-mini"
+
+    resp = await client.post("/v1/chat/completions", json={**chat(stream=True), "model": "fast"})
+    chunks = [orjson.loads(e) for e in events(await resp.read())[:-1]]
+    assert chunks and {c["model"] for c in chunks} == {"fast"}
+
+
+async def test_the_upstream_model_name_is_kept_when_the_client_asked_for_it(
+    gateway: Any, upstream: OpenAIUpstream
+) -> None:
+    upstream.reply(Reply(model="gpt-4o-mini-2024-07-18"))
+    client = await start(gateway, upstream)
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert (await resp.json())["model"] == "gpt-4o-mini-2024-07-18"  # as OpenAI itself answers
+
+
+@pytest.mark.parametrize(
+    ("forward", "sent", "expected"),
+    [
+        (True, {"Authorization": f"Bearer {CLIENT_KEY}"}, f"Bearer {CLIENT_KEY}"),
+        (True, {"Authorization": f"bearer{CLIENT_KEY}"}, f"Bearer {CLIENT_KEY}"),
+        (True, {}, f"Bearer {KEY}"),
+        (False, {"Authorization": f"Bearer {CLIENT_KEY}"}, f"Bearer {KEY}"),
+    ],
+)
+async def test_key_modes(
+    gateway: Any, upstream: OpenAIUpstream, forward: bool, sent: dict[str, str], expected: str
+) -> None:
+    client = await start(gateway, upstream, forward_client_key=forward)
+    resp = await client.post("/v1/chat/completions", json=chat(), headers=sent)
+    assert resp.status == 200
+    assert upstream.last.headers["Authorization"] == expected
+
+
+async def test_no_key_sends_no_authorization(gateway: Any, upstream: OpenAIUpstream) -> None:
+    client = await start(gateway, upstream, api_key=None)
+    await client.post("/v1/chat/completions", json=chat())
+    assert "Authorization" not in upstream.last.headers
+
+
+async def test_azure_deployment_urls_api_version_and_key_header(gateway: Any, upstream: OpenAIUpstream) -> None:
+    base = upstream.base_url.removesuffix("/v1") + "/openai"  # type: ignore[attr-defined]
+    config = compat_config(
+        base,
+        models=[{"name": "gpt-4o-mini", "backend": "up", "model": "my-deployment"}],
+        deployment_urls=True,
+        api_version="2024-06-01",
+        api_key_header="api-key",
+    )
+    client = await gateway(config)
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 200, await resp.text()
+    sent = upstream.last
+    assert sent.path == "/openai/deployments/my-deployment/chat/completions"
+    assert sent.query == {"api-version": "2024-06-01"}
+    assert sent.headers["api-key"] == KEY and "Authorization" not in sent.headers
+
+
+async def test_upstream_rate_limit_headers_and_request_id_are_forwarded(gateway: Any, upstream: OpenAIUpstream) -> None:
+    upstream.default = Reply(headers={"x-ratelimit-remaining-requests": "99", "x-ratelimit-limit-tokens": "1000"})
+    client = await start(gateway, upstream)
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.headers["x-ratelimit-remaining-requests"] == "99"
+    assert resp.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert resp.headers["x-request-id"] == "req_1"  # the provider's id, for its support
+    assert resp.headers["x-gateway-request-id"] != "req_1"
+
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True), headers={"X-Request-ID": "mine"})
+    await resp.read()
+    assert resp.headers["x-request-id"] == "mine"  # an id the client sent is echoed
+    assert resp.headers["x-gateway-request-id"] == "mine"
+    assert resp.headers["x-ratelimit-remaining-requests"] == "99"
+
+
+# Streams --------------------------------------------------------------------------------------
+
+
+async def test_a_stream_passes_the_upstream_events_through_byte_for_byte(
+    gateway: Any, upstream: OpenAIUpstream
+) -> None:
+    client = await start(gateway, upstream)
+    body = chat(stream=True, stream_options={"include_usage": True})
+    resp = await client.post("/v1/chat/completions", json=body)
+    raw = await resp.read()
+    assert resp.headers["Content-Type"] == "text/event-stream"
+    assert upstream.last.body == body
+
+    direct = await (await client.session.post(upstream.base_url + "/chat/completions", json=body)).read()  # type: ignore[attr-defined]
+    assert raw == direct  # the same events, [DONE] included
+    assert raw.endswith(b"data: [DONE]\n\n") and raw.count(b"[DONE]") == 1
+    assert orjson.loads(events(raw)[-2])["usage"]["total_tokens"] == 15
+
+
+async def test_usage_is_counted_for_a_stream_that_did_not_ask_for_it(gateway: Any, upstream: OpenAIUpstream) -> None:
+    usage = Usage()
+    client = await start(gateway, upstream, plugins=[usage])
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True))
+    raw = await resp.read()
+    assert upstream.last.body["stream_options"] == {"include_usage": True}  # the gateway asked for it
+    assert b'"usage"' not in raw  # ... and the client sees the stream it asked for
+    chunks = [orjson.loads(e) for e in events(raw)[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "Hello from upstream"
+    assert usage.seen[-1] == ({"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}, None)
+
+
+async def test_stream_usage_off_leaves_the_request_alone(gateway: Any, upstream: OpenAIUpstream) -> None:
+    client = await start(gateway, upstream, stream_usage=False)
+    await (await client.post("/v1/chat/completions", json=chat(stream=True))).read()
+    assert "stream_options" not in upstream.last.body
+
+
+@pytest.mark.parametrize("reply", [Reply(crlf=True), Reply(one_write=True), Reply(chunk_delay=0.01)])
+async def test_any_framing_reaches_the_client_as_whole_events(
+    gateway: Any, upstream: OpenAIUpstream, reply: Reply
+) -> None:
+    upstream.default = reply
+    client = await start(gateway, upstream)
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True))
+    raw = await resp.read()
+    assert b"\r" not in raw
+    payloads = events(raw)
+    assert payloads[-1] == b"[DONE]"
+    text = "".join(orjson.loads(p)["choices"][0]["delta"].get("content") or "" for p in payloads[:-1])
+    assert text == "Hello from upstream"
+
+
+async def test_a_json_answer_to_a_stream_request_is_streamed(gateway: Any, upstream: OpenAIUpstream) -> None:
+    upstream.default = Reply(json_for_stream=True)
+    client = await start(gateway, upstream)
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True))
+    payloads = events(await resp.read())
+    assert payloads[-1] == b"[DONE]"
+    chunks = [orjson.loads(p) for p in payloads[:-1]]
+    assert chunks[0]["object"] == "chat.completion.chunk"
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "Hello from upstream"
+
+
+async def test_the_pass_through_path_parses_no_json_per_chunk(
+    gateway: Any, upstream: OpenAIUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A regression guard on cost that does not depend on timing: orjson.loads calls are counted."""
+    import gateway.streaming as streaming
+    import plugins.backends.openai_compat as compat
+
+    calls = []
+
+    class Counting:
+        dumps = staticmethod(orjson.dumps)
+        JSONDecodeError = orjson.JSONDecodeError
+
+        @staticmethod
+        def loads(data: Any) -> Any:
+            calls.append(data)
+            return orjson.loads(data)
+
+    monkeypatch.setattr(compat, "orjson", Counting)
+    monkeypatch.setattr(streaming, "orjson", Counting)
+    upstream.default = Reply(content=" ".join(["word"] * 40))
+    client = await start(gateway, upstream)
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True))
+    assert len(events(await resp.read())) == 43  # role, 40 words, finish, [DONE]
+    assert len(calls) == 1  # the usage event, once, at the end
+
+
+# Failures -------------------------------------------------------------------------------------
+
+
+async def error_of(resp: Any) -> dict[str, Any]:
+    body = await resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+async def test_an_upstream_4xx_keeps_its_status_and_details(gateway: Any, upstream: OpenAIUpstream) -> None:
+    error = {
+        "error": {
+            "message": "This model's maximum context length is 128000 tokens.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    }
+    upstream.reply(Reply(status=400, error=error))
+    client = await start(gateway, upstream)
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 400
+    assert await error_of(resp) == error["error"]
+
+
+async def test_an_upstream_401_echoing_the_key_never_shows_it(gateway: Any, upstream: OpenAIUpstream) -> None:
+    error = {"error": {"message": f"Incorrect API key provided: {KEY}.", "type": "invalid_request_error",
+                       "param": None, "code": "invalid_api_key"}}  # fmt: skip
+    upstream.reply(Reply(status=401, error=error))
+    client = await start(gateway, upstream)
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 401
+    found = await error_of(resp)
+    assert found["code"] == "invalid_api_key" and KEY not in found["message"] and "***" in found["message"]
+
+
+async def test_an_upstream_429_keeps_retry_after(gateway: Any, upstream: OpenAIUpstream) -> None:
+    upstream.reply(Reply(status=429, headers={"Retry-After": "7"}))
+    client = await start(gateway, upstream)
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 429 and resp.headers["Retry-After"] == "7"
+    assert (await error_of(resp))["code"] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize(("status", "error"), [(500, None), (503, "upstream connect error"), (529, None)])
+async def test_an_upstream_5xx_is_a_502_naming_the_backend(
+    gateway: Any, upstream: OpenAIUpstream, status: int, error: Any
+) -> None:
+    upstream.reply(Reply(status=status, error=error))
+    client = await start(gateway, upstream)
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True))
+    assert resp.status == 502
+    found = await error_of(resp)
+    assert found["code"] == "bad_gateway" and "'up'" in found["message"] and str(status) in found["message"]
+
+
+async def test_a_refused_connection_is_a_502(gateway: Any) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = await gateway(compat_config(f"http://127.0.0.1:{port}/v1"))
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 502
+    found = await error_of(resp)
+    assert "'up' is unreachable" in found["message"] and KEY not in found["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_silent_upstream_is_a_504(gateway: Any, upstream: OpenAIUpstream, stream: bool) -> None:
+    upstream.reply(Reply(hang=True))
+    client = await start(gateway, upstream)
+    resp = await client.post("/v1/chat/completions", json=chat(stream=stream))
+    assert resp.status == 504
+    assert (await error_of(resp))["code"] == "upstream_timeout"
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        (Reply(die_after=3), "bad_gateway"),
+        (Reply(hang_after=3), "upstream_timeout"),
+        (Reply(done=False), "bad_gateway"),
+        (Reply(error_event_after=3), "bad_gateway"),
+    ],
+)
+async def test_a_stream_that_breaks_ends_with_one_error_event(
+    gateway: Any, upstream: OpenAIUpstream, reply: Reply, code: str
+) -> None:
+    upstream.reply(reply)
+    usage = Usage()
+    client = await start(gateway, upstream, plugins=[usage])
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True))
+    assert resp.status == 200
+    payloads = events(await resp.read())
+    assert b"[DONE]" not in payloads
+    last = orjson.loads(payloads[-1])
+    assert last["error"]["code"] == code and "'up'" in last["error"]["message"]
+    assert sum(b'"error"' in p for p in payloads) == 1
+    assert usage.seen[-1][1] is not None
+
+
+async def test_a_non_json_answer_is_a_502(aiohttp_server: Any, gateway: Any) -> None:
+    from aiohttp import web
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html>proxy</html>")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", html)
+    server = await aiohttp_server(app)
+    client = await gateway(compat_config(str(server.make_url("/v1"))))
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 502 and "'up'" in (await error_of(resp))["message"]
+
+
+# Models ---------------------------------------------------------------------------------------
+
+
+async def test_models_are_listed_from_the_upstream_and_cached(gateway: Any, upstream: OpenAIUpstream) -> None:
+    client = await start(gateway, upstream)
+    for _ in range(3):
+        listing = await (await client.get("/v1/models")).json()
+        assert [m["id"] for m in listing["data"]] == upstream.models
+    assert sum(r.path == "/v1/models" for r in upstream.requests) == 1
+    assert listing["data"][0] == {"id": "gpt-4o-mini", "object": "model", "created": 1700000000, "owned_by": "openai"}
+    assert upstream.requests[0].headers["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_a_failing_upstream_listing_serves_the_cached_list(gateway: Any, upstream: OpenAIUpstream) -> None:
+    client = await start(gateway, upstream, models_ttl=0)
+    first = await (await client.get("/v1/models")).json()
+    upstream.models_status = 500
+    again = await (await client.get("/v1/models")).json()
+    assert again == first and sum(r.path == "/v1/models" for r in upstream.requests) == 2
+
+
+async def test_a_failing_upstream_does_not_break_the_other_backends(gateway: Any, upstream: OpenAIUpstream) -> None:
+    upstream.models_status = 503
+    config = compat_config(upstream.base_url, models=[{"name": "*", "backend": "up"}])  # type: ignore[attr-defined]
+    config["backends"].append({"name": "mock", "type": "mock", "models": ["mock-gpt-model"]})
+    config["models"].insert(0, {"name": "mock-gpt-model", "backend": "mock"})
+    client = await gateway(config)
+    resp = await client.get("/v1/models")
+    assert resp.status == 200
+    assert [m["id"] for m in (await resp.json())["data"]] == ["mock-gpt-model"]
+
+
+async def test_configured_models_are_listed_without_asking(gateway: Any, upstream: OpenAIUpstream) -> None:
+    config = compat_config(upstream.base_url)  # type: ignore[attr-defined]
+    config["backends"][0]["models"] = ["llama3"]
+    client = await gateway(config)
+    listing = await (await client.get("/v1/models")).json()
+    assert [m["id"] for m in listing["data"]] == ["llama3"]
+    assert not [r for r in upstream.requests if r.path == "/v1/models"]
+
+
+async def test_info_never_shows_the_key(gateway: Any, upstream: OpenAIUpstream) -> None:
+    client = await start(gateway, upstream)
+    text = await (await client.get("/info")).text()
+    assert KEY not in text and "openai_compat" in text
+
+
+def test_a_bad_base_url_fails_at_start_up() -> None:
+    from gateway.config import ConfigError
+    from gateway.testing import make_app
+
+    with pytest.raises(ConfigError, match=r"backends\[0\]\.base_url: .*http://"):
+        make_app(compat_config("api.openai.com/v1"))
