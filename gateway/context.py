@@ -59,6 +59,14 @@ class RequestContext:
     headers_sent: bool = False  # the response's headers are out: it can no longer change
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None  # perf_counter() when the backend's first output arrived
+    # Kept by the pipeline for metrics, at the cost of a subtraction per chunk:
+    upstream_wait: float = 0.0  # seconds spent inside the backend's iterator, waiting for its output
+    chunks: int = 0  # items a streamed response got from the backend
+    max_gap: float = 0.0  # the longest wait for a streamed item after the first (seconds)
+    upstream_errors: list[str] = field(default_factory=list)  # class name of each backend failure
+    # Reported by retry and fallback code (the metrics plugin counts them when the request ends):
+    retries: int = 0  # attempts repeated after a failure
+    fallbacks: int = 0  # switches to another deployment after a failure
     state: dict[str, Any] = field(default_factory=dict)
     error: BaseException | None = None  # the exception that ended the request, if any
 

@@ -131,6 +131,7 @@ async def close(chunks: AsyncIterator[Any]) -> None:
 def backend_failure(ctx: RequestContext, exc: Exception) -> GatewayError:
     """What the client sees for an exception out of a backend: a ``GatewayError`` as it is, a timeout
     as 504, anything else as 502 (the details go to the log, where secrets are redacted)."""
+    ctx.upstream_errors.append(type(exc).__name__)
     if isinstance(exc, GatewayError):
         return exc
     name = ctx.backend.name if ctx.backend else "?"
@@ -153,6 +154,7 @@ def _cancelled(ctx: RequestContext, watchdog: Watchdog) -> GatewayError | None:
     if watchdog.expired():
         backend = ctx.backend
         assert backend is not None
+        ctx.upstream_errors.append(UpstreamTimeoutError.__name__)
         return UpstreamTimeoutError(
             f"Backend {backend.name!r} did not respond within {backend.config.timeout:g} seconds."
         )
@@ -170,6 +172,7 @@ async def _first(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watc
         raise UpstreamError(f"Backend {ctx.backend.name!r} returned no response.") from None
     except BaseException as exc:
         raise _failure(ctx, watchdog, exc) from None
+    ctx.upstream_wait += watchdog.loop.time() - watchdog.since  # type: ignore[operator]
     watchdog.idle()
     ctx.first_byte = time.perf_counter()
     return item
@@ -187,19 +190,25 @@ async def _stream(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Wat
     try:  # ConnectionError here comes from a write: the client went away
         try:
             while True:
+                ctx.chunks += 1
                 if filters:
                     for chunk in apply_filters(filters, decode_items(item)):
                         await write(encode_event(chunk))
                 else:  # pass-through: the backend's events go out as they are
                     await write(encode_event(item))
-                watchdog.since = loop.time()
+                watchdog.since = since = loop.time()
                 try:
                     item = await anext(chunks)
                 except StopAsyncIteration:
                     break
                 except BaseException as exc:
                     raise _failure(ctx, watchdog, exc) from None
+                finally:
+                    waited = loop.time() - since
+                    ctx.upstream_wait += waited
                 watchdog.since = None
+                if waited > ctx.max_gap:
+                    ctx.max_gap = waited
             watchdog.since = None
             for chunk in flush_filters(filters):
                 await write(encode_event(chunk))
