@@ -16,6 +16,7 @@ from gateway.errors import (
     PermissionDeniedError,
     RateLimitError,
     ServiceUnavailableError,
+    UnsupportedEndpointError,
     UpstreamError,
     UpstreamTimeoutError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "RateLimitError",
     "RequestContext",
     "ServiceUnavailableError",
+    "UnsupportedEndpointError",
     "UpstreamError",
     "UpstreamTimeoutError",
     "__version__",

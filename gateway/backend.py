@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.errors import UnsupportedEndpointError
 from gateway.log import redact
 
 if TYPE_CHECKING:
@@ -38,6 +39,18 @@ class Backend(ABC):
     ``chat.completion`` dict. It sets ``ctx.usage`` when the usage is known, and raises
     ``gateway.errors.GatewayError`` subclasses for failures. The model to ask for is
     ``ctx.deployment.model``; the request is ``ctx.body``.
+
+    Two optional endpoints follow the same rules (the default of each raises a 404
+    ``UnsupportedEndpointError``, as OpenAI answers a model that an endpoint does not serve):
+
+    - ``completions(ctx)`` (``POST /v1/completions``, ``ctx.endpoint == "completions"``): an async
+      iterator like ``chat``, with ``text_completion`` objects: streaming, ``text_completion`` chunk
+      dicts or framed SSE bytes; non-streaming, exactly one ``text_completion`` dict.
+    - ``embeddings(ctx)`` (``POST /v1/embeddings``, ``ctx.endpoint == "embeddings"``): awaitable,
+      returns the OpenAI ``list`` of ``embedding`` objects with its ``usage``, honouring
+      ``encoding_format`` (base64: little-endian float32) and ``dimensions``. Never streamed.
+
+    ``gateway.completions_format`` and ``gateway.embeddings_format`` build these objects.
     """
 
     type_name: ClassVar[str]
@@ -62,6 +75,16 @@ class Backend(ABC):
     @abstractmethod
     def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:
         """Answer a chat completion request (see the class docstring)."""
+
+    def completions(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:
+        """Answer a legacy text completion request (see the class docstring); optional."""
+        raise UnsupportedEndpointError(
+            str(ctx.model), self.name, "v1/completions", "Did you mean to use v1/chat/completions?"
+        )
+
+    async def embeddings(self, ctx: RequestContext) -> dict[str, Any]:
+        """Answer an embeddings request (see the class docstring); optional."""
+        raise UnsupportedEndpointError(str(ctx.model), self.name, "v1/embeddings")
 
     def describe(self) -> dict[str, Any]:
         """What /info shows: the config, with ``SecretStr`` fields masked by pydantic and anything

@@ -19,6 +19,7 @@ from gateway.config import ConfigError, dotenv_file
 from gateway.lifecycle import AIOHTTP_MARGIN
 from gateway.log import setup_logging
 from gateway.plugin_manager import describe
+from gateway.workers import supervise
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 
@@ -37,6 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--host", help="address to listen on (overrides $HOST and the config)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides $PORT and the config)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WORKERS") or 1),
+        help="processes sharing the port, one per core (default: $WORKERS or 1)",
+    )
 
     check = commands.add_parser("check-config", help="validate a config file without serving")
     check.add_argument("path", nargs="?", default=default_config)
@@ -53,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return list_plugins(args.config, args.json)
         if args.command is None:
             args = serve.parse_args([])
-        return run(args.config, args.host, args.port)
+        return run(args.config, args.host, args.port, args.workers)
     except ConfigError as exc:
         print(f"error: invalid config\n{exc}", file=sys.stderr)
         return 2
@@ -77,8 +84,9 @@ def list_plugins(path: str, as_json: bool) -> int:
     return 0
 
 
-def run(path: str, host: str | None, port: int | None) -> int:
-    """Serve until SIGINT/SIGTERM; in-flight requests get ``server.shutdown_timeout`` to finish."""
+def run(path: str, host: str | None, port: int | None, workers: int = 1) -> int:
+    """Serve until SIGINT/SIGTERM; in-flight requests get ``server.shutdown_timeout`` to finish.
+    With ``workers`` > 1, that many processes share the port (``gateway.workers``)."""
     loaded = load(path)
     config = loaded.config
     setup_logging(config.logging.format, config.logging.level)
@@ -87,28 +95,47 @@ def run(path: str, host: str | None, port: int | None) -> int:
         port = _env_port()
     if port is None:
         port = config.server.port
-    app = create_app(loaded)
+    if workers < 1 or (workers > 1 and port == 0):
+        raise ConfigError("command line", [("--workers", "must be at least 1, and needs a fixed port when above 1")])
+    _raise_open_files_limit()
     structlog.get_logger("gateway").info(
         "gateway starting",
         url=f"http://{host}:{port}",
         config=path,
         version=__version__,
         models=[route.name for route in config.models],
+        workers=workers,
     )
+
+    def serve() -> int:
+        try:
+            web.run_app(
+                create_app(loaded),
+                host=host,
+                port=port,
+                shutdown_timeout=config.server.shutdown_timeout + AIOHTTP_MARGIN,  # the gateway ends requests first
+                print=None,
+                reuse_port=workers > 1 or None,
+                **RUNNER_OPTIONS,
+                loop=_new_loop(),
+            )
+        except OSError as exc:  # the address is in use, or not ours to bind
+            print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return supervise(workers, serve) if workers > 1 else serve()
+
+
+def _raise_open_files_limit() -> None:
+    """Each open stream holds two sockets (client and upstream): allow as many as the hard limit."""
     try:
-        web.run_app(
-            app,
-            host=host,
-            port=port,
-            shutdown_timeout=config.server.shutdown_timeout + AIOHTTP_MARGIN,  # the gateway ends requests first
-            print=None,
-            **RUNNER_OPTIONS,
-            loop=_new_loop(),
-        )
-    except OSError as exc:  # the address is in use, or not ours to bind
-        print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    return 0
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536), hard))
 
 
 def _env_port() -> int | None:

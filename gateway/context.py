@@ -37,8 +37,9 @@ class Deployment:
 class RequestContext:
     """Everything known about one request. Plugins read and edit it; ``state`` is their scratch space.
 
-    ``endpoint`` names the operation (``chat.completions``, ``models.list``, ``models.retrieve``,
-    ``health``, ``info``) or is empty for a path the gateway does not serve.
+    ``endpoint`` names the operation (``chat.completions``, ``completions``, ``embeddings``,
+    ``models.list``, ``models.retrieve``, ``health``, ``info``) or is empty for a path the gateway
+    does not serve.
     """
 
     request: web.Request

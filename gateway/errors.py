@@ -66,6 +66,18 @@ class ModelNotFoundError(NotFoundError):
         super().__init__(f"The model `{model}` does not exist or you do not have access to it.", **kwargs)
 
 
+class UnsupportedEndpointError(NotFoundError):
+    """The model's backend cannot serve this endpoint (as OpenAI answers a chat model on
+    ``/v1/completions``: 404, ``param: model``)."""
+
+    code = "unsupported_endpoint"
+
+    def __init__(self, model: str, backend: str, endpoint: str, hint: str = "", **kwargs: Any) -> None:
+        kwargs.setdefault("param", "model")
+        message = f"The model `{model}` (backend '{backend}') does not support the {endpoint} endpoint."
+        super().__init__(f"{message} {hint}" if hint else message, **kwargs)
+
+
 class MethodNotAllowedError(InvalidRequestError):
     status = 405
     code = "method_not_allowed"

@@ -114,17 +114,19 @@ def gateway_select_backend(ctx: RequestContext, backends: BackendRegistry) -> De
 @hookspec
 def gateway_stream_filter(ctx: RequestContext) -> ChunkFilter | None:
     """Once per streamed response, before the first write: return a ``ChunkFilter`` to see every
-    chunk, or None. A filter is called with each ``chat.completion.chunk`` dict and returns the
-    chunk (edited or not), None to drop it, or a list of chunks; at the end it is called once with
-    None to flush what it held back. Filters apply in call order. When no plugin returns one,
-    the backend's bytes pass through untouched. Sync.
+    chunk, or None. A filter is called with each chunk dict of the endpoint's type
+    (``chat.completion.chunk``, or ``text_completion`` on ``/v1/completions``: check
+    ``ctx.endpoint``) and returns the chunk (edited or not), None to drop it, or a list of chunks;
+    at the end it is called once with None to flush what it held back. Filters apply in call order.
+    When no plugin returns one, the backend's bytes pass through untouched. Sync.
     """
 
 
 @hookspec
 def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> None:
-    """Post-process a non-streamed response dict (chat completion, models list, model) in place,
-    before it is serialised. All impls run, in call order. May be async.
+    """Post-process a non-streamed response dict (chat completion, text completion, embeddings
+    list, models list, model; ``ctx.endpoint`` says which) in place, before it is serialised. All
+    impls run, in call order. May be async.
     """
 
 

@@ -1,5 +1,8 @@
 """The one orchestration path of an API request: authenticate, pre-process, route, call the
-backend, stream or serialise, and render errors. Handlers in routes.py stay thin around it."""
+backend, stream or serialise, and render errors. Handlers in routes.py stay thin around it.
+
+The model endpoints (chat completions, legacy completions, embeddings) share one path,
+``model_endpoint``; what differs between them is an ``endpoints.Endpoint``."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.chat_format import completion_to_chunks, estimated_usage, include_usage
+from gateway.chat_format import include_usage
 from gateway.context import RequestContext
+from gateway.endpoints import Endpoint
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -24,7 +28,6 @@ from gateway.errors import (
 )
 from gateway.keys import backends_key, hooks_key, lifecycle_key, plugin_manager_key
 from gateway.middleware import CLIENT_CLOSED, SHUTTING_DOWN, json_response, render_error
-from gateway.schemas import validate_chat_request
 from gateway.streaming import DONE, SSE_HEADERS, Watchdog, apply_filters, decode_items, encode_event, flush_filters
 
 REPLAY_TIMEOUT = 60.0  # a replayed response never waits; _stream just needs a watchdog
@@ -60,7 +63,8 @@ async def admit(ctx: RequestContext) -> None:
 async def json_endpoint(
     ctx: RequestContext, produce: Callable[[RequestContext], Awaitable[dict[str, Any]]]
 ) -> web.Response:
-    """A non-chat API endpoint: admit, produce the response (unless a plugin answered), post-process."""
+    """A non-model API endpoint (models, info): admit, produce the response (unless a plugin answered),
+    post-process."""
     await admit(ctx)
     response = ctx.response if ctx.response is not None else await produce(ctx)
     return await respond(ctx, response)
@@ -72,7 +76,7 @@ async def respond(ctx: RequestContext, response: dict[str, Any]) -> web.Response
     return json_response(response)
 
 
-# Chat completions ------------------------------------------------------------------------------
+# Model endpoints: chat completions, completions, embeddings -------------------------------------
 
 
 def resolve_model(ctx: RequestContext, body: dict[str, Any]) -> None:
@@ -90,16 +94,17 @@ def resolve_model(ctx: RequestContext, body: dict[str, Any]) -> None:
     ctx.model = model
 
 
-async def chat_completions(ctx: RequestContext) -> web.StreamResponse:
-    """``POST /v1/chat/completions`` from parsing to the last byte."""
-    ctx.endpoint = "chat.completions"
+async def model_endpoint(ctx: RequestContext, endpoint: Endpoint) -> web.StreamResponse:
+    """A model endpoint (``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``)
+    from parsing to the last byte."""
+    ctx.endpoint = endpoint.name
     body = await read_json(ctx.request)
-    validate_chat_request(body)
+    endpoint.validate(body)
     resolve_model(ctx, body)
-    ctx.body, ctx.stream = body, bool(body.get("stream"))
+    ctx.body, ctx.stream = body, endpoint.to_chunks is not None and bool(body.get("stream"))
     await admit(ctx)
     if ctx.response is not None:
-        return await _answer_directly(ctx, ctx.response)
+        return await _answer_directly(ctx, endpoint, ctx.response)
 
     app = ctx.request.app
     deployment = app[plugin_manager_key].hook.gateway_select_backend(ctx=ctx, backends=app[backends_key])
@@ -107,7 +112,7 @@ async def chat_completions(ctx: RequestContext) -> web.StreamResponse:
         raise ModelNotFoundError(ctx.body["model"])
     ctx.deployment = deployment
     try:
-        chunks = deployment.backend.chat(ctx)
+        chunks = endpoint.call(deployment.backend, ctx)
     except Exception as exc:
         raise backend_failure(ctx, exc) from None
     watchdog = Watchdog(deployment.backend.config.timeout)
@@ -224,16 +229,17 @@ async def _stream(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Wat
     return response
 
 
-async def _answer_directly(ctx: RequestContext, completion: dict[str, Any]) -> web.StreamResponse:
+async def _answer_directly(ctx: RequestContext, endpoint: Endpoint, completion: dict[str, Any]) -> web.StreamResponse:
     """Send a response a plugin set on ``ctx.response``: as it is, or as chunks for a stream."""
     if completion.get("usage") is None:  # a plugin's answer without usage: estimate it
-        completion["usage"] = estimated_usage(ctx.body, completion)
+        completion["usage"] = endpoint.estimate_usage(ctx.body, completion)
     ctx.usage = completion["usage"]
-    if not ctx.stream:
+    if not ctx.stream or endpoint.to_chunks is None:
         return await respond(ctx, completion)
+    chunks = endpoint.to_chunks(completion, include_usage(ctx.body or {}))
 
     async def replay() -> AsyncIterator[dict[str, Any]]:
-        for chunk in completion_to_chunks(completion, include_usage(ctx.body or {})):
+        for chunk in chunks:
             yield chunk
 
     watchdog = Watchdog(REPLAY_TIMEOUT)

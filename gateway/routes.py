@@ -12,10 +12,11 @@ from aiohttp import web
 from gateway import __version__
 from gateway.backend import model_object
 from gateway.context import RequestContext
+from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
 from gateway.errors import ModelNotFoundError
 from gateway.keys import backends_key, config_key, ctx_key, plugin_manager_key
 from gateway.middleware import json_response
-from gateway.pipeline import chat_completions, json_endpoint
+from gateway.pipeline import json_endpoint, model_endpoint
 from gateway.plugin_manager import describe
 
 NAME = "llm-gateway"
@@ -26,6 +27,8 @@ def setup_routes(app: web.Application) -> None:
     router = app.router
     for prefix in ("/v1", ""):
         router.add_post(f"{prefix}/chat/completions", handle_chat_completions)
+        router.add_post(f"{prefix}/completions", handle_completions)
+        router.add_post(f"{prefix}/embeddings", handle_embeddings)
         router.add_get(f"{prefix}/models", list_models)
         router.add_get(f"{prefix}/models/{{model_id:.+}}", retrieve_model)
     router.add_get("/", health)
@@ -34,7 +37,15 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
-    return await chat_completions(request[ctx_key])
+    return await model_endpoint(request[ctx_key], CHAT)
+
+
+async def handle_completions(request: web.Request) -> web.StreamResponse:
+    return await model_endpoint(request[ctx_key], COMPLETIONS)
+
+
+async def handle_embeddings(request: web.Request) -> web.StreamResponse:
+    return await model_endpoint(request[ctx_key], EMBEDDINGS)
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -108,18 +108,8 @@ _NEEDS_CONTENT = frozenset({"system", "developer", "user", "tool"})
 
 def validate_chat_request(body: Any) -> None:
     """Check a chat completion body; raise ``InvalidRequestError`` naming the first bad ``param``."""
-    if not isinstance(body, dict):
-        raise InvalidRequestError("Invalid request body: expected a JSON object.", code="invalid_type")
-    try:
-        ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise request_error(exc) from None
-    if body.get("stream_options") is not None and not body.get("stream"):
-        raise InvalidRequestError(
-            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-            param="stream_options",
-            code="invalid_value",
-        )
+    _validate(ChatCompletionRequest, body)
+    _check_stream_options(body)
     _check_tools(body)
     for i, message in enumerate(body["messages"]):
         role, content = message["role"], message.get("content")
@@ -139,6 +129,24 @@ def validate_chat_request(body: Any) -> None:
             raise missing(f"messages[{i}].content")
 
 
+def _validate(model: type[BaseModel], body: Any) -> None:
+    if not isinstance(body, dict):
+        raise InvalidRequestError("Invalid request body: expected a JSON object.", code="invalid_type")
+    try:
+        model.model_validate(body)
+    except ValidationError as exc:
+        raise request_error(exc) from None
+
+
+def _check_stream_options(body: dict[str, Any]) -> None:
+    if body.get("stream_options") is not None and not body.get("stream"):
+        raise InvalidRequestError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+            code="invalid_value",
+        )
+
+
 def _check_tools(body: dict[str, Any]) -> None:
     for i, tool in enumerate(body.get("tools") or ()):
         if tool.get("type", "function") == "function" and tool.get("function") is None:
@@ -146,6 +154,99 @@ def _check_tools(body: dict[str, Any]) -> None:
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and choice["type"] == "function" and choice.get("function") is None:
         raise missing("tool_choice.function")
+
+
+# Legacy completions and embeddings ---------------------------------------------------------------
+
+TextInput = Annotated[
+    str | list[str] | list[int] | list[list[int]],
+    one_of("a string, an array of strings, an array of tokens or an array of token arrays"),
+]
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on the items of an embeddings `input` array
+
+
+class CompletionRequest(_Open):
+    """The body of ``POST /v1/completions``: the fields the gateway checks; others pass through."""
+
+    model: str | None = None
+    prompt: TextInput
+    suffix: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=128)
+    best_of: int | None = Field(None, ge=0, le=20)
+    echo: bool | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    stop: Annotated[str | list[str] | None, one_of("a string or an array of strings")] = None
+    seed: int | None = None
+    user: str | None = None
+
+
+class EmbeddingRequest(_Open):
+    """The body of ``POST /v1/embeddings``: the fields the gateway checks; others pass through."""
+
+    model: str | None = None
+    input: TextInput
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+
+def validate_completion_request(body: Any) -> None:
+    """Check a legacy completion body; raise ``InvalidRequestError`` naming the first bad ``param``."""
+    _validate(CompletionRequest, body)
+    _check_stream_options(body)
+    _check_text_input(body, "prompt", empty_strings=True)
+
+
+def validate_embedding_request(body: Any) -> None:
+    """Check an embeddings body; raise ``InvalidRequestError`` naming the first bad ``param``."""
+    _validate(EmbeddingRequest, body)
+    _check_text_input(body, "input", empty_strings=False, max_items=MAX_EMBEDDING_INPUTS)
+
+
+def _check_text_input(body: dict[str, Any], param: str, *, empty_strings: bool, max_items: int | None = None) -> None:
+    """No empty arrays (nor empty token arrays), at most ``max_items`` items, and no empty strings
+    unless ``empty_strings``."""
+    value = body[param]
+    if isinstance(value, list):
+        if not value:
+            raise empty_array(param)
+        if max_items is not None and len(value) > max_items:
+            raise InvalidRequestError(
+                f"Invalid '{param}': array too long. Expected an array with maximum length {max_items}, "
+                f"but got an array with length {len(value)} instead.",
+                param=param,
+                code="array_above_max_length",
+            )
+    if isinstance(value, list) and not isinstance(value[0], int):  # several inputs
+        named = [(f"{param}[{i}]", item) for i, item in enumerate(value)]
+    else:
+        named = [(param, value)]
+    for name, item in named:
+        if isinstance(item, list) and not item:
+            raise empty_array(name)
+        if item == "" and not empty_strings:
+            raise InvalidRequestError(
+                f"Invalid '{name}': empty string. Expected a string with minimum length 1, "
+                "but got an empty string instead.",
+                param=name,
+                code="empty_string",
+            )
+
+
+def empty_array(param: str, min_length: int = 1) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Invalid '{param}': empty array. Expected an array with minimum length {min_length}, "
+        "but got an empty array instead.",
+        param=param,
+        code="empty_array",
+    )
 
 
 def missing(param: str) -> InvalidRequestError:
@@ -220,10 +321,5 @@ def request_error(exc: ValidationError) -> InvalidRequestError:
             code=f"{number}_{words.replace('imum', '').replace(' ', '_')}_value",
         )
     if kind == "too_short" and isinstance(value, list) and not value:
-        return InvalidRequestError(
-            f"Invalid '{param}': empty array. Expected an array with minimum length {ctx.get('min_length')}, "
-            "but got an empty array instead.",
-            param=param,
-            code="empty_array",
-        )
+        return empty_array(param, ctx.get("min_length", 1))
     return InvalidRequestError(f"Invalid '{param}': {err['msg']}.", param=param, code="invalid_value")

@@ -50,7 +50,7 @@ def gateway_process_request(ctx: RequestContext) -> None:
 def gateway_stream_filter(ctx: RequestContext) -> ChunkFilter | None:
     """Streams: send the signature as one more content chunk just before each choice finishes."""
     signature = _settings(ctx).signature
-    if not signature:
+    if ctx.endpoint != "chat.completions" or not signature:  # chat chunks only (not text_completion)
         return None
 
     def sign(chunk: dict[str, Any] | None) -> Any:

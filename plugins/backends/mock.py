@@ -1,17 +1,25 @@
 """The built-in ``mock`` backend: deterministic answers without network, for tests, demos and benchmarks.
 
-It echoes the last user message (or says a fixed ``reply``), honours ``max_tokens`` /
+Chat: it echoes the last user message (or says a fixed ``reply``), honours ``max_tokens`` /
 ``max_completion_tokens``, ``stop``, ``n`` and forced tool calls (``tool_choice`` "required" or a named
 function; the arguments are generated from the tool's JSON schema), streams word by word (or in a fixed
 number of ``chunks``), and can simulate latency and failures. One streamed piece counts as one token.
+
+Legacy completions: each prompt is echoed the same way (``max_tokens`` defaults to 16, as on OpenAI;
+``echo`` puts the prompt before the completion; a token-array prompt reads as its numbers). Choices
+are ``prompt_index * n + i``. Embeddings: a unit vector derived from a hash of each input
+(``dimensions`` long, else the backend's ``dimensions``), base64 when asked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 import re
+import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +41,17 @@ from gateway.chat_format import (
     usage,
     usage_chunk,
 )
+from gateway.completions_format import (
+    estimate_input_tokens,
+    split_inputs,
+    text_choice,
+    text_completion,
+    text_completion_id,
+    text_usage_chunk,
+)
+from gateway.completions_format import estimate_prompt_tokens as estimate_text_prompt_tokens
 from gateway.context import RequestContext
+from gateway.embeddings_format import embedding, embedding_list, embedding_usage, encode_base64, float32
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -45,6 +63,8 @@ from gateway.hookspecs import hookimpl
 from gateway.json_schema import SchemaTooComplexError, example_value
 
 NO_USER_MESSAGE_REPLY = "Hello! I am the mock backend: send a user message and I will echo it."
+NO_PROMPT_REPLY = "Hello! I am the mock backend: send a prompt and I will echo it."
+COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default `max_tokens` for legacy completions
 ARGUMENT_FRAGMENT_CHARS = 8
 
 _WORD = re.compile(r"\s*\S+\s*")
@@ -63,6 +83,10 @@ class FailureConfig(BaseModel):
         500, ge=400, le=599, description="upstream HTTP status of the `error` failure (>= 500: the client gets 502)"
     )
     after_chunks: int = Field(2, ge=0, description="chunks sent before a `midstream` failure")
+
+
+#: A stream to send: its id, its (chunk choice, counts as a token) events, and the prompt's tokens.
+_Plan = tuple[str, Iterable[tuple[dict[str, Any], bool]], int]
 
 
 @dataclass(slots=True)
@@ -91,6 +115,7 @@ class MockBackend(Backend):
             None, ge=1, description="split the reply into exactly this many content chunks (default: by word)"
         )
         failure: FailureConfig | None = Field(None, description="simulate an upstream failure")
+        dimensions: int = Field(8, ge=1, description="embedding length when a request sets no `dimensions`")
 
     config: Config
 
@@ -100,7 +125,9 @@ class MockBackend(Backend):
 
     def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any]]:
         """Stream chunks or yield one completion; errors surface on the first iteration."""
-        return self._stream(ctx) if ctx.stream else self._complete(ctx)
+        if not ctx.stream:
+            return self._complete(ctx)
+        return self._emit(ctx, self._chat_events, chunk, usage_chunk)
 
     async def _complete(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any]]:
         answer = self._answer(ctx)
@@ -117,41 +144,120 @@ class MockBackend(Backend):
         ctx.usage = usage(estimate_prompt_tokens(ctx.body.get("messages")), n * len(answer.pieces))
         yield chat_completion(completion_id(), int(time.time()), _model(ctx), choices, ctx.usage)
 
-    async def _stream(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any]]:
+    def _chat_events(self, ctx: RequestContext) -> _Plan:
         answer = self._answer(ctx)
-        await self._before_output(stream=True)
+        return (
+            completion_id(),
+            _events(answer, ctx.body.get("n") or 1),
+            estimate_prompt_tokens(ctx.body.get("messages")),
+        )
+
+    def completions(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any]]:
+        """Legacy completions: stream chunks or yield one ``text_completion``."""
+        if not ctx.stream:
+            return self._complete_text(ctx)
+        return self._emit(ctx, self._text_events, text_completion, text_usage_chunk)
+
+    async def _complete_text(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any]]:
+        prompts = self._text_answers(ctx)
+        await self._before_output(stream=False)
         body = ctx.body
-        n = body.get("n") or 1
-        cid, created, model = completion_id(), int(time.time()), _model(ctx)
-        extra = {"usage": None} if include_usage(body) else {}
+        n, echo = body.get("n") or 1, bool(body.get("echo"))
+        choices = [
+            text_choice(p * n + i, (prompt if echo else "") + "".join(answer.pieces), answer.finish_reason)
+            for p, (prompt, answer) in enumerate(prompts)
+            for i in range(n)
+        ]
+        tokens = n * sum(len(answer.pieces) for _, answer in prompts)
+        ctx.usage = usage(estimate_text_prompt_tokens(body["prompt"]), tokens)
+        yield text_completion(text_completion_id(), int(time.time()), _model(ctx), choices, ctx.usage)
+
+    def _text_events(self, ctx: RequestContext) -> _Plan:
+        prompts, body = self._text_answers(ctx), ctx.body
+        events = _text_events(prompts, body.get("n") or 1, bool(body.get("echo")))
+        return text_completion_id(), events, estimate_text_prompt_tokens(body["prompt"])
+
+    async def embeddings(self, ctx: RequestContext) -> dict[str, Any]:
+        """One hash-derived unit vector per input; see the module docstring."""
+        self._check_model(ctx)
+        await self._before_output(stream=False)
+        body = ctx.body
+        inputs = split_inputs(body["input"])
+        size = body.get("dimensions") or self.config.dimensions
+        vectors = (hash_vector(item, size) for item in inputs)
+        if body.get("encoding_format") == "base64":
+            data = [embedding(i, encode_base64(v)) for i, v in enumerate(vectors)]
+        else:
+            data = [embedding(i, v) for i, v in enumerate(vectors)]
+        ctx.usage = embedding_usage(sum(estimate_input_tokens(item) for item in inputs))
+        return embedding_list(data, _model(ctx), ctx.usage)
+
+    async def _emit(
+        self,
+        ctx: RequestContext,
+        plan: Callable[[RequestContext], _Plan],
+        make_chunk: Callable[..., dict[str, Any]],
+        make_usage_chunk: Callable[..., dict[str, Any]],
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A stream: a chunk per ``(choice, counts as a token)`` event of the ``plan``, with the
+        configured delays, midstream failure and usage chunk; ``ctx.usage`` counts the tokens sent,
+        also when the stream is cut short."""
+        cid, events, prompt_tokens = plan(ctx)
+        await self._before_output(stream=True)
+        created, model = int(time.time()), _model(ctx)
+        extra = {"usage": None} if include_usage(ctx.body) else {}
         failure = self.config.failure
         limit = failure.after_chunks if failure is not None and failure.mode == "midstream" else -1
         delay = self.config.chunk_delay
-        prompt_tokens = estimate_prompt_tokens(body.get("messages"))
-        sent = 0
+        sent = tokens = 0
         try:
-            for index, delta, finish_reason in _events(answer, n):
+            for choice, is_token in events:
                 if sent == limit:
                     break
                 if delay and sent:
                     await asyncio.sleep(delay)
                 sent += 1
-                yield chunk(cid, created, model, [chunk_choice(index, delta, finish_reason)], **extra)
+                tokens += is_token
+                yield make_chunk(cid, created, model, [choice], **extra)
             if limit >= 0:
                 raise self._broken_off(sent)
             if extra:
-                ctx.usage = usage(prompt_tokens, n * len(answer.pieces))
+                ctx.usage = usage(prompt_tokens, tokens)
                 if delay:
                     await asyncio.sleep(delay)
-                yield usage_chunk(cid, created, model, ctx.usage)
+                yield make_usage_chunk(cid, created, model, ctx.usage)
         finally:  # also on errors and cancellation: count what was sent
-            ctx.usage = usage(prompt_tokens, min(max(sent - n, 0), n * len(answer.pieces)))
+            ctx.usage = usage(prompt_tokens, tokens)
 
-    def _answer(self, ctx: RequestContext) -> _Answer:
-        """Check the model and decide the reply; raises for a bad request."""
+    def _check_model(self, ctx: RequestContext) -> None:
         deployment = ctx.deployment
         if (deployment.model if deployment else ctx.model) not in self._models:
             raise ModelNotFoundError(str(ctx.model))
+
+    def _text_answers(self, ctx: RequestContext) -> list[tuple[str, _Answer]]:
+        """Check the model; per prompt, its text and the answer to it."""
+        self._check_model(ctx)
+        body = ctx.body
+        limit = body.get("max_tokens")
+        limit = COMPLETIONS_MAX_TOKENS if limit is None else limit
+        answers = []
+        for item in split_inputs(body["prompt"]):
+            prompt = " ".join(map(str, item)) if isinstance(item, list) else item
+            reply = self.config.reply if self.config.reply is not None else (prompt or NO_PROMPT_REPLY)
+            answers.append((prompt, self._text_answer(reply, body.get("stop"), limit)))
+        return answers
+
+    def _text_answer(self, text: str, stop: str | list[str] | None, limit: int | None) -> _Answer:
+        """``text`` cut at the first stop string, in pieces, at most ``limit`` of them."""
+        text, finish_reason = _cut_at_stop(text, stop)
+        pieces = _split(text, self.config.chunks)
+        if limit is not None and len(pieces) > limit:
+            pieces, finish_reason = pieces[:limit], "length"
+        return _Answer(pieces, finish_reason)
+
+    def _answer(self, ctx: RequestContext) -> _Answer:
+        """Check the model and decide the reply; raises for a bad request."""
+        self._check_model(ctx)
         body = ctx.body
         function = _forced_function(body)
         if function is not None:
@@ -167,14 +273,10 @@ class MockBackend(Backend):
         text = self.config.reply
         if text is None:
             text = _last_user_text(body.get("messages") or ()) or NO_USER_MESSAGE_REPLY
-        text, finish_reason = _cut_at_stop(text, body.get("stop"))
-        pieces = _split(text, self.config.chunks)
         limit = body.get("max_completion_tokens")
         if limit is None:
             limit = body.get("max_tokens")
-        if limit is not None and len(pieces) > limit:
-            pieces, finish_reason = pieces[:limit], "length"
-        return _Answer(pieces, finish_reason)
+        return self._text_answer(text, body.get("stop"), limit)
 
     async def _before_output(self, stream: bool) -> None:
         """The first-output delay and the failures that strike before any output."""
@@ -241,8 +343,14 @@ def _fragments(arguments: str) -> list[str]:
     return [arguments[i : i + step] for i in range(0, len(arguments), step)]
 
 
-def _events(answer: _Answer, n: int) -> Iterator[tuple[int, dict[str, Any], str | None]]:
-    """(choice index, delta, finish reason) of every chunk, the choices interleaved."""
+def _events(answer: _Answer, n: int) -> Iterator[tuple[dict[str, Any], bool]]:
+    """The chunk choice of every chat chunk, the choices interleaved, and whether it is a token."""
+    for index, delta, finish_reason in _deltas(answer, n):
+        yield chunk_choice(index, delta, finish_reason), finish_reason is None and "role" not in delta
+
+
+def _deltas(answer: _Answer, n: int) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+    """(choice index, delta, finish reason) of every chat chunk, the choices interleaved."""
     if answer.tool is None:
         for index in range(n):
             yield index, {"role": "assistant", "content": "", "refusal": None}, None
@@ -263,6 +371,34 @@ def _events(answer: _Answer, n: int) -> Iterator[tuple[int, dict[str, Any], str 
                 yield index, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, None
     for index in range(n):
         yield index, {}, answer.finish_reason
+
+
+def _text_events(prompts: list[tuple[str, _Answer]], n: int, echo: bool) -> Iterator[tuple[dict[str, Any], bool]]:
+    """The choice of every text completion chunk and whether it is a token: the prompts when
+    ``echo``, the pieces with the choices interleaved, then each choice's finish."""
+    choices = [(p * n + i, prompt, answer) for p, (prompt, answer) in enumerate(prompts) for i in range(n)]
+    if echo:
+        for index, prompt, _ in choices:
+            if prompt:
+                yield text_choice(index, prompt), False
+    for k in range(max(len(answer.pieces) for _, _, answer in choices)):
+        for index, _, answer in choices:
+            if k < len(answer.pieces):
+                yield text_choice(index, answer.pieces[k]), True
+    for index, _, answer in choices:
+        yield text_choice(index, "", answer.finish_reason), False
+
+
+# Embeddings ------------------------------------------------------------------------------------
+
+
+def hash_vector(item: str | list[int], size: int) -> list[float]:
+    """A unit vector of ``size`` float32 values derived from a hash of ``item`` (same input, same vector)."""
+    seed = b"t:" + ",".join(map(str, item)).encode() if isinstance(item, list) else b"s:" + item.encode()
+    raw = struct.unpack(f"<{size}I", hashlib.shake_256(seed).digest(4 * size))
+    values = [x / 2**31 - 1.0 for x in raw]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return float32(v / norm for v in values).tolist()
 
 
 # Tool calls ------------------------------------------------------------------------------------

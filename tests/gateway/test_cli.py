@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -318,3 +318,51 @@ def test_a_port_in_use_is_one_line_not_a_traceback(servers: list[Server]) -> Non
     assert result.returncode == 1
     assert f"cannot listen on 0.0.0.0:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# Several workers ------------------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met in time")
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_workers_share_the_port_restart_when_killed_and_stop_on_sigterm(servers: list[Server]) -> None:
+    port = free_port()
+    server = Server(["--config", CONFIG, "--port", str(port), "--workers", "2"], {})
+    servers.append(server)
+    url = server.wait_up(port)
+    wait_for(lambda: len(children(server.proc.pid)) == 2)
+    first = children(server.proc.pid)
+    for _ in range(20):  # the kernel spreads connections over both: every one is answered
+        assert chat(url).status_code == 200
+
+    os.kill(first[0], signal.SIGKILL)  # a worker dies: the parent starts another
+    wait_for(lambda: len(children(server.proc.pid)) == 2 and first[0] not in children(server.proc.pid))
+    assert chat(url).status_code == 200
+
+    assert server.terminate_and_wait(10) == 0
+    assert "Traceback" not in server.output
+    for pid in children(server.proc.pid) + first[1:]:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_workers_on_a_port_in_use_stop_at_once(servers: list[Server]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = Server(["--config", CONFIG, "--port", str(port), "--workers", "2"], {})
+        servers.append(server)
+        assert server.wait(15) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in server.output

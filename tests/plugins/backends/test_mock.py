@@ -463,7 +463,7 @@ async def test_config_defaults_and_validation() -> None:
         with pytest.raises(ValidationError):
             MockBackend.Config(name="mock", type="mock", **bad)
     own = MockBackend.Config.model_fields.keys() - BackendConfig.model_fields.keys() | {"models"}
-    assert own == {"models", "reply", "first_chunk_delay", "chunk_delay", "chunks", "failure"}
+    assert own == {"models", "reply", "first_chunk_delay", "chunk_delay", "chunks", "failure", "dimensions"}
     assert all(MockBackend.Config.model_fields[name].description for name in own)
 
 

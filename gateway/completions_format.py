@@ -1,0 +1,114 @@
+"""Builders for OpenAI legacy text completion objects (``POST /v1/completions``).
+
+Plain dicts, no validation, as in ``chat_format``. The shapes follow OpenAI's OpenAPI spec
+(``CreateCompletionResponse``; a streamed chunk is the same ``text_completion`` object with a piece of
+``text`` per choice). With ``n`` > 1 and several prompts, choice ``index`` is ``prompt_index * n + i``.
+
+Token estimates follow ``chat_format``'s rule (``ceil(len(text) / 4)``); a token-array prompt counts
+exactly its tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.chat_format import estimate_tokens, usage
+
+_MISSING: Any = object()
+
+
+def text_completion_id() -> str:
+    """A new ``cmpl-...`` id."""
+    return "cmpl-" + base64.urlsafe_b64encode(os.urandom(24)).decode("ascii")
+
+
+def text_choice(index: int, text: str, finish_reason: str | None = None) -> dict[str, Any]:
+    """One choice of a ``text_completion`` (or of a streamed chunk, with a piece of the text)."""
+    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+
+
+def text_completion(
+    id: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    usage: Mapping[str, Any] | None = _MISSING,
+    system_fingerprint: str | None = None,
+) -> dict[str, Any]:
+    """A ``text_completion`` object; ``choices`` are built with ``text_choice``.
+
+    A streamed chunk is the same object: leave ``usage`` out, or, when the request asked for
+    ``stream_options.include_usage``, pass ``None`` on every chunk and the usage on one last chunk
+    with ``choices=[]`` (``text_usage_chunk``), as OpenAI does.
+    """
+    out = {
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": system_fingerprint,
+        "choices": choices,
+    }
+    if usage is not _MISSING:
+        out["usage"] = usage
+    return out
+
+
+def text_usage_chunk(
+    id: str, created: int, model: str, usage: Mapping[str, Any], system_fingerprint: str | None = None
+) -> dict[str, Any]:
+    """The last chunk of a stream with ``include_usage``: no choices, the usage of the whole reply."""
+    return text_completion(id, created, model, [], usage, system_fingerprint)
+
+
+def split_inputs(value: Any) -> list[str | list[int]]:
+    """The inputs of a ``prompt`` (or an embeddings ``input``): a string, an array of strings, an
+    array of tokens, or an array of token arrays -> one item per text or token array."""
+    if isinstance(value, str):
+        return [value]
+    if not value:
+        return []
+    if isinstance(value[0], int):
+        return [value]
+    return list(value)
+
+
+def estimate_input_tokens(item: str | list[int]) -> int:
+    """Tokens in one input: a token array counts its tokens, a text ``estimate_tokens``."""
+    return len(item) if isinstance(item, list) else estimate_tokens(item)
+
+
+def estimate_prompt_tokens(prompt: Any) -> int:
+    """Tokens in a ``prompt`` (every input counted)."""
+    return sum(estimate_input_tokens(item) for item in split_inputs(prompt))
+
+
+def estimated_usage(body: Mapping[str, Any] | None, completion: Mapping[str, Any]) -> dict[str, int]:
+    """The usage of a ``text_completion`` that reports none, estimated (see the module docstring)."""
+    completion_tokens = sum(estimate_tokens(c.get("text")) for c in completion.get("choices") or ())
+    return usage(estimate_prompt_tokens((body or {}).get("prompt")), completion_tokens)
+
+
+def completion_to_chunks(completion: Mapping[str, Any], include_usage: bool = False) -> list[dict[str, Any]]:
+    """The chunks that stream a complete ``text_completion``: one per choice with its text and finish
+    reason, then the usage chunk if asked for."""
+    id, created, model = completion["id"], completion["created"], completion["model"]
+    fingerprint = completion.get("system_fingerprint")
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+    chunks = [
+        text_completion(
+            id,
+            created,
+            model,
+            [text_choice(c["index"], c.get("text") or "", c.get("finish_reason"))],
+            system_fingerprint=fingerprint,
+            **extra,
+        )
+        for c in completion["choices"]
+    ]
+    if include_usage and completion.get("usage"):
+        chunks.append(text_usage_chunk(id, created, model, completion["usage"], fingerprint))
+    return chunks

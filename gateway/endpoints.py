@@ -1,0 +1,57 @@
+"""The model endpoints (chat completions, legacy completions, embeddings): what differs between them.
+
+The path through the pipeline is the same for all three (``pipeline.model_endpoint``); an
+``Endpoint`` names the operation, validates the body, calls the backend's method, and knows how to
+estimate the usage of, and stream, a response a plugin answered with (``ctx.response``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway import chat_format, completions_format, embeddings_format
+from gateway.schemas import validate_chat_request, validate_completion_request, validate_embedding_request
+
+if TYPE_CHECKING:
+    from gateway.backend import Backend
+    from gateway.context import RequestContext
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One model endpoint; see the module docstring."""
+
+    name: str  # ctx.endpoint
+    validate: Callable[[Any], None]
+    call: Callable[[Backend, RequestContext], AsyncIterator[Any]]  # the backend's output, as an iterator
+    estimate_usage: Callable[[Mapping[str, Any] | None, Mapping[str, Any]], dict[str, int]]
+    to_chunks: Callable[[Mapping[str, Any], bool], list[dict[str, Any]]] | None = None  # None: never streams
+
+
+async def _one(result: Awaitable[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """An awaited result as a one-item iterator, so it takes the same path as a completion."""
+    yield await result
+
+
+CHAT = Endpoint(
+    "chat.completions",
+    validate_chat_request,
+    lambda backend, ctx: backend.chat(ctx),
+    chat_format.estimated_usage,
+    chat_format.completion_to_chunks,
+)
+COMPLETIONS = Endpoint(
+    "completions",
+    validate_completion_request,
+    lambda backend, ctx: backend.completions(ctx),
+    completions_format.estimated_usage,
+    completions_format.completion_to_chunks,
+)
+EMBEDDINGS = Endpoint(
+    "embeddings",
+    validate_embedding_request,
+    lambda backend, ctx: _one(backend.embeddings(ctx)),
+    embeddings_format.estimated_usage,
+)
