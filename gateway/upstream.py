@@ -3,7 +3,9 @@ mapped to the OpenAI error object a client can act on.
 
 - a 4xx keeps its status and the upstream's own message, type, param and code;
 - a 429 stays a 429 with the upstream's ``Retry-After``;
-- a 5xx, a refused or reset connection, or a broken stream -> 502 ``bad_gateway``;
+- a 529 (Anthropic's "overloaded": up, but without capacity now) -> 503 ``upstream_overloaded``,
+  with the upstream's ``Retry-After``, as OpenAI answers when it is overloaded itself;
+- any other 5xx, a refused or reset connection, or a broken stream -> 502 ``bad_gateway``;
 - a timeout -> 504 ``upstream_timeout``.
 
 Every message names the backend that failed; configured secrets are scrubbed from whatever the
@@ -26,6 +28,8 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_ERROR_MESSAGE = 1000
 #: Response headers of an upstream worth passing on to the client.
 FORWARDED_HEADER_PREFIXES = ("x-ratelimit-", "x-request-id")
+#: The status Anthropic answers when it is overloaded.
+OVERLOADED_STATUS = 529
 
 
 class UpstreamClientError(GatewayError):
@@ -34,6 +38,13 @@ class UpstreamClientError(GatewayError):
     def __init__(self, message: str, *, status: int, type: str | None = None, **kwargs: Any) -> None:
         super().__init__(message, status=status, **kwargs)
         self.type = type or "invalid_request_error"  # type: ignore[misc]
+
+
+class UpstreamOverloadedError(UpstreamError):
+    """The upstream is up but has no capacity now (Anthropic's 529): worth a retry later."""
+
+    status = 503
+    code = "upstream_overloaded"
 
 
 def client_session(
@@ -89,8 +100,8 @@ def http_error(
     details = error_details(body)
     message = scrub(details.get("message") or "", secrets)[:MAX_ERROR_MESSAGE]
     headers = headers or {}
+    retry = {"Retry-After": headers["Retry-After"]} if "Retry-After" in headers else {}
     if status == 429:
-        retry = {"Retry-After": headers["Retry-After"]} if "Retry-After" in headers else {}
         return RateLimitError(
             f"Backend {backend!r} is rate limited: {message or 'too many requests'}",
             code=details.get("code") or RateLimitError.code,
@@ -105,6 +116,8 @@ def http_error(
             code=details.get("code"),
         )
     said = f": {message}" if message else ""
+    if status == OVERLOADED_STATUS:
+        return UpstreamOverloadedError(f"Backend {backend!r} is overloaded{said}", headers=retry)
     return UpstreamError(f"Backend {backend!r} failed with HTTP {status}{said}")
 
 

@@ -1,0 +1,45 @@
+"""gateway.upstream on Anthropic's error bodies and its 529 "overloaded" status."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from gateway.errors import UpstreamError
+from gateway.upstream import UpstreamClientError, UpstreamOverloadedError, error_details, http_error
+
+
+def anthropic_error(type_: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": type_, "message": message}, "request_id": "req_011"})
+
+
+def test_anthropic_error_bodies_give_their_message_and_type() -> None:
+    assert error_details(anthropic_error("overloaded_error", "Overloaded")) == {
+        "message": "Overloaded",
+        "type": "overloaded_error",
+    }
+
+
+def test_529_is_a_503_that_keeps_retry_after() -> None:
+    error = http_error("claude", 529, anthropic_error("overloaded_error", "Overloaded"), {"Retry-After": "12"})
+    assert isinstance(error, UpstreamOverloadedError) and isinstance(error, UpstreamError)
+    assert error.status == 503
+    assert error.headers == {"Retry-After": "12"}
+    assert error.to_dict()["error"] == {
+        "message": "Backend 'claude' is overloaded: Overloaded",
+        "type": "upstream_error",
+        "param": None,
+        "code": "upstream_overloaded",
+    }
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_other_5xx_stay_502(status: int) -> None:
+    error = http_error("claude", status, anthropic_error("api_error", "Internal"), {"Retry-After": "3"})
+    assert type(error) is UpstreamError and error.status == 502 and error.headers == {}
+
+
+def test_an_anthropic_4xx_keeps_its_status_message_and_type() -> None:
+    error = http_error("claude", 403, anthropic_error("permission_error", "no access to this model"))
+    assert isinstance(error, UpstreamClientError)
+    assert (error.status, error.message, error.type) == (403, "no access to this model", "permission_error")
