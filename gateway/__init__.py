@@ -6,6 +6,7 @@ from gateway.backend import Backend, BackendConfig, model_object
 from gateway.context import Deployment, Principal, RequestContext
 from gateway.errors import (
     AuthenticationError,
+    ContentPolicyError,
     GatewayError,
     InternalError,
     InvalidRequestError,
@@ -28,6 +29,7 @@ __all__ = [
     "Backend",
     "BackendConfig",
     "ChunkFilter",
+    "ContentPolicyError",
     "Deployment",
     "GatewayError",
     "InternalError",

@@ -44,6 +44,12 @@ class InvalidRequestError(GatewayError):
     type = "invalid_request_error"
 
 
+class ContentPolicyError(InvalidRequestError):
+    """A request refused by the gateway's content policy (400, like OpenAI's own policy refusals)."""
+
+    code = "content_policy"
+
+
 class AuthenticationError(InvalidRequestError):
     status = 401
     code = "invalid_api_key"
