@@ -1,17 +1,75 @@
-"""The access log: one structured line per request, after its last byte."""
+"""The access log: one structured line per request, after its last byte; optionally (``bodies``,
+off by default) with the request's raw body and the response's, redacted and truncated."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from gateway import hookimpl
 from gateway.context import RequestContext
+from gateway.log import REDACTED, is_secret_key, redact
+from gateway.streaming import ChunkFilter
+
+STATE = "request_logging.response"  # ctx.state: the response body (a dict, or a stream's collector)
+
+
+class BodyLoggingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="add request_body and response_body to the access line")
+    max_chars: int = Field(4096, ge=0, description="each body is cut after this many characters")
+    redact: list[str] = Field(
+        default_factory=list, description="regexes masked in logged bodies (credentials always are)"
+    )
+    replacement: str = Field(REDACTED, description="what a `redact` match becomes")
+
+    _patterns: list[re.Pattern[str]] = PrivateAttr(default_factory=list)
+
+    @field_validator("redact")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for i, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"redact[{i}] is not a valid regular expression: {exc}") from None
+        return patterns
+
+    def model_post_init(self, _context: Any) -> None:
+        self._patterns = [re.compile(p) for p in self.redact]
+
+    def scrub(self, value: Any) -> Any:
+        """``value`` with credentials (``gateway.log.redact``) and the ``redact`` patterns masked."""
+        if isinstance(value, str):
+            value = redact(value)
+            for pattern in self._patterns:
+                value = pattern.sub(lambda _: self.replacement, value)
+            return value
+        if isinstance(value, dict):
+            return {k: REDACTED if is_secret_key(str(k)) else self.scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.scrub(v) for v in value]
+        return value
+
+    def render(self, value: Any) -> str:
+        """A body as logged: scrubbed, as JSON text, cut after ``max_chars``."""
+        text = self.scrub(value)
+        if not isinstance(text, str):
+            text = orjson.dumps(text, default=str).decode()
+        if len(text) > self.max_chars:
+            text = f"{text[: self.max_chars]}... [{len(text) - self.max_chars} more characters]"
+        return text
 
 
 class RequestLoggingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     skip_paths: list[str] = Field(default_factory=list, description="paths logged only when they fail, e.g. /health")
+    bodies: BodyLoggingConfig = Field(default_factory=BodyLoggingConfig, description="body logging, for debugging")
 
 
 @hookimpl
@@ -20,12 +78,36 @@ def gateway_register_config(register):  # type: ignore[no-untyped-def]
     register("request_logging", RequestLoggingConfig)
 
 
+def _bodies(ctx: RequestContext) -> BodyLoggingConfig:
+    return ctx.config.plugin_config("request_logging").bodies
+
+
+@hookimpl(trylast=True)
+def gateway_stream_filter(ctx: RequestContext) -> ChunkFilter | None:
+    """With body logging on: collect the streamed reply as the client gets it (trylast: after every
+    other filter). Off, no filter: the stream stays on the pass-through path."""
+    bodies = _bodies(ctx)
+    if not bodies.enabled:
+        return None
+    collector = ctx.state[STATE] = StreamCollector(bodies.max_chars)
+    return collector
+
+
+@hookimpl(trylast=True)
+def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> None:
+    """With body logging on: keep the response as sent (trylast: after every other plugin's edits)."""
+    if _bodies(ctx).enabled:
+        ctx.state[STATE] = response
+
+
 @hookimpl
-def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> None:
-    """Write the access line: id, method, path, status, model, backend, stream, timings, tokens."""
+async def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> None:
+    """Write the access line: id, method, path, status, model, backend, stream, timings, tokens
+    (and, with body logging on, the bodies)."""
     request = ctx.request
     status = ctx.status
-    if status < 400 and request.path in ctx.config.plugin_config("request_logging").skip_paths:
+    settings: RequestLoggingConfig = ctx.config.plugin_config("request_logging")
+    if status < 400 and request.path in settings.skip_paths:
         return
     fields = {
         "method": request.method,
@@ -48,4 +130,71 @@ def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -
         fields["principal"] = ctx.principal.name
     if error is not None:
         fields["error"] = f"{type(error).__name__}: {error}"
+    if settings.bodies.enabled:
+        await _add_bodies(ctx, settings.bodies, fields)
     (ctx.log.error if status >= 500 else ctx.log.info)("request", **fields)
+
+
+async def _add_bodies(ctx: RequestContext, bodies: BodyLoggingConfig, fields: dict[str, Any]) -> None:
+    """``request_body``: the raw body the client sent (when the gateway read it whole);
+    ``response_body``: the response, or the stream as assembled from its chunks."""
+    request = ctx.request
+    if request.body_exists and not request.can_read_body and ctx.status != 413:
+        raw = await request.read()  # the bytes the pipeline read, kept by aiohttp
+        try:
+            fields["request_body"] = bodies.render(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            fields["request_body"] = bodies.render(raw.decode("utf-8", "replace"))
+    response = ctx.state.get(STATE)
+    if isinstance(response, StreamCollector):
+        response = response.assembled(ctx)
+    if response is not None:
+        fields["response_body"] = bodies.render(response)
+
+
+class StreamCollector:
+    """A ``ChunkFilter`` that passes every chunk on and keeps, per choice, the text (and tool call
+    arguments) it carried, up to ``limit`` characters each, and its finish reason."""
+
+    __slots__ = ("choices", "frame", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.choices: dict[int, dict[str, Any]] = {}
+        self.frame: dict[str, Any] = {}
+
+    def __call__(self, chunk: dict[str, Any] | None) -> dict[str, Any] | None:
+        if chunk is None:
+            return None
+        if not self.frame:
+            self.frame = {"id": chunk.get("id"), "object": chunk.get("object"), "model": chunk.get("model")}
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            kept = self.choices.get(index)
+            if kept is None:
+                kept = self.choices[index] = {"index": index, "text": [], "size": 0, "finish_reason": None}
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if text and kept["size"] <= self.limit:
+                kept["text"].append(text)
+                kept["size"] += len(text)
+            for call in (delta.get("tool_calls") if isinstance(delta, dict) else None) or ():
+                function = call.get("function") or {}
+                if kept["size"] <= self.limit:
+                    piece = (function.get("name") or "") + (function.get("arguments") or "")
+                    kept.setdefault("tool_calls", []).append(piece)
+                    kept["size"] += len(piece)
+            if choice.get("finish_reason") is not None:
+                kept["finish_reason"] = choice["finish_reason"]
+        return chunk
+
+    def assembled(self, ctx: RequestContext) -> dict[str, Any]:
+        """The stream as one response: each choice's text, tool call text and finish reason."""
+        choices = []
+        for kept in self.choices.values():
+            choice: dict[str, Any] = {"index": kept["index"], "content": "".join(kept["text"])}
+            if "tool_calls" in kept:
+                choice["tool_calls"] = "".join(kept["tool_calls"])
+            choice["finish_reason"] = kept["finish_reason"]
+            choices.append(choice)
+        return {**self.frame, "choices": choices, "usage": ctx.usage}

@@ -455,3 +455,190 @@ def test_standard_library_log_lines_are_redacted(capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert "Error handling request with Bearer [REDACTED]" in err
     assert "sk-abcdef" not in err
+
+
+# Body logging (opt-in) ---------------------------------------------------------------------------
+
+EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
+
+
+class SeenFilters:
+    """Records the chunk filters the plugins returned for each stream."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[Any]] = []
+
+    @hookimpl(wrapper=True)
+    def gateway_stream_filter(self, ctx: RequestContext) -> Any:
+        filters = yield
+        self.seen.append(list(filters))
+        return filters
+
+
+def bodies_config(config: dict[str, Any] | None = None, **bodies: Any) -> dict[str, Any]:
+    config = config or mock_config()
+    plugins = {**config.get("plugins", {}), "request_logging": {"bodies": {"enabled": True, **bodies}}}
+    return {**config, "plugins": plugins}
+
+
+async def test_bodies_are_off_by_default_and_streams_get_no_filter(
+    gateway: Any, log: JsonLog, finished: Finished
+) -> None:
+    seen = SeenFilters()
+    client = await gateway(plugins=[finished, seen])
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+    assert (await client.post("/v1/chat/completions", json={**CHAT, "stream": True})).status == 200
+    await finished.wait(2)
+    assert seen.seen == [[]]  # the stream stayed on the pass-through path
+    assert all("request_body" not in line and "response_body" not in line for line in log.access())
+    assert PROMPT not in log.text
+
+
+async def test_bodies_of_a_chat_completion(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(bodies_config(), plugins=[finished])
+    raw = b'{"messages": [{"role": "user", "content": "count these five words"}], "model": "mock-gpt-model", "x": 1}'
+    response = await client.post("/v1/chat/completions", data=raw, headers={"Content-Type": "application/json"})
+    sent = await response.json()
+    await finished.wait(1)
+    [line] = log.access()
+    assert json.loads(line["request_body"]) == json.loads(raw)
+    assert list(json.loads(line["request_body"])) == ["messages", "model", "x"]  # as the client sent it
+    assert json.loads(line["response_body"]) == sent
+
+
+async def test_the_assembled_stream_is_logged(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    seen = SeenFilters()
+    client = await gateway(bodies_config(), plugins=[finished, seen])
+    body = {**CHAT, "stream": True, "n": 2, "stream_options": {"include_usage": True}}
+    response = await client.post("/v1/chat/completions", json=body)
+    assert (await response.read()).endswith(b"data: [DONE]\n\n")
+    await finished.wait(1)
+    [line] = log.access()
+    logged = json.loads(line["response_body"])
+    assert logged["model"] == MOCK_MODEL and logged["id"].startswith("chatcmpl-")
+    assert logged["choices"] == [
+        {"index": 0, "content": PROMPT, "finish_reason": "stop"},
+        {"index": 1, "content": PROMPT, "finish_reason": "stop"},
+    ]
+    assert logged["usage"]["completion_tokens"] == 2 * len(PROMPT.split())
+    assert json.loads(line["request_body"])["stream"] is True
+    assert len(seen.seen[0]) == 1
+
+
+async def test_streamed_tool_calls_are_logged(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(bodies_config(), plugins=[finished])
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+    body = {**CHAT, "stream": True, "tools": [tool], "tool_choice": "required"}
+    await (await client.post("/v1/chat/completions", json=body)).read()
+    await finished.wait(1)
+    [choice] = json.loads(log.access()[0]["response_body"])["choices"]
+    assert choice == {"index": 0, "content": "", "tool_calls": "get_time{}", "finish_reason": "tool_calls"}
+
+
+async def test_bodies_are_truncated(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(bodies_config(max_chars=40), plugins=[finished])
+    long_prompt = "word " * 200
+    body = {**CHAT, "messages": [{"role": "user", "content": long_prompt}]}
+    await client.post("/v1/chat/completions", json=body)
+    await (await client.post("/v1/chat/completions", json={**body, "stream": True})).read()
+    await finished.wait(2)
+    for line in log.access():
+        for field in ("request_body", "response_body"):
+            head, _, rest = line[field].partition("... [")
+            assert len(head) == 40, line[field]
+            assert rest.endswith(" more characters]") and int(rest.split()[0]) > 200
+
+
+async def test_secrets_and_patterns_are_redacted_from_logged_bodies(
+    gateway: Any, log: JsonLog, finished: Finished, everything_logged: Callable[[], str]
+) -> None:
+    client = await gateway(bodies_config(redact=[EMAIL, r"\b\d{3}-\d{2}-\d{4}\b"]), plugins=[finished])
+    body = {
+        **CHAT,
+        "messages": [{"role": "user", "content": f"I am ann@corp.io, SSN 123-45-6789, key {SECRET}"}],
+        "metadata": {"api_key": "plain-looking-value", "password": "hunter2-hunter2"},
+    }
+    await client.post("/v1/chat/completions", json=body)  # the mock echoes all of it back
+    await (await client.post("/v1/chat/completions", json={**body, "stream": True})).read()
+    await finished.wait(2)
+    lines = log.access()
+    assert len(lines) == 2
+    for secret in ("ann@corp.io", "123-45-6789", SECRET, "0123456789abcdef", "plain-looking-value", "hunter2"):
+        assert secret not in log.text
+        assert secret not in everything_logged()
+    request = json.loads(lines[0]["request_body"])
+    assert request["messages"][0]["content"] == f"I am {REDACTED}, SSN {REDACTED}, key {REDACTED}"
+    assert request["metadata"] == {"api_key": REDACTED, "password": REDACTED}
+    assert json.loads(lines[1]["response_body"])["choices"][0]["content"].startswith(f"I am {REDACTED}, SSN")
+
+
+async def test_a_body_that_is_not_json_is_logged_as_text(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(bodies_config(replacement="<email>", redact=[EMAIL]), plugins=[finished])
+    response = await client.post("/v1/chat/completions", data=b"{oops ann@corp.io")
+    assert response.status == 400
+    await finished.wait(1)
+    [line] = log.access()
+    assert line["request_body"] == "{oops <email>"
+    assert "response_body" not in line  # the error is the `error` field
+    assert line["error"].startswith("InvalidRequestError")
+
+
+async def test_other_responses_are_logged_and_bodiless_requests_have_no_request_body(
+    gateway: Any, log: JsonLog, finished: Finished
+) -> None:
+    client = await gateway(bodies_config(), plugins=[finished])
+    models = await (await client.get("/v1/models")).json()
+    await client.post("/v1/nothing-here", json={"a": 1})  # never read by the gateway: not logged
+    await finished.wait(2)
+    first, second = log.access()
+    assert "request_body" not in first and json.loads(first["response_body"]) == models
+    assert second["status"] == 404 and "request_body" not in second
+
+
+async def test_redaction_is_absent_from_logs_and_from_what_the_backend_received(
+    gateway: Any, log: JsonLog, finished: Finished, everything_logged: Callable[[], str]
+) -> None:
+    """transforms redacts what goes upstream and what comes back; body logging masks the raw request."""
+    from gateway.testing import RecordingPlugin, recorded, recording_config
+
+    config = {
+        **recording_config(reply="write to ops@corp.io or call me"),
+        "plugins": {
+            "transforms": {"rules": [{"redact": [EMAIL], "response_filters": [EMAIL], "max_match_chars": 40}]},
+            "request_logging": {"bodies": {"enabled": True, "redact": [EMAIL]}},
+        },
+    }
+    client = await gateway(config, plugins=[RecordingPlugin(), finished])
+    body = {"model": "recorded-model", "messages": [{"role": "user", "content": "I am ann@corp.io"}]}
+    reply = await (await client.post("/v1/chat/completions", json=body)).json()
+    stream = await (await client.post("/v1/chat/completions", json={**body, "stream": True})).read()
+    await finished.wait(2)
+    assert reply["choices"][0]["message"]["content"] == "write to [FILTERED] or call me"
+    assert b"corp.io" not in stream
+    calls = recorded(client.app)
+    assert [c.body["messages"][0]["content"] for c in calls] == ["I am [REDACTED]"] * 2
+    assert "corp.io" not in log.text and "corp.io" not in everything_logged()
+    assert [json.loads(line["response_body"])["choices"][0].get("content") for line in log.access()] == [
+        None,  # the non-streamed response is logged whole: its text is under message
+        "write to [FILTERED] or call me",
+    ]
+
+
+def test_a_bad_body_redaction_pattern_is_a_config_error() -> None:
+    from gateway.app import create_app
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"plugins\.request_logging\.bodies\.redact: .*redact\[1\] is not a valid"):
+        create_app(bodies_config(redact=["ok", "(bad"]))
+
+
+def test_the_stream_collector_keeps_only_what_it_may_log() -> None:
+    from plugins.request_logging import StreamCollector
+
+    collector = StreamCollector(limit=10)
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m"}
+    for _ in range(1000):
+        piece = {**chunk, "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": None}]}
+        assert collector(piece) is piece  # passed on untouched
+    assert collector(None) is None
+    assert sum(len(t) for t in collector.choices[0]["text"]) == 15  # up to the limit, plus the piece that crossed it
