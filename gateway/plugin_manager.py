@@ -18,9 +18,9 @@ DEFAULT_PLUGINS = (
     "plugins.routing",
     "plugins.request_logging",
     "plugins.cors",
-    "plugins.transforms",
     "plugins.backends.mock",
     "plugins.backends.openai_compat",
+    "plugins.backends.anthropic",
 )
 #: Built-ins that cannot be disabled.
 ESSENTIAL_PLUGINS = frozenset({"error_renderer"})

@@ -1,0 +1,232 @@
+"""The built-in ``anthropic`` backend: Claude models through Anthropic's Messages API
+(``POST {base_url}/v1/messages``), for OpenAI clients.
+
+Requests, replies and streams are translated by ``anthropic_messages`` (its docstring says what
+becomes of each request field). Upstream errors map like every backend's (``gateway.upstream``):
+a 4xx keeps its status, message and Anthropic's error type; 429 keeps ``Retry-After``; 529
+(overloaded) -> 503 ``upstream_overloaded``; other 5xx -> 502. An ``error`` event in the middle of a
+stream ends the client's stream with the same error as a final event. Models are the configured
+``models``, else Anthropic's ``GET /v1/models`` (every page), cached ``models_ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from pydantic import Field, SecretStr, field_validator
+
+from gateway.backend import Backend, BackendConfig, model_object
+from gateway.chat_format import completion_to_chunks, include_usage
+from gateway.context import RequestContext
+from gateway.errors import GatewayError, UpstreamError
+from gateway.hookspecs import hookimpl
+from gateway.streaming import iter_sse
+from gateway.upstream import client_session, forwarded_headers, http_error, raise_for_status, transport_errors
+from plugins.backends.anthropic_messages import SAMPLING_REMOVED_IN, StreamTranslator, completion, messages_request
+
+log = structlog.get_logger("gateway")
+
+#: Anthropic's error types and the HTTP status each comes with (for ``error`` events in a stream).
+ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+#: Anthropic response headers passed on to the client, beside ``gateway.upstream.forwarded_headers``.
+ANTHROPIC_HEADER_PREFIXES = ("anthropic-ratelimit-", "request-id")
+MODEL_PAGE_SIZE = 1000  # Anthropic's largest page
+MAX_MODEL_PAGES = 20
+
+
+class AnthropicConfig(BackendConfig):
+    base_url: str = Field("https://api.anthropic.com", description="the API root (without /v1)")
+    api_key: SecretStr = Field(description="sent as the x-api-key header")
+    version: str = Field(
+        "2023-06-01",
+        pattern=r"^\d{4}-\d{2}-\d{2}$",
+        description="the anthropic-version header (from 2026-10-21 on, temperature, top_p and top_k are dropped)",
+    )
+    beta: list[str] = Field(default_factory=list, description="beta features, sent in the anthropic-beta header")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra headers sent with every request")
+    max_tokens: int = Field(
+        4096, ge=1, description="max_tokens when a request sets neither max_tokens nor max_completion_tokens"
+    )
+    connect_timeout: float = Field(10.0, gt=0, description="seconds allowed to connect")
+    models_ttl: float = Field(300.0, ge=0, description="seconds Anthropic's model list is cached")
+    max_connections: int = Field(0, ge=0, description="open connections to the upstream at most (0: no limit)")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/").removesuffix("/v1")
+
+
+class AnthropicBackend(Backend):
+    """Serves chat completions from Anthropic's Messages API; see the module docstring."""
+
+    type_name = "anthropic"
+    Config = AnthropicConfig
+    owned_by = "anthropic"
+    config: AnthropicConfig
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self.session: aiohttp.ClientSession | None = None
+        self._secrets = (self.config.api_key.get_secret_value(),)
+        self._sampling = self.config.version < SAMPLING_REMOVED_IN  # ISO dates sort as strings
+        self._models: list[dict[str, Any]] | None = None
+        self._models_until = 0.0
+        self._models_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> AnthropicBackend:
+        headers = {
+            "x-api-key": self._secrets[0],
+            "anthropic-version": self.config.version,
+            "content-type": "application/json",
+        }
+        if self.config.beta:
+            headers["anthropic-beta"] = ",".join(self.config.beta)
+        self.session = client_session(
+            connect_timeout=self.config.connect_timeout,
+            headers={**headers, **self.config.headers},
+            max_connections=self.config.max_connections,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # Chat ------------------------------------------------------------------------------------
+
+    async def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+        assert ctx.body is not None and ctx.deployment is not None and self.session is not None
+        body = messages_request(ctx.body, ctx.deployment.model, self.config.max_tokens, self._sampling)
+        model = ctx.model or ctx.deployment.model
+        with transport_errors(self.name, self._secrets):
+            async with self.session.post(f"{self.config.base_url}/v1/messages", data=orjson.dumps(body)) as response:
+                ctx.response_headers.update(_forwarded(response.headers))
+                await raise_for_status(response, self.name, self._secrets)
+                if not ctx.stream or response.content_type != "text/event-stream":
+                    answer = completion(await self._json(response), model)
+                    ctx.usage = answer["usage"]
+                    if ctx.stream:  # an upstream that answered a stream request in one piece
+                        for chunk in completion_to_chunks(answer, include_usage(ctx.body)):
+                            yield chunk
+                    else:
+                        yield answer
+                    return
+                translator = StreamTranslator(model, include_usage(ctx.body))
+                try:
+                    async for _, data in iter_sse(response.content):
+                        event = self._event(data)
+                        if event.get("type") == "error":
+                            raise self._stream_error(event)
+                        for chunk in translator.feed(event):
+                            yield chunk
+                        if translator.complete:
+                            return
+                finally:  # also when the stream fails or the client leaves: count what is known
+                    ctx.usage = translator.usage or ctx.usage
+        raise UpstreamError(f"Backend {self.name!r} ended the stream before it was complete.")
+
+    def _event(self, data: bytes) -> dict[str, Any]:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            event = None
+        if not isinstance(event, dict):
+            raise UpstreamError(f"Backend {self.name!r} sent a stream event that is not a JSON object.")
+        return event
+
+    def _stream_error(self, event: Mapping[str, Any]) -> GatewayError:
+        """The error for an ``error`` event: what the same error would be as an HTTP answer."""
+        error = event.get("error")
+        kind = error.get("type") if isinstance(error, Mapping) else None
+        return http_error(self.name, ERROR_STATUS.get(kind or "", 500), orjson.dumps(event), secrets=self._secrets)
+
+    async def _json(self, response: aiohttp.ClientResponse) -> dict[str, Any]:
+        try:
+            answer = orjson.loads(await response.read())
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise UpstreamError(f"Backend {self.name!r} answered with something that is not a JSON object.")
+        return answer
+
+    # Models ----------------------------------------------------------------------------------
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """The configured ``models``, else Anthropic's, cached ``models_ttl`` seconds (a stale list is
+        served while the upstream fails to answer)."""
+        if self.config.models:
+            return await super().list_models()
+        loop = asyncio.get_running_loop()
+        async with self._models_lock:
+            if self._models is None or loop.time() >= self._models_until:
+                try:
+                    self._models = await self._fetch_models()
+                except Exception:
+                    if self._models is None:
+                        raise
+                    log.warning("listing models failed; serving the cached list", backend=self.name, exc_info=True)
+                self._models_until = loop.time() + self.config.models_ttl
+            return self._models
+
+    async def _fetch_models(self) -> list[dict[str, Any]]:
+        """Every page of ``GET /v1/models``, following ``has_more`` / ``last_id``."""
+        assert self.session is not None
+        models: list[dict[str, Any]] = []
+        params = {"limit": str(MODEL_PAGE_SIZE)}
+        for _ in range(MAX_MODEL_PAGES):
+            with transport_errors(self.name, self._secrets):
+                async with self.session.get(
+                    f"{self.config.base_url}/v1/models",
+                    params=params,
+                    timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                ) as response:
+                    await raise_for_status(response, self.name, self._secrets)
+                    page = await self._json(response)
+            for entry in page.get("data") or ():
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                    models.append(model_object(entry["id"], self.owned_by, _timestamp(entry.get("created_at"))))
+            if not page.get("has_more") or not isinstance(page.get("last_id"), str):
+                break
+            params = {**params, "after_id": page["last_id"]}
+        return models
+
+
+def _forwarded(headers: Mapping[str, str]) -> dict[str, str]:
+    """The upstream response headers the client gets: rate limits and request ids."""
+    found = forwarded_headers(headers)
+    found.update({k: v for k, v in headers.items() if k.lower().startswith(ANTHROPIC_HEADER_PREFIXES)})
+    return found
+
+
+def _timestamp(value: Any) -> int:
+    """Seconds since the epoch of an RFC 3339 time (0 when there is none)."""
+    try:
+        return int(datetime.fromisoformat(value).timestamp())
+    except (TypeError, ValueError):
+        return 0
+
+
+@hookimpl
+def gateway_register_backends(register: Callable[[str, type[Backend]], None]) -> None:
+    """Register the ``anthropic`` backend type."""
+    register("anthropic", AnthropicBackend)
