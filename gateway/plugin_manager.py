@@ -18,6 +18,7 @@ DEFAULT_PLUGINS = (
     "plugins.routing",
     "plugins.request_logging",
     "plugins.cors",
+    "plugins.transforms",
     "plugins.backends.mock",
     "plugins.backends.openai_compat",
     "plugins.backends.anthropic",
