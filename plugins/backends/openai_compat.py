@@ -1,7 +1,9 @@
 """The built-in ``openai_compat`` backend: any OpenAI-compatible upstream (OpenAI, Azure OpenAI, vLLM,
 Ollama, llama.cpp's server, Groq, Together, OpenRouter...).
 
-The request body goes upstream untouched, unknown fields included, but for the model name. A
+Chat completions, legacy completions and embeddings take the same path: the request body goes
+upstream untouched, unknown fields included, but for the model name (embeddings' ``encoding_format``
+too: base64 vectors pass through as the upstream encoded them). A
 stream passes through as the upstream's bytes, cut at event boundaries; the only work per read is
 a few byte searches (the ``[DONE]`` marker, a usage event, an error event). When the upstream model
 is not the one the client asked for, the ``model`` field of every answer is rewritten to the
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from typing import Any
 
 import aiohttp
@@ -20,6 +23,7 @@ import orjson
 import structlog
 from pydantic import Field, SecretStr, field_validator
 
+from gateway import completions_format
 from gateway.backend import Backend, BackendConfig
 from gateway.chat_format import completion_to_chunks, include_usage
 from gateway.context import RequestContext
@@ -125,12 +129,26 @@ class OpenAICompatBackend(Backend):
     def _secrets(self, ctx: RequestContext | None) -> tuple[str | None, ...]:
         return (self._key, ctx.client_key if ctx is not None else None)
 
-    async def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:  # type: ignore[override]
-        async for item in self._call(ctx, "chat/completions"):
-            yield item
+    def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:
+        return self._call(ctx, "chat/completions")
 
-    async def _call(self, ctx: RequestContext, operation: str) -> AsyncIterator[dict[str, Any] | bytes]:
-        """POST ``ctx.body`` to ``operation`` and yield the answer: one dict, or a stream's events."""
+    def completions(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:
+        return self._call(ctx, "completions", completions_format.completion_to_chunks)
+
+    async def embeddings(self, ctx: RequestContext) -> dict[str, Any]:
+        async with aclosing(self._call(ctx, "embeddings")) as answers:
+            answer = await anext(answers)
+        assert isinstance(answer, dict)  # not a stream: one JSON answer
+        return answer
+
+    async def _call(
+        self,
+        ctx: RequestContext,
+        operation: str,
+        to_chunks: Callable[[Mapping[str, Any], bool], list[dict[str, Any]]] = completion_to_chunks,
+    ) -> AsyncIterator[dict[str, Any] | bytes]:
+        """POST ``ctx.body`` to ``operation`` and yield the answer: one dict, or a stream's events
+        (``to_chunks`` turns an upstream's one-piece answer to a stream request into chunks)."""
         assert ctx.body is not None and ctx.deployment is not None and self.session is not None
         body, model = ctx.body, ctx.deployment.model
         if body.get("model") != model:
@@ -158,7 +176,7 @@ class OpenAICompatBackend(Backend):
                     if not ctx.stream:
                         yield answer
                     else:  # an upstream that answered a stream request in one piece
-                        for chunk in completion_to_chunks(answer, include_usage(ctx.body)):
+                        for chunk in to_chunks(answer, include_usage(ctx.body)):
                             yield chunk
                     return
                 renamer = _renamer(ctx.model) if rename else None
