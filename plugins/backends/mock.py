@@ -345,18 +345,12 @@ def _fragments(arguments: str) -> list[str]:
 
 def _events(answer: _Answer, n: int) -> Iterator[tuple[dict[str, Any], bool]]:
     """The chunk choice of every chat chunk, the choices interleaved, and whether it is a token."""
-    for index, delta, finish_reason in _deltas(answer, n):
-        yield chunk_choice(index, delta, finish_reason), finish_reason is None and "role" not in delta
-
-
-def _deltas(answer: _Answer, n: int) -> Iterator[tuple[int, dict[str, Any], str | None]]:
-    """(choice index, delta, finish reason) of every chat chunk, the choices interleaved."""
     if answer.tool is None:
         for index in range(n):
-            yield index, {"role": "assistant", "content": "", "refusal": None}, None
+            yield chunk_choice(index, {"role": "assistant", "content": "", "refusal": None}), False
         for piece in answer.pieces:
             for index in range(n):
-                yield index, {"content": piece}, None
+                yield chunk_choice(index, {"content": piece}), True
     else:
         for index in range(n):
             call = {
@@ -365,12 +359,13 @@ def _deltas(answer: _Answer, n: int) -> Iterator[tuple[int, dict[str, Any], str 
                 "type": "function",
                 "function": {"name": answer.tool, "arguments": ""},
             }
-            yield index, {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}, None
+            delta = {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}
+            yield chunk_choice(index, delta), False
         for piece in answer.pieces:
             for index in range(n):
-                yield index, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, None
+                yield chunk_choice(index, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), True
     for index in range(n):
-        yield index, {}, answer.finish_reason
+        yield chunk_choice(index, {}, answer.finish_reason), False
 
 
 def _text_events(prompts: list[tuple[str, _Answer]], n: int, echo: bool) -> Iterator[tuple[dict[str, Any], bool]]:
