@@ -22,6 +22,7 @@ DEFAULT_PLUGINS = (
     "plugins.backends.mock",
     "plugins.backends.openai_compat",
     "plugins.backends.anthropic",
+    "plugins.auth_api_keys",
 )
 #: Built-ins that cannot be disabled.
 ESSENTIAL_PLUGINS = frozenset({"error_renderer"})

@@ -1,0 +1,224 @@
+"""API keys: who may call the gateway, and which models each key may use.
+
+Off unless the ``auth_api_keys`` section lists keys (or sets ``mode: passthrough``), so the default
+config stays keyless. A key comes as ``Authorization: Bearer <key>`` (any case; ``bearer<key>``
+with no space too, as the seeds' clients send it) or as ``x-api-key: <key>``, and is compared in
+constant time against the sha256 of every configured key.
+
+- ``required``: every API call needs a configured key (401 ``invalid_api_key`` otherwise).
+- ``optional``: a call without a key passes anonymously; a key that is sent must be a configured one.
+- ``passthrough``: the gateway refuses nothing; the client's key goes to the upstream unchanged
+  (seed 001). A configured key still gets its name, allowlist and limits.
+
+The API (every endpoint that calls ``gateway_authenticate`` but ``/info``) is guarded; the paths in
+``protect`` (default ``/info`` and ``/metrics``) are guarded by a middleware, whatever serves them;
+``/`` and ``/health`` stay open, and CORS preflights need no key. The caller becomes
+``ctx.principal`` (key name and metadata, the key's ``limits`` under ``metadata["limits"]``, for a
+rate limiter); in ``required``/``optional`` mode a gateway key is taken off ``ctx.client_key`` so it
+never goes upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+
+from gateway import hookimpl
+from gateway.config import GatewayConfig
+from gateway.context import Principal, RequestContext
+from gateway.errors import AuthenticationError, ModelNotFoundError, PermissionDeniedError
+from gateway.keys import ctx_key
+
+SECTION = "auth_api_keys"
+#: Endpoints that ask ``gateway_authenticate`` but are guarded only when their path is in ``protect``.
+OPEN_ENDPOINTS = frozenset({"health", "info"})
+ALWAYS_OPEN_PATHS = frozenset({"/", "/health"})
+
+MISSING_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or in an x-api-key header. "
+    "You can obtain an API key from the administrator of this gateway."
+)
+INCORRECT_KEY = "Incorrect API key provided: {key}. You can obtain an API key from the administrator of this gateway."
+
+
+class KeyLimits(BaseModel):
+    """A key's own rate limits, handed to a rate limiter as ``Principal.metadata["limits"]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    concurrent_requests: int | None = Field(None, ge=1)
+
+
+class ApiKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="who the key belongs to: logs and limits show this, never the key")
+    key: SecretStr | None = Field(None, description="the key itself, usually `${VAR}`")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="or only the hex sha256 of the key")
+    models: list[str] | None = Field(
+        None, min_length=1, description="models the key may use (globs such as `gpt-*`); default: all"
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict, description="handed to later plugins on ctx.principal")
+    limits: KeyLimits | None = Field(None, description="this key's rate limits (read by the rate_limit plugin)")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiKey:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError("give exactly one of `key` and `sha256`")
+        if self.key is not None and not self.key.get_secret_value():
+            raise ValueError("`key` is empty")
+        if "limits" in self.metadata:
+            raise ValueError("`metadata.limits` is reserved: write the key's `limits` beside `metadata`")
+        return self
+
+    @property
+    def digest(self) -> bytes:
+        if self.key is not None:
+            return hashlib.sha256(self.key.get_secret_value().encode()).digest()
+        assert self.sha256 is not None
+        return bytes.fromhex(self.sha256)
+
+    def allows(self, model: str) -> bool:
+        return self.models is None or any(fnmatchcase(model, pattern) for pattern in self.models)
+
+    def principal(self) -> Principal:
+        metadata = dict(self.metadata)
+        if self.limits is not None:
+            metadata["limits"] = self.limits.model_dump(exclude_none=True)
+        return Principal(self.name, metadata)
+
+
+class AuthConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["required", "optional", "passthrough"] = Field(
+        "required", description="required | optional (no key: anonymous) | passthrough (key goes upstream)"
+    )
+    keys: list[ApiKey] = Field(default_factory=list, description="no keys (and no mode): auth is off")
+    hide_forbidden_models: bool = Field(False, description="a model the key may not use is 404, not 403")
+    protect: list[str] = Field(
+        default_factory=lambda: ["/info", "/metrics"], description="paths besides the API that need a key"
+    )
+
+    _digests: list[tuple[bytes, ApiKey]] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> AuthConfig:
+        if not self.keys and self.mode != "passthrough" and "mode" in self.model_fields_set:
+            raise ValueError(f"mode {self.mode} needs at least one entry in `keys`")
+        for path in self.protect:
+            if not path.startswith("/") or path in ALWAYS_OPEN_PATHS:
+                raise ValueError(f"protect: {path!r} cannot be protected (paths start with /; / and /health stay open)")
+        names: dict[str, int] = {}
+        digests: dict[bytes, int] = {}
+        for i, entry in enumerate(self.keys):
+            if entry.name in names:
+                raise ValueError(f"keys[{i}]: the name {entry.name!r} is taken by keys[{names[entry.name]}]")
+            if entry.digest in digests:
+                raise ValueError(f"keys[{i}]: the same key as keys[{digests[entry.digest]}]")
+            names[entry.name], digests[entry.digest] = i, i
+        self._digests = [(entry.digest, entry) for entry in self.keys]
+        return self
+
+    @property
+    def active(self) -> bool:
+        return bool(self.keys) or self.mode == "passthrough"
+
+    def find(self, key: str) -> ApiKey | None:
+        """The entry of ``key``: every configured digest is compared, in constant time, whatever matches."""
+        digest = hashlib.sha256(key.encode()).digest()
+        found = None
+        for candidate, entry in self._digests:
+            if hmac.compare_digest(digest, candidate) and found is None:
+                found = entry
+        return found
+
+
+def masked(key: str) -> str:
+    """A key as an error message may show it: its ends at most, never the whole."""
+    return f"{key[:3]}***{key[-3:]}" if len(key) >= 12 else "***"
+
+
+def identify(ctx: RequestContext, settings: AuthConfig) -> Principal | None:
+    """The caller of ``ctx``: its key's principal, None for an anonymous one, or 401."""
+    key = ctx.client_key or ctx.request.headers.get("x-api-key", "").strip() or None
+    entry = settings.find(key) if key is not None else None
+    if settings.mode == "passthrough":
+        ctx.client_key = key  # the upstream gets the key as the client sent it
+        if entry is None:
+            return Principal(f"passthrough-{hashlib.sha256(key.encode()).hexdigest()[:8]}") if key else None
+    elif key is None:
+        if settings.mode == "optional":
+            return None
+        raise AuthenticationError(MISSING_KEY)
+    elif entry is None:
+        raise AuthenticationError(INCORRECT_KEY.format(key=masked(key)))
+    else:
+        ctx.client_key = None  # a gateway key: never sent upstream
+    ctx.state[SECTION] = entry
+    return entry.principal()
+
+
+@hookimpl
+def gateway_register_config(register):  # type: ignore[no-untyped-def]
+    """Declare the ``auth_api_keys`` section."""
+    register(SECTION, AuthConfig)
+
+
+@hookimpl
+def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
+    """Guard the ``protect`` paths with a middleware, so that whichever plugin serves them needs no hook."""
+    settings: AuthConfig = config.plugin_config(SECTION)
+    if settings.active and settings.protect:
+        app.middlewares.append(_protect(settings, frozenset(settings.protect)))
+
+
+def _protect(settings: AuthConfig, paths: frozenset[str]) -> Any:
+    @web.middleware
+    async def protect(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path in paths and request.method != "OPTIONS":  # a CORS preflight carries no key
+            ctx = request[ctx_key]
+            ctx.principal = identify(ctx, settings)
+        return await handler(request)
+
+    return protect
+
+
+@hookimpl
+def gateway_authenticate(ctx: RequestContext) -> Principal | None:
+    """The caller's principal (401 without a valid key); 403/404 when the key may not use the model."""
+    settings: AuthConfig = ctx.config.plugin_config(SECTION)
+    if not settings.active or ctx.endpoint in OPEN_ENDPOINTS:
+        return ctx.principal  # set by the middleware when the path is protected
+    ctx.principal = principal = ctx.principal or identify(ctx, settings)  # a refused caller is named in logs
+    entry: ApiKey | None = ctx.state.get(SECTION)
+    if ctx.body is not None and ctx.model and entry is not None and not entry.allows(ctx.model):
+        if settings.hide_forbidden_models:
+            raise ModelNotFoundError(ctx.model)
+        raise PermissionDeniedError(
+            f"The API key `{entry.name}` is not allowed to use the model `{ctx.model}`.", param="model"
+        )
+    return principal
+
+
+@hookimpl
+def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> None:
+    """``/v1/models`` lists only the models the caller's key may use; another one is 404."""
+    entry: ApiKey | None = ctx.state.get(SECTION)
+    if entry is None or entry.models is None:
+        return
+    if ctx.endpoint == "models.list":
+        response["data"] = [model for model in response.get("data", ()) if entry.allows(model.get("id", ""))]
+    elif ctx.endpoint == "models.retrieve" and not entry.allows(str(response.get("id", ""))):
+        raise ModelNotFoundError(ctx.model or "")
