@@ -23,6 +23,7 @@ DEFAULT_PLUGINS = (
     "plugins.backends.openai_compat",
     "plugins.backends.anthropic",
     "plugins.auth_api_keys",
+    "plugins.rate_limit",
 )
 #: Built-ins that cannot be disabled.
 ESSENTIAL_PLUGINS = frozenset({"error_renderer"})

@@ -1,0 +1,376 @@
+"""Rate limits per key and per model: requests and tokens per minute, and concurrent requests.
+
+A key's limits come from ``ctx.principal.metadata["limits"]`` (``requests_per_minute``,
+``tokens_per_minute``, ``concurrent_requests``; the ``auth_api_keys`` plugin puts a key's ``limits``
+there), field by field over this section's ``default``, which also applies to each key without
+limits of its own; callers without a key share one budget. ``models`` gives a model (exact name or
+glob) a budget shared by every caller. Only calls with a body count (chat completions, completions,
+embeddings): not ``GET /v1/models``, nor requests refused before pre-processing (by auth).
+
+Windows slide over the last 60 seconds. Tokens are charged with the prompt's estimate before the
+call and corrected with the actual usage when the request finishes; a concurrency slot is held until
+then (a stream's last byte, or the client leaving). Over a limit -> 429 ``rate_limit_exceeded`` with
+``Retry-After``; every counted response carries OpenAI's ``x-ratelimit-*`` headers.
+
+The counters live in a ``LimitStore`` (``MemoryStore`` here; one shared by several instances fits
+the same interface), stored on the app under ``store_key``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any, Literal, Protocol
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway import hookimpl
+from gateway.chat_format import estimate_prompt_tokens
+from gateway.config import GatewayConfig
+from gateway.context import RequestContext
+from gateway.errors import RateLimitError
+
+SECTION = "rate_limit"
+WINDOW = 60.0  # seconds: limits are per minute
+LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "concurrent_requests")
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1, description="prompt estimated before, corrected after")
+    concurrent_requests: int | None = Field(None, ge=1, description="requests (streams included) in progress")
+
+
+class RateLimitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default: Limits = Field(default_factory=Limits, description="each key's limits unless the key sets its own")
+    models: dict[str, Limits] = Field(
+        default_factory=dict, description="model name or glob -> a budget shared by every caller"
+    )
+
+    def for_model(self, model: str) -> Limits | None:
+        """The limits of ``model``: its exact entry, else the first pattern that matches."""
+        if model in self.models:
+            return self.models[model]
+        return next((limits for pattern, limits in self.models.items() if fnmatchcase(model, pattern)), None)
+
+
+# The store ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Take ``amount`` from ``bucket`` (capacity ``limit``): per sliding ``window`` of seconds, or
+    with no window a concurrency slot, held until released."""
+
+    bucket: str
+    limit: int
+    amount: int = 1
+    window: float | None = WINDOW
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A bucket as a charge found it: ``remaining`` after the charge if granted, ``reset`` seconds
+    until the bucket is full again, ``wait`` seconds until the charge fits (0: it did; ``math.inf``:
+    never, it exceeds the limit; None: unknown, when a request in progress ends)."""
+
+    limit: int
+    remaining: int
+    reset: float
+    wait: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The outcome of ``acquire``: all charges taken, or none. ``receipts[i]`` (granted only) is
+    what ``settle``/``release`` take for ``charges[i]``."""
+
+    granted: bool
+    quotas: list[Quota]
+    receipts: list[Any] = field(default_factory=list)
+
+
+class LimitStore(Protocol):
+    """Where rate-limit counters live; every method is atomic."""
+
+    async def acquire(self, charges: Sequence[Charge]) -> Grant:
+        """Take every charge if all fit, else none."""
+
+    async def settle(self, receipt: Any, amount: int) -> None:
+        """Correct the amount of a window charge (the estimated tokens -> the actual ones)."""
+
+    async def release(self, receipt: Any) -> None:
+        """Give back a concurrency slot."""
+
+
+class _Window:
+    """The charges of one bucket in the last ``length`` seconds, oldest first, and their sum."""
+
+    __slots__ = ("entries", "length", "total")
+
+    def __init__(self, length: float) -> None:
+        self.entries: deque[list[float]] = deque()  # [time, amount]
+        self.length = length
+        self.total = 0.0
+
+    def expire(self, now: float) -> None:
+        entries = self.entries
+        while entries and entries[0][0] <= now - self.length:
+            self.total -= entries.popleft()[1]
+
+    def wait(self, amount: int, limit: int, now: float) -> float:
+        excess = self.total + amount - limit
+        if excess <= 0:
+            return 0.0
+        if amount > limit:
+            return math.inf
+        for at, taken in self.entries:
+            excess -= taken
+            if excess <= 0:
+                return at + self.length - now
+        return math.inf  # not reached: the entries sum to the total
+
+    def reset(self, now: float) -> float:
+        return self.entries[-1][0] + self.length - now if self.entries else 0.0
+
+
+class MemoryStore:
+    """A ``LimitStore`` in this process's memory (exact sliding windows); ``clock`` is injectable."""
+
+    SWEEP_EVERY = 1000  # acquisitions between two sweeps of empty windows
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._windows: dict[str, _Window] = {}
+        self._slots: dict[str, int] = {}
+        self._calls = 0
+
+    async def acquire(self, charges: Sequence[Charge]) -> Grant:
+        now = self.clock()
+        self._calls += 1
+        if self._calls % self.SWEEP_EVERY == 0:
+            self._sweep(now)
+        quotas = [self._quota(charge, now) for charge in charges]
+        if any(quota.wait != 0 for quota in quotas):
+            return Grant(False, quotas)
+        receipts: list[Any] = []
+        for charge in charges:
+            if charge.window is None:
+                self._slots[charge.bucket] = self._slots.get(charge.bucket, 0) + charge.amount
+                receipts.append((charge.bucket, charge.amount))
+            else:
+                window = self._windows[charge.bucket]
+                entry = [now, float(charge.amount)]
+                window.entries.append(entry)
+                window.total += charge.amount
+                receipts.append((window, entry))
+        return Grant(True, quotas, receipts)
+
+    def _quota(self, charge: Charge, now: float) -> Quota:
+        if charge.window is None:
+            used = self._slots.get(charge.bucket, 0)
+            fits = used + charge.amount <= charge.limit
+            return Quota(charge.limit, charge.limit - used - (charge.amount if fits else 0), 0.0, 0.0 if fits else None)
+        window = self._windows.get(charge.bucket)
+        if window is None:
+            window = self._windows[charge.bucket] = _Window(charge.window)
+        window.expire(now)
+        wait = window.wait(charge.amount, charge.limit, now)
+        taken = charge.amount if wait == 0 else 0
+        remaining = max(0, math.floor(charge.limit - window.total - taken))
+        reset = charge.window if taken else window.reset(now)
+        return Quota(charge.limit, remaining, reset, wait)
+
+    async def settle(self, receipt: Any, amount: int) -> None:
+        window, entry = receipt
+        if entry[0] > self.clock() - window.length:  # still counted (else it left the window as it was)
+            window.total += amount - entry[1]
+            entry[1] = float(amount)
+
+    async def release(self, receipt: Any) -> None:
+        bucket, amount = receipt
+        left = self._slots.get(bucket, 0) - amount
+        if left > 0:
+            self._slots[bucket] = left
+        else:
+            self._slots.pop(bucket, None)
+
+    def _sweep(self, now: float) -> None:
+        for bucket, window in list(self._windows.items()):
+            window.expire(now)
+            if not window.entries:
+                del self._windows[bucket]
+
+
+store_key = web.AppKey("rate_limit_store", LimitStore)
+
+
+# The plugin -----------------------------------------------------------------------------------
+
+Kind = Literal["requests", "tokens", "concurrent"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A charge and what it means: which limit, and for whom (for messages)."""
+
+    charge: Charge
+    kind: Kind
+    scope: str
+
+
+@dataclass(slots=True)
+class _Held:
+    """What a granted request holds until it finishes."""
+
+    store: LimitStore
+    tokens: list[Any]  # receipts of token charges, settled with the actual usage
+    slots: list[Any]  # receipts of concurrency slots, released
+
+
+@hookimpl
+def gateway_register_config(register):  # type: ignore[no-untyped-def]
+    """Declare the ``rate_limit`` section."""
+    register(SECTION, RateLimitConfig)
+
+
+@hookimpl
+def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
+    """The in-memory store (a test or another plugin may put a different one under ``store_key``)."""
+    app[store_key] = MemoryStore()
+
+
+@hookimpl(trylast=True)  # after the other pre-processing: refused requests don't count, prompts are final
+async def gateway_process_request(ctx: RequestContext) -> None:
+    """Charge the request to its key's and its model's budgets, or refuse it with 429."""
+    if ctx.body is None:  # models, info: not counted
+        return
+    planned = _plan(ctx, ctx.config.plugin_config(SECTION))
+    if not planned:
+        return
+    store = ctx.request.app[store_key]
+    grant = await store.acquire([p.charge for p in planned])
+    headers = _headers(planned, grant.quotas)
+    if not grant.granted:
+        raise _refusal(planned, grant.quotas, headers)
+    ctx.response_headers.update(headers)
+    held = _Held(store, [], [])
+    for p, receipt in zip(planned, grant.receipts, strict=True):
+        if p.kind == "tokens":
+            held.tokens.append(receipt)
+        elif p.kind == "concurrent":
+            held.slots.append(receipt)
+    ctx.state[SECTION] = held
+
+
+@hookimpl
+async def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> None:
+    """Charge the actual tokens instead of the estimate, and free the concurrency slots."""
+    held: _Held | None = ctx.state.pop(SECTION, None)
+    if held is None:
+        return
+    for receipt in held.slots:
+        await held.store.release(receipt)
+    usage = ctx.usage
+    if usage and held.tokens:
+        total = usage.get("total_tokens")
+        if not isinstance(total, int):
+            total = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
+        for receipt in held.tokens:
+            await held.store.settle(receipt, total)
+
+
+def _plan(ctx: RequestContext, settings: RateLimitConfig) -> list[_Planned]:
+    principal = ctx.principal
+    key_limits = settings.default.model_dump(exclude_none=True)
+    own = principal.metadata.get("limits") if principal is not None else None
+    if isinstance(own, Mapping):
+        key_limits.update({name: own[name] for name in LIMIT_FIELDS if own.get(name) is not None})
+    scopes: list[tuple[str, str, Mapping[str, Any]]] = []
+    if key_limits:
+        name = principal.name if principal is not None else ""
+        who = f"key `{name}`" if principal is not None else "callers without a key"
+        scopes.append((f"key:{name}", f"{ctx.model} for {who}", key_limits))
+    model_limits = settings.for_model(ctx.model) if ctx.model else None
+    if model_limits is not None:
+        scopes.append((f"model:{ctx.model}", f"{ctx.model}", model_limits.model_dump(exclude_none=True)))
+    planned: list[_Planned] = []
+    tokens: int | None = None
+    for bucket, scope, limits in scopes:
+        if "requests_per_minute" in limits:
+            planned.append(_Planned(Charge(f"{bucket}:requests", limits["requests_per_minute"]), "requests", scope))
+        if "tokens_per_minute" in limits:
+            if tokens is None:
+                tokens = estimate_prompt_tokens(ctx.body.get("messages") if ctx.body else None)
+            charge = Charge(f"{bucket}:tokens", limits["tokens_per_minute"], tokens)
+            planned.append(_Planned(charge, "tokens", scope))
+        if "concurrent_requests" in limits:
+            charge = Charge(f"{bucket}:concurrent", limits["concurrent_requests"], window=None)
+            planned.append(_Planned(charge, "concurrent", scope))
+    return planned
+
+
+def _headers(planned: Sequence[_Planned], quotas: Sequence[Quota]) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*`` headers, for requests and tokens: the bucket with the least left."""
+    headers: dict[str, str] = {}
+    for kind in ("requests", "tokens"):
+        found = [q for p, q in zip(planned, quotas, strict=True) if p.kind == kind]
+        if found:
+            quota = min(found, key=lambda q: q.remaining)
+            headers[f"x-ratelimit-limit-{kind}"] = str(quota.limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(quota.remaining)
+            headers[f"x-ratelimit-reset-{kind}"] = duration(quota.reset)
+    return headers
+
+
+def _refusal(planned: Sequence[_Planned], quotas: Sequence[Quota], headers: dict[str, str]) -> RateLimitError:
+    """The 429 for the first limit the request broke; ``Retry-After`` when all of them will let it in."""
+    refused = [(p, q) for p, q in zip(planned, quotas, strict=True) if q.wait != 0]
+    too_large = [(p, q) for p, q in refused if q.wait == math.inf]
+    p, q = too_large[0] if too_large else refused[0]
+    if too_large:
+        message = (
+            f"Request too large for {p.scope} on tokens per min (TPM): Limit {q.limit}, Requested {p.charge.amount}. "
+            "The input or output tokens must be reduced in order to run successfully."
+        )
+    else:
+        wait = max((w for _, quota in refused if (w := quota.wait) is not None), default=1.0)
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        if p.kind == "concurrent":
+            message = f"Too many concurrent requests for {p.scope}: Limit {q.limit}. Please try again when one ends."
+        else:
+            label = "requests per min (RPM)" if p.kind == "requests" else "tokens per min (TPM)"
+            message = (
+                f"Rate limit reached for {p.scope} on {label}: Limit {q.limit}, Used {q.limit - q.remaining}, "
+                f"Requested {p.charge.amount}. Please try again in {duration(wait)}."
+            )
+    error = RateLimitError(message, headers=headers)
+    if p.kind == "tokens":
+        error.type = "tokens"  # type: ignore[misc]  # OpenAI's type names the limit
+    return error
+
+
+def duration(seconds: float) -> str:
+    """A duration as OpenAI's reset headers write it (Go's format): ``17ms``, ``1s``, ``6m0s``, ``1h2m3.5s``."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{max(1, round(seconds * 1000))}ms"
+    milliseconds = round(seconds * 1000)
+    hours, rest = divmod(milliseconds, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
