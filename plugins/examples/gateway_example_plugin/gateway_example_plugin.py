@@ -1,8 +1,16 @@
-"""An example gateway plugin: masks banned words in what users send, and signs every reply.
+"""An example gateway plugin, packaged: it rewrites requests, adds a response header and filters
+streams (and signs non-streamed replies the same way).
 
-Load it from YAML (``plugins: {enabled: [example_plugin]}``, with this folder on ``PYTHONPATH``); see
-``example_plugin.yaml`` beside it. It shows the four hooks most plugins need: its own config section,
-a request rewrite, a stream filter and a non-stream response edit.
+- ``gateway_register_config``: its own YAML section, ``plugins.example_plugin``, validated at start-up.
+- ``gateway_process_request``: masks banned words in what users send, before any backend sees it,
+  and says how many it masked in the ``X-Masked-Words`` response header.
+- ``gateway_stream_filter``: a stateful filter per stream that sends the signature as one more
+  content chunk just before each choice finishes.
+- ``gateway_process_response``: appends the signature to each choice of a non-streamed reply.
+
+Installed (``pip install .`` here), the ``gateway`` entry point in setup.cfg loads it by itself; not
+installed, list it in the YAML (``plugins: {enabled: [gateway_example_plugin]}``) with this folder
+on ``PYTHONPATH``. See README.md beside it.
 """
 
 from __future__ import annotations
@@ -10,18 +18,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import ChunkFilter, RequestContext, hookimpl
 
 SECTION = "example_plugin"
+HEADER = "X-Masked-Words"
 
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    banned_words: list[str] = []
-    signature: str = ""
+    banned_words: list[str] = Field(default_factory=list, description="masked with asterisks in user messages")
+    signature: str = Field("", description="appended to every reply; empty: none")
 
 
 @hookimpl
@@ -36,33 +45,42 @@ def _settings(ctx: RequestContext) -> Settings:
 
 @hookimpl
 def gateway_process_request(ctx: RequestContext) -> None:
-    """Replace banned words in user messages with asterisks before any backend sees them."""
+    """Mask banned words in user messages; count them in a response header."""
     words = _settings(ctx).banned_words
     if ctx.endpoint != "chat.completions" or not words:
         return
     pattern = re.compile("|".join(re.escape(w) for w in words), re.IGNORECASE)
+    masked = 0
     for message in ctx.body["messages"]:
         if message["role"] == "user" and isinstance(message.get("content"), str):
-            message["content"] = pattern.sub(lambda m: "*" * len(m.group()), message["content"])
+            message["content"], count = pattern.subn(lambda m: "*" * len(m.group()), message["content"])
+            masked += count
+    ctx.response_headers[HEADER] = str(masked)  # set before the first byte: streams carry it too
+
+
+class Signer:
+    """A ``ChunkFilter`` for one stream: remembers which choices it signed (state lives per stream)."""
+
+    def __init__(self, signature: str) -> None:
+        self.signature = signature
+        self.signed: set[int] = set()
+
+    def __call__(self, chunk: dict[str, Any] | None) -> Any:
+        if chunk is None:  # end of stream: nothing was held back
+            return None
+        for choice in chunk["choices"]:
+            if choice["finish_reason"] is not None and choice["index"] not in self.signed:
+                self.signed.add(choice["index"])
+                extra = {**chunk, "choices": [{**choice, "delta": {"content": self.signature}, "finish_reason": None}]}
+                return [extra, chunk]
+        return chunk
 
 
 @hookimpl
 def gateway_stream_filter(ctx: RequestContext) -> ChunkFilter | None:
-    """Streams: send the signature as one more content chunk just before each choice finishes."""
+    """A signer for each stream (None when no signature is configured: the stream passes untouched)."""
     signature = _settings(ctx).signature
-    if ctx.endpoint != "chat.completions" or not signature:  # chat chunks only (not text_completion)
-        return None
-
-    def sign(chunk: dict[str, Any] | None) -> Any:
-        if chunk is None:  # end of stream: nothing held back
-            return None
-        for choice in chunk["choices"]:
-            if choice["finish_reason"] is not None:
-                extra = {**chunk, "choices": [{**choice, "delta": {"content": signature}, "finish_reason": None}]}
-                return [extra, chunk]
-        return chunk
-
-    return sign
+    return Signer(signature) if signature and ctx.endpoint == "chat.completions" else None
 
 
 @hookimpl
