@@ -20,6 +20,7 @@ never goes upstream.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,8 @@ class ApiKey(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict, description="handed to later plugins on ctx.principal")
     limits: KeyLimits | None = Field(None, description="this key's rate limits (read by the rate_limit plugin)")
 
+    _metadata: dict[str, Any] = PrivateAttr(default_factory=dict)  # the principal's: metadata and limits
+
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKey:
         if (self.key is None) == (self.sha256 is None):
@@ -78,6 +81,9 @@ class ApiKey(BaseModel):
             raise ValueError("`key` is empty")
         if "limits" in self.metadata:
             raise ValueError("`metadata.limits` is reserved: write the key's `limits` beside `metadata`")
+        self._metadata = dict(self.metadata)
+        if self.limits is not None:
+            self._metadata["limits"] = self.limits.model_dump(exclude_none=True)
         return self
 
     @property
@@ -91,10 +97,8 @@ class ApiKey(BaseModel):
         return self.models is None or any(fnmatchcase(model, pattern) for pattern in self.models)
 
     def principal(self) -> Principal:
-        metadata = dict(self.metadata)
-        if self.limits is not None:
-            metadata["limits"] = self.limits.model_dump(exclude_none=True)
-        return Principal(self.name, metadata)
+        """A new principal per request (later plugins may edit its metadata)."""
+        return Principal(self.name, copy.deepcopy(self._metadata))
 
 
 class AuthConfig(BaseModel):

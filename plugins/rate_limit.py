@@ -27,7 +27,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Literal, Protocol
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from gateway import hookimpl
 from gateway.chat_format import estimate_prompt_tokens
@@ -56,11 +56,19 @@ class RateLimitConfig(BaseModel):
         default_factory=dict, description="model name or glob -> a budget shared by every caller"
     )
 
-    def for_model(self, model: str) -> Limits | None:
+    _default: dict[str, int] = PrivateAttr(default_factory=dict)
+    _models: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any) -> None:
+        """The limits as plain dicts, once: requests only read them."""
+        self._default = self.default.model_dump(exclude_none=True)
+        self._models = {name: limits.model_dump(exclude_none=True) for name, limits in self.models.items()}
+
+    def for_model(self, model: str) -> dict[str, int] | None:
         """The limits of ``model``: its exact entry, else the first pattern that matches."""
-        if model in self.models:
-            return self.models[model]
-        return next((limits for pattern, limits in self.models.items() if fnmatchcase(model, pattern)), None)
+        if model in self._models:
+            return self._models[model]
+        return next((limits for pattern, limits in self._models.items() if fnmatchcase(model, pattern)), None)
 
 
 # The store ------------------------------------------------------------------------------------
@@ -291,10 +299,10 @@ async def gateway_request_finished(ctx: RequestContext, error: BaseException | N
 
 def _plan(ctx: RequestContext, settings: RateLimitConfig) -> list[_Planned]:
     principal = ctx.principal
-    key_limits = settings.default.model_dump(exclude_none=True)
+    key_limits = settings._default
     own = principal.metadata.get("limits") if principal is not None else None
     if isinstance(own, Mapping):
-        key_limits.update({name: own[name] for name in LIMIT_FIELDS if own.get(name) is not None})
+        key_limits = {**key_limits, **{name: own[name] for name in LIMIT_FIELDS if own.get(name) is not None}}
     scopes: list[tuple[str, str, Mapping[str, Any]]] = []
     if key_limits:
         name = principal.name if principal is not None else ""
@@ -302,7 +310,7 @@ def _plan(ctx: RequestContext, settings: RateLimitConfig) -> list[_Planned]:
         scopes.append((f"key:{name}", f"{ctx.model} for {who}", key_limits))
     model_limits = settings.for_model(ctx.model) if ctx.model else None
     if model_limits is not None:
-        scopes.append((f"model:{ctx.model}", f"{ctx.model}", model_limits.model_dump(exclude_none=True)))
+        scopes.append((f"model:{ctx.model}", f"{ctx.model}", model_limits))
     planned: list[_Planned] = []
     tokens: int | None = None
     for bucket, scope, limits in scopes:
