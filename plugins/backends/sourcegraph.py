@@ -1,0 +1,438 @@
+"""The built-in ``sourcegraph`` backend: the LLM API of a Sourcegraph instance (seed 000).
+
+- Models: ``GET {endpoint}/.api/llm/models``, cached ``models_ttl`` seconds, served under their
+  ``provider::apiVersion::model`` ids and the configured short ``aliases``. A model the instance does
+  not list is our 404 ``model_not_found`` before any call (an unknown name refetches the list at most
+  every ``MISS_REFRESH`` seconds); the instance's own "model not available" answers map to it too.
+- Chat: ``POST {endpoint}/.api/llm/chat/completions``. Instances that refuse ``stream: true``, the
+  ``system`` role or ``n`` > 1 are served anyway: the reply is streamed word by word from the complete
+  answer, system prompts go in front of the first user message, and ``n`` choices come from ``n``
+  concurrent calls. With a capability on ``auto`` the backend tries it and, on the instance's 400
+  refusing it, retries at once without it and remembers that for the app's life.
+- Legacy (``legacy: true``, older instances): ``POST {endpoint}/.api/completions/stream`` with its
+  ``{"speaker", "text"}`` transcript and ``event: completion | error | done`` stream, whose
+  completion events carry the whole text so far (``deltaText`` from ``legacy_api_version`` 2 on).
+- Errors: plain-text and JSON bodies alike; a 500 wrapping an inner answer is unwrapped; a 401/403
+  means the gateway's own token is refused: 502, never the client's fault. The rest as in
+  ``gateway.upstream``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from typing import Annotated, Any, Literal
+
+import aiohttp
+import orjson
+import structlog
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
+
+from gateway.backend import Backend, BackendConfig, model_object
+from gateway.context import RequestContext
+from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError, RateLimitError, UpstreamError
+from gateway.hookspecs import hookimpl
+from gateway.streaming import iter_sse
+from gateway.upstream import (
+    MAX_ERROR_BODY,
+    MAX_ERROR_MESSAGE,
+    client_session,
+    error_details,
+    forwarded_headers,
+    http_error,
+    scrub,
+    transport_errors,
+)
+
+from . import sourcegraph_protocol as sg
+from . import sourcegraph_streams as streams
+
+MODELS_PATH = "/.api/llm/models"
+CHAT_PATH = "/.api/llm/chat/completions"
+LEGACY_PATH = "/.api/completions/stream"
+#: Seconds before an unknown model name may refetch the model list, and a failed listing is retried.
+MISS_REFRESH = 10.0
+OWNED_BY = "sourcegraph"
+
+log = structlog.get_logger("gateway")
+
+
+def _switch(value: Any) -> Any:
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise ValueError("must be true, false or auto")
+
+
+#: A capability of the instance: on, off, or found out (``auto``).
+Switch = Annotated[bool | Literal["auto"], BeforeValidator(_switch)]
+
+
+class SourcegraphConfig(BackendConfig):
+    endpoint: str = Field(description="the instance's URL, e.g. https://sourcegraph.example.com")
+    access_token: SecretStr = Field(description="an access token, sent as `Authorization: token <token>`")
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description="short model names -> full `provider::apiVersion::model` ids"
+    )
+    connect_timeout: float = Field(10.0, gt=0, description="seconds allowed to connect")
+    models_ttl: float = Field(300.0, ge=0, description="seconds the instance's model list is cached")
+    default_max_tokens: int = Field(
+        4000, ge=1, description="max_tokens sent when a request sets none (Sourcegraph's own default is 16)"
+    )
+    stream: Switch = Field("auto", description="the instance streams chat completions: true | false | auto")
+    system: Switch = Field("auto", description="the instance accepts system messages: true | false | auto")
+    n: Switch = Field("auto", description="the instance answers n > 1 choices in one call: true | false | auto")
+    max_n: int = Field(8, ge=1, le=128, description="most choices (n) emulated with one call each")
+    legacy: bool = Field(False, description="use /.api/completions/stream (instances without /.api/llm)")
+    legacy_api_version: int = Field(1, ge=1, description="the legacy API's api-version query parameter")
+    legacy_trailing_assistant: bool = Field(
+        False, description="legacy: end the transcript with an empty assistant turn (pre-Messages-API instances)"
+    )
+    max_connections: int = Field(0, ge=0, description="open connections to the instance at most (0: no limit)")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class _Refused(Exception):
+    """The instance refused a capability the request used (a 400 saying so)."""
+
+    def __init__(self, capability: sg.Capability, error: GatewayError) -> None:
+        super().__init__(capability)
+        self.capability = capability
+        self.error = error
+
+
+class SourcegraphBackend(Backend):
+    """A Sourcegraph instance's LLM API; see the module docstring."""
+
+    type_name = "sourcegraph"
+    Config = SourcegraphConfig
+    owned_by = OWNED_BY
+    config: SourcegraphConfig
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self.session: aiohttp.ClientSession | None = None
+        self._token = self.config.access_token.get_secret_value()
+        self._secrets = (self._token,)
+        self._learned: dict[str, bool] = {}  # capabilities found missing (auto mode)
+        self._models: list[dict[str, Any]] | None = None
+        self._fetched = -MISS_REFRESH  # loop time of the last successful listing
+        self._models_until = 0.0
+        self._failure: GatewayError | None = None
+        self._failed_until = 0.0
+        self._models_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> SourcegraphBackend:
+        self.session = client_session(
+            connect_timeout=self.config.connect_timeout,
+            headers={"Authorization": f"token {self._token}", "Content-Type": "application/json"},
+            max_connections=self.config.max_connections,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # Models --------------------------------------------------------------------------------
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """The configured ``models`` (else the instance's list), then the aliases of listed models."""
+        listed = [model_object(m, OWNED_BY) for m in self.config.models] or await self._listing()
+        ids = {m["id"] for m in listed}
+        aliases = [model_object(a, OWNED_BY) for a, target in self.config.aliases.items() if target in ids]
+        return listed + [a for a in aliases if a["id"] not in ids]
+
+    async def _listing(self, refresh: bool = False) -> list[dict[str, Any]]:
+        """The instance's models, cached; ``refresh`` refetches unless the list is fresh (an unknown
+        name). A stale list is served while the instance fails; a failure is remembered briefly."""
+        loop = asyncio.get_running_loop()
+        async with self._models_lock:
+            now = loop.time()
+            fresh = self._models is not None and now < self._models_until
+            if fresh and not (refresh and now - self._fetched >= MISS_REFRESH):
+                return self._models  # type: ignore[return-value]
+            if self._failure is not None and now < self._failed_until:
+                if self._models is not None:
+                    return self._models
+                raise self._failure
+            try:
+                self._models = await self._fetch_models()
+            except GatewayError as exc:
+                self._failure, self._failed_until = exc, now + MISS_REFRESH
+                if self._models is None:
+                    raise
+                log.warning("listing models failed; serving the cached list", backend=self.name, error=exc.message)
+                return self._models
+            self._failure, self._fetched, self._models_until = None, now, now + self.config.models_ttl
+            return self._models
+
+    async def _fetch_models(self) -> list[dict[str, Any]]:
+        assert self.session is not None
+        with transport_errors(self.name, self._secrets):
+            async with self.session.get(
+                self.config.endpoint + MODELS_PATH, timeout=aiohttp.ClientTimeout(total=self.config.timeout)
+            ) as response:
+                if response.status >= 400:
+                    raise self._error(None, response.status, await response.content.read(MAX_ERROR_BODY), {})
+                listing = streams.json_object(await response.read())
+        data = listing.get("data") if listing else None
+        if not isinstance(data, list):
+            raise UpstreamError(f"Backend {self.name!r} answered its model list with something else than a list.")
+        return [
+            model_object(m["id"], OWNED_BY, sg.seconds(m.get("created")))
+            for m in data
+            if isinstance(m, dict) and isinstance(m.get("id"), str)
+        ]
+
+    async def _upstream_model(self, ctx: RequestContext) -> str:
+        """The instance's id for the requested model (aliases resolved); 404 for one it does not
+        serve. When the instance cannot list its models, the instance decides."""
+        assert ctx.deployment is not None
+        name = ctx.deployment.model
+        target = self.config.aliases.get(name, name)
+        if self.config.models:
+            if target not in self.config.models:
+                raise ModelNotFoundError(str(ctx.model))
+            return target
+        try:
+            listed = {m["id"] for m in await self._listing()}
+            if target not in listed:
+                listed = {m["id"] for m in await self._listing(refresh=True)}
+        except GatewayError as exc:
+            log.info("cannot check the model against the instance's list", backend=self.name, error=exc.message)
+            return target
+        if target not in listed:
+            raise ModelNotFoundError(str(ctx.model))
+        return target
+
+    # Chat ----------------------------------------------------------------------------------
+
+    async def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+        assert ctx.body is not None
+        n = ctx.body.get("n") or 1
+        model = await self._upstream_model(ctx)
+        if self.config.legacy:
+            if n > self.config.max_n:
+                raise self._too_many(n)
+            answers = self._legacy(ctx, model, n)
+        else:
+            answers = self._modern(ctx, model, n)
+        async with contextlib.aclosing(answers):
+            async for item in answers:
+                yield item
+
+    def _can(self, capability: sg.Capability) -> bool:
+        setting = getattr(self.config, capability)
+        return self._learned.get(capability, True) if setting == "auto" else setting
+
+    def _too_many(self, n: int) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"Backend {self.name!r} answers n > 1 with one call per choice, and at most {self.config.max_n} "
+            f"of them (max_n); n was {n}.",
+            param="n",
+        )
+
+    async def _modern(self, ctx: RequestContext, model: str, n: int) -> AsyncIterator[dict[str, Any]]:
+        """``/.api/llm/chat/completions``, retried without each capability the instance refuses."""
+        for _ in range(4):  # at most one refusal per capability
+            calls = 1 if n == 1 or self._can("n") else n
+            if calls > self.config.max_n:
+                raise self._too_many(n)
+            stream = ctx.stream and calls == 1 and self._can("stream")
+            body = self._chat_body(ctx, model, stream=stream, n=n if calls == 1 and n > 1 else None)
+            try:
+                if stream:
+                    async with contextlib.aclosing(self._chat_stream(ctx, body)) as items:
+                        async for item in items:
+                            yield item
+                    return
+                answers = await _all([self._chat_once(ctx, body) for _ in range(calls)])
+                for item in streams.reply(ctx, streams.completion(ctx, answers)):
+                    yield item
+                return
+            except _Refused as refused:
+                if getattr(self.config, refused.capability) is True:
+                    raise refused.error from None
+                self._learn(refused.capability)
+        raise UpstreamError(f"Backend {self.name!r} kept refusing the request.")
+
+    def _learn(self, capability: sg.Capability) -> None:
+        """Remember that the instance lacks ``capability`` (concurrent requests may learn it twice)."""
+        if self._learned.get(capability) is not False:
+            self._learned[capability] = False
+            log.info("the instance refused a capability; emulating it", backend=self.name, capability=capability)
+
+    def _chat_body(self, ctx: RequestContext, model: str, *, stream: bool, n: int | None) -> dict[str, Any]:
+        assert ctx.body is not None
+        body = {
+            k: v for k, v in ctx.body.items() if k not in ("stream", "stream_options", "n", "max_completion_tokens")
+        }
+        body["model"] = model
+        body["max_tokens"] = _max_tokens(ctx.body, self.config.default_max_tokens)
+        messages = ctx.body.get("messages") or []
+        body["messages"] = sg.system_as_system(messages) if self._can("system") else sg.fold_system(messages)
+        if stream:
+            body["stream"] = True
+        if n is not None:
+            body["n"] = n
+        return body
+
+    @contextlib.asynccontextmanager
+    async def _post(
+        self, ctx: RequestContext, path: str, body: dict[str, Any], params: Mapping[str, str] | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST ``body`` to the instance; an error status raises its mapped error (``_Refused`` when
+        the chat API refuses a capability the body uses)."""
+        assert self.session is not None
+        with transport_errors(self.name, self._secrets):
+            async with self.session.post(
+                self.config.endpoint + path, data=orjson.dumps(body), params=params
+            ) as response:
+                ctx.response_headers.update(forwarded_headers(response.headers))
+                if response.status >= 400:
+                    raw = await response.content.read(MAX_ERROR_BODY)
+                    used = _used(body) if path == CHAT_PATH else frozenset()
+                    raise self._error(ctx, response.status, raw, response.headers, used)
+                yield response
+
+    async def _chat_once(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        async with self._post(ctx, CHAT_PATH, body) as response:
+            return self._chat_answer(await response.read())
+
+    def _chat_answer(self, raw: bytes) -> dict[str, Any]:
+        answer = streams.json_object(raw)
+        if answer is None or not isinstance(answer.get("choices"), list) or not answer["choices"]:
+            raise UpstreamError(f"Backend {self.name!r} answered with something else than a chat completion.")
+        return answer
+
+    async def _chat_stream(self, ctx: RequestContext, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        async with self._post(ctx, CHAT_PATH, body) as response:
+            if response.content_type != "text/event-stream":  # answered in one piece after all
+                for item in streams.reply(ctx, streams.completion(ctx, [self._chat_answer(await response.read())])):
+                    yield item
+                return
+            chunks = streams.chat_chunks(ctx, iter_sse(response.content), self.name, self._stream_error)
+            async with contextlib.aclosing(chunks):
+                async for item in chunks:
+                    yield item
+
+    # Legacy --------------------------------------------------------------------------------
+
+    async def _legacy(self, ctx: RequestContext, model: str, n: int) -> AsyncIterator[dict[str, Any]]:
+        """``/.api/completions/stream``: streamed as it comes, or collected (non-streaming, n > 1)."""
+        assert ctx.body is not None
+        if ctx.body.get("tools"):
+            raise InvalidRequestError("Sourcegraph's legacy completions API has no tool calling.", param="tools")
+        body = {
+            "messages": sg.legacy_messages(ctx.body["messages"], self.config.legacy_trailing_assistant),
+            **sg.legacy_parameters(ctx.body, _max_tokens(ctx.body, self.config.default_max_tokens)),
+            "model": model,
+            "stream": True,
+        }
+        if ctx.stream and n == 1:
+            async with contextlib.aclosing(self._legacy_deltas(ctx, body)) as deltas:
+                chunks = streams.legacy_chunks(ctx, deltas)
+                async with contextlib.aclosing(chunks):
+                    async for item in chunks:
+                        yield item
+            return
+        answers = await _all([streams.legacy_answer(self._legacy_deltas(ctx, body)) for _ in range(n)])
+        for item in streams.reply(ctx, streams.completion(ctx, answers)):
+            yield item
+
+    async def _legacy_deltas(self, ctx: RequestContext, body: dict[str, Any]) -> AsyncIterator[tuple[str, str | None]]:
+        params = {"api-version": str(self.config.legacy_api_version)}
+        async with self._post(ctx, LEGACY_PATH, body, params) as response:
+            if response.content_type == "application/json":  # {"completion", "stopReason"} in one piece
+                answer = streams.json_object(await response.read()) or {}
+                yield str(answer.get("completion") or ""), answer.get("stopReason") or "stop"
+                return
+            deltas = streams.legacy_deltas(iter_sse(response.content), self.name, lambda m: self._event_error(ctx, m))
+            async with contextlib.aclosing(deltas):
+                async for delta in deltas:
+                    yield delta
+
+    # Errors --------------------------------------------------------------------------------
+
+    def _error(
+        self,
+        ctx: RequestContext | None,
+        status: int,
+        raw: bytes,
+        headers: Mapping[str, str],
+        used: frozenset[str] = frozenset(),
+    ) -> Exception:
+        """The error for an instance's error answer (see the module docstring)."""
+        text = (error_details(raw).get("message") or "").strip()
+        inner, text = sg.unwrap(status, text)
+        if inner != status:
+            status, raw = inner, text.encode()
+        refused = sg.refused_capability(status, text)
+        if refused is not None and refused in used:
+            return _Refused(refused, http_error(self.name, status, raw, headers, self._secrets))
+        if ctx is not None and status in (400, 404) and sg.model_missing(text):
+            return ModelNotFoundError(str(ctx.model))
+        if status in (401, 403):
+            said = scrub(text, self._secrets)[:MAX_ERROR_MESSAGE]
+            return UpstreamError(
+                f"Backend {self.name!r} refused the gateway's access token (HTTP {status})"
+                + (f": {said}" if said else "")
+            )
+        return http_error(self.name, status, raw, headers, self._secrets)
+
+    def _stream_error(self, message: str) -> GatewayError:
+        """The error of an error event in the chat API's stream."""
+        said = scrub(message, self._secrets)[:MAX_ERROR_MESSAGE]
+        return UpstreamError(f"Backend {self.name!r} failed during the stream: {said}")
+
+    def _event_error(self, ctx: RequestContext, message: str) -> GatewayError:
+        """The error of a legacy stream's ``error`` event."""
+        message = scrub(message, self._secrets)
+        if sg.model_missing(message):
+            return ModelNotFoundError(str(ctx.model))
+        if sg.rate_limited(message):
+            return RateLimitError(f"Backend {self.name!r} is rate limited: {message[:MAX_ERROR_MESSAGE]}")
+        return UpstreamError(f"Backend {self.name!r} failed: {message[:MAX_ERROR_MESSAGE]}")
+
+
+async def _all(calls: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+    """Run ``calls`` concurrently; the first failure cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _used(body: Mapping[str, Any]) -> frozenset[str]:
+    """The capabilities a chat request body relies on."""
+    used = set()
+    if body.get("stream"):
+        used.add("stream")
+    if (body.get("n") or 1) > 1:
+        used.add("n")
+    if any(isinstance(m, dict) and m.get("role") == "system" for m in body.get("messages") or ()):
+        used.add("system")
+    return frozenset(used)
+
+
+def _max_tokens(body: Mapping[str, Any], default: int) -> int:
+    for key in ("max_completion_tokens", "max_tokens"):
+        if isinstance(body.get(key), int):
+            return body[key]
+    return default
+
+
+@hookimpl
+def gateway_register_backends(register: Callable[[str, type[Backend]], None]) -> None:
+    """Register the ``sourcegraph`` backend type."""
+    register("sourcegraph", SourcegraphBackend)
