@@ -3,8 +3,8 @@ mapped to the OpenAI error object a client can act on.
 
 - a 4xx keeps its status and the upstream's own message, type, param and code;
 - a 429 stays a 429 with the upstream's ``Retry-After``;
-- a 529 (Anthropic's "overloaded": up, but without capacity now) -> 503 ``upstream_overloaded``,
-  with the upstream's ``Retry-After``, as OpenAI answers when it is overloaded itself;
+- a status the backend names ``overloaded`` (Anthropic's 529: up, but without capacity now) -> 503
+  ``upstream_overloaded`` with the upstream's ``Retry-After``, as OpenAI answers when it is overloaded;
 - any other 5xx, a refused or reset connection, or a broken stream -> 502 ``bad_gateway``;
 - a timeout -> 504 ``upstream_timeout``.
 
@@ -15,7 +15,7 @@ upstream said before a client or a log line sees it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -28,8 +28,6 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_ERROR_MESSAGE = 1000
 #: Response headers of an upstream worth passing on to the client.
 FORWARDED_HEADER_PREFIXES = ("x-ratelimit-", "x-request-id")
-#: The status Anthropic answers when it is overloaded.
-OVERLOADED_STATUS = 529
 
 
 class UpstreamClientError(GatewayError):
@@ -95,8 +93,10 @@ def http_error(
     body: bytes,
     headers: Mapping[str, str] | None = None,
     secrets: Iterable[str | None] = (),
+    overloaded: Container[int] = (),
 ) -> GatewayError:
-    """The error a client sees for an upstream's error answer (see the module docstring)."""
+    """The error a client sees for an upstream's error answer (see the module docstring);
+    ``overloaded``: the statuses by which this upstream says it is overloaded."""
     details = error_details(body)
     message = scrub(details.get("message") or "", secrets)[:MAX_ERROR_MESSAGE]
     headers = headers or {}
@@ -116,12 +116,17 @@ def http_error(
             code=details.get("code"),
         )
     said = f": {message}" if message else ""
-    if status == OVERLOADED_STATUS:
+    if status in overloaded:
         return UpstreamOverloadedError(f"Backend {backend!r} is overloaded{said}", headers=retry)
     return UpstreamError(f"Backend {backend!r} failed with HTTP {status}{said}")
 
 
-async def raise_for_status(response: aiohttp.ClientResponse, backend: str, secrets: Iterable[str | None] = ()) -> None:
+async def raise_for_status(
+    response: aiohttp.ClientResponse,
+    backend: str,
+    secrets: Iterable[str | None] = (),
+    overloaded: Container[int] = (),
+) -> None:
     """Raise ``http_error`` for an upstream response with an error status."""
     if response.status < 400:
         return
@@ -129,7 +134,7 @@ async def raise_for_status(response: aiohttp.ClientResponse, backend: str, secre
         body = await response.content.read(MAX_ERROR_BODY)
     except (TimeoutError, aiohttp.ClientError):
         body = b""
-    raise http_error(backend, response.status, body, response.headers, secrets)
+    raise http_error(backend, response.status, body, response.headers, secrets, overloaded)
 
 
 @contextlib.contextmanager

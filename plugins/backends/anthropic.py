@@ -45,6 +45,8 @@ ERROR_STATUS = {
     "timeout_error": 504,
     "overloaded_error": 529,
 }
+#: Anthropic's status for "overloaded, retry later": the client gets a 503.
+OVERLOADED = (529,)
 #: Anthropic response headers passed on to the client, beside ``gateway.upstream.forwarded_headers``.
 ANTHROPIC_HEADER_PREFIXES = ("anthropic-ratelimit-", "request-id")
 MODEL_PAGE_SIZE = 1000  # Anthropic's largest page
@@ -121,7 +123,7 @@ class AnthropicBackend(Backend):
         with transport_errors(self.name, self._secrets):
             async with self.session.post(f"{self.config.base_url}/v1/messages", data=orjson.dumps(body)) as response:
                 ctx.response_headers.update(_forwarded(response.headers))
-                await raise_for_status(response, self.name, self._secrets)
+                await raise_for_status(response, self.name, self._secrets, OVERLOADED)
                 if not ctx.stream or response.content_type != "text/event-stream":
                     answer = completion(await self._json(response), model)
                     ctx.usage = answer["usage"]
@@ -158,7 +160,8 @@ class AnthropicBackend(Backend):
         """The error for an ``error`` event: what the same error would be as an HTTP answer."""
         error = event.get("error")
         kind = error.get("type") if isinstance(error, Mapping) else None
-        return http_error(self.name, ERROR_STATUS.get(kind or "", 500), orjson.dumps(event), secrets=self._secrets)
+        status = ERROR_STATUS.get(kind or "", 500)
+        return http_error(self.name, status, orjson.dumps(event), secrets=self._secrets, overloaded=OVERLOADED)
 
     async def _json(self, response: aiohttp.ClientResponse) -> dict[str, Any]:
         try:

@@ -1,4 +1,4 @@
-"""gateway.upstream on Anthropic's error bodies and its 529 "overloaded" status."""
+"""gateway.upstream on Anthropic's error bodies and the statuses a backend names "overloaded"."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ def test_anthropic_error_bodies_give_their_message_and_type() -> None:
     }
 
 
-def test_529_is_a_503_that_keeps_retry_after() -> None:
-    error = http_error("claude", 529, anthropic_error("overloaded_error", "Overloaded"), {"Retry-After": "12"})
+def test_an_overloaded_status_is_a_503_that_keeps_retry_after() -> None:
+    body = anthropic_error("overloaded_error", "Overloaded")
+    error = http_error("claude", 529, body, {"Retry-After": "12"}, overloaded=(529,))
     assert isinstance(error, UpstreamOverloadedError) and isinstance(error, UpstreamError)
     assert error.status == 503
     assert error.headers == {"Retry-After": "12"}
@@ -33,9 +34,10 @@ def test_529_is_a_503_that_keeps_retry_after() -> None:
     }
 
 
-@pytest.mark.parametrize("status", [500, 502, 503])
-def test_other_5xx_stay_502(status: int) -> None:
-    error = http_error("claude", status, anthropic_error("api_error", "Internal"), {"Retry-After": "3"})
+@pytest.mark.parametrize(("status", "overloaded"), [(500, (529,)), (502, (529,)), (503, (529,)), (529, ())])
+def test_other_5xx_stay_502(status: int, overloaded: tuple[int, ...]) -> None:
+    body = anthropic_error("api_error", "Internal")
+    error = http_error("claude", status, body, {"Retry-After": "3"}, overloaded=overloaded)
     assert type(error) is UpstreamError and error.status == 502 and error.headers == {}
 
 
