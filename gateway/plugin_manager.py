@@ -21,6 +21,7 @@ DEFAULT_PLUGINS = (
     "plugins.transforms",
     "plugins.backends.mock",
     "plugins.backends.openai_compat",
+    "plugins.backends.http_template",
     "plugins.backends.sourcegraph",
     "plugins.backends.anthropic",
     "plugins.auth_api_keys",

@@ -15,6 +15,7 @@ upstream said before a client or a log line sees it.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Container, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -145,7 +146,7 @@ def transport_errors(backend: str, secrets: Iterable[str | None] = ()) -> Iterat
     except GatewayError:
         raise
     except aiohttp.ClientConnectorError as exc:
-        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        reason = unreachable_reason(exc.os_error)
         raise UpstreamError(f"Backend {backend!r} is unreachable: {reason.lower()}.") from None
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeoutError(f"Backend {backend!r} timed out.") from None
@@ -153,6 +154,14 @@ def transport_errors(backend: str, secrets: Iterable[str | None] = ()) -> Iterat
         raise UpstreamError(f"Backend {backend!r} broke the connection ({type(exc).__name__}).") from None
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"Backend {backend!r} failed: {scrub(str(exc), secrets)}") from None
+
+
+def unreachable_reason(error: OSError) -> str:
+    """Why a connection failed, in words: "connection refused" rather than asyncio's "connect call
+    failed ('127.0.0.1', 8000)", a resolver's own message for a name that does not resolve."""
+    if error.errno and error.errno > 0:
+        return os.strerror(error.errno)
+    return error.strerror or str(error) or type(error).__name__
 
 
 def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
