@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from gateway.config import ConfigError
 from gateway.testing import make_app
 from plugins.backends import anthropic as anthropic_backend
+from plugins.backends.anthropic_messages import StreamTranslator
 from tests.upstreams.anthropic import API_KEY, AnthropicUpstream, Reply, text, tool_use
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -631,3 +632,52 @@ def test_base_url_may_end_with_v1() -> None:
         anthropic_backend.AnthropicConfig(name="c", type="anthropic", base_url="https://x.test/v1/", api_key="k")
     )
     assert backend.config.base_url == "https://x.test"
+
+
+# The stream translator, driven directly ---------------------------------------------------------
+
+
+def test_the_translator_ignores_thinking_and_unknown_events_and_takes_the_last_usage() -> None:
+    translator = StreamTranslator("m", include_usage=True)
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": {"usage": {"input_tokens": 0, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "x"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "a_future_event", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": "Hi"}},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "max_tokens"},
+            "usage": {"input_tokens": 9, "output_tokens": 3, "cache_read_input_tokens": None},
+        },
+        {"type": "message_stop"},
+    ]
+    chunks = [c for event in events for c in translator.feed(event)]
+    assert [(c["choices"][0]["delta"], c["choices"][0]["finish_reason"]) for c in chunks[:-1]] == [
+        ({"role": "assistant", "content": "", "refusal": None}, None),
+        ({"content": "Hi"}, None),
+        ({}, "length"),
+    ]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {
+        "prompt_tokens": 9,
+        "completion_tokens": 3,
+        "total_tokens": 12,
+    }
+    assert translator.complete
+
+
+def test_the_translator_sends_a_tool_input_given_whole_in_the_first_delta() -> None:
+    translator = StreamTranslator("m", include_usage=False)
+    block = {"type": "tool_use", "id": "toolu_X", "name": "f", "input": {"a": 1}}
+    chunks = translator.feed({"type": "content_block_start", "index": 2, "content_block": block})
+    chunks += translator.feed({"type": "message_stop"})  # no message_delta: still one finish reason
+    assert chunks[0]["choices"][0]["delta"] == {
+        "role": "assistant",
+        "tool_calls": [
+            {"index": 0, "id": "toolu_X", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
+        ],
+        "refusal": None,
+    }
+    assert chunks[1]["choices"][0]["finish_reason"] == "stop" and "usage" not in chunks[1]
