@@ -163,7 +163,7 @@ def test_plugins_lists_the_builtins_with_their_hooks() -> None:
     assert list(lines)[: len(builtins)] == builtins
     assert builtins[:3] == ["error_renderer", "routing", "request_logging"] and "backends.mock" in builtins
     assert lines["error_renderer"] == "gateway_handle_error"
-    assert lines["routing"] == "gateway_select_backend"
+    assert "gateway_select_backend" in lines["routing"]
     assert lines["cors"] == "gateway_register_config, gateway_setup_app"
     assert lines["backends.mock"] == "gateway_register_backends"
 

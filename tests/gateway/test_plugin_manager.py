@@ -29,7 +29,7 @@ from gateway.plugin_manager import (
 )
 from gateway.testing import MOCK_MODEL, make_app, mock_config
 
-BUILTINS = ["error_renderer", "routing", "request_logging", "cors", "backends.mock"]
+BUILTINS = [p.removeprefix("plugins.") for p in DEFAULT_PLUGINS]
 USER = [{"role": "user", "content": "hello there"}]
 TEST_MODULES = ("gw_test_upper", "gw_test_broken_import", "fakeplug_mod", "gw_test_wrong_argument")
 
@@ -70,9 +70,10 @@ def config_error(extra: Any = (), **config: Any) -> ConfigError:
 def test_builtins_load_by_default() -> None:
     pm = load(mock_config()).pm
     assert names(pm)[: len(BUILTINS)] == BUILTINS
-    assert [p.removeprefix("plugins.") for p in DEFAULT_PLUGINS] == BUILTINS
+    assert BUILTINS[:3] == ["error_renderer", "routing", "request_logging"]  # the defaults' order
+    assert {"cors", "backends.mock", "backends.openai_compat"} <= set(BUILTINS)
     hooks = {entry["name"]: entry["hooks"] for entry in describe(pm)}
-    assert hooks["routing"] == ["gateway_select_backend"]
+    assert "gateway_select_backend" in hooks["routing"]
     assert hooks["error_renderer"] == ["gateway_handle_error"]
     assert "gateway_setup_app" in hooks["cors"]
     assert hooks["backends.mock"] == ["gateway_register_backends"]
@@ -834,7 +835,7 @@ async def test_handle_error_applies_to_a_stream_that_broke_off(gateway: Any) -> 
 def test_build_plugin_manager_directly() -> None:
     pm = build_plugin_manager(disabled=["cors"], extra=[CustomRoute()])
     assert not pm.has_plugin("cors") and pm.has_plugin("routing")
-    assert pm.hook.gateway_setup_app.get_hookimpls()[0].plugin.__class__ is CustomRoute
+    assert CustomRoute in [impl.plugin.__class__ for impl in pm.hook.gateway_setup_app.get_hookimpls()]
 
 
 def test_backend_config_base_is_strict() -> None:
