@@ -56,6 +56,8 @@ class Backend(ABC):
     type_name: ClassVar[str]
     Config: ClassVar[type[BackendConfig]] = BackendConfig
     owned_by: ClassVar[str] = "gateway"
+    #: ``closed``, ``open`` or ``half_open``: set by circuit-breaking code; /metrics shows it.
+    circuit_state: str = "closed"
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config

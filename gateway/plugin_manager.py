@@ -17,6 +17,8 @@ DEFAULT_PLUGINS = (
     "plugins.error_renderer",
     "plugins.routing",
     "plugins.request_logging",
+    "plugins.metrics",
+    "plugins.docs",
     "plugins.cors",
     "plugins.transforms",
     "plugins.backends.mock",

@@ -10,14 +10,26 @@ import structlog
 from aiohttp import web
 
 from gateway import __version__
+from gateway.api_models import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    EmbeddingList,
+    Health,
+    Info,
+    Model,
+    ModelList,
+    TextCompletion,
+)
 from gateway.backend import model_object
 from gateway.context import RequestContext
 from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
 from gateway.errors import ModelNotFoundError
 from gateway.keys import backends_key, config_key, ctx_key, plugin_manager_key
 from gateway.middleware import json_response
+from gateway.openapi import operation
 from gateway.pipeline import json_endpoint, model_endpoint
 from gateway.plugin_manager import describe
+from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 NAME = "llm-gateway"
 
@@ -36,24 +48,44 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/info", info)
 
 
+@operation(
+    "Create a chat completion",
+    tag="chat",
+    request=ChatCompletionRequest,
+    response=ChatCompletion,
+    stream=ChatCompletionChunk,
+    description="OpenAI's chat completions; fields the gateway does not check pass through to the backend. "
+    'With `"stream": true` the answer is `text/event-stream` (Server-Sent Events, not WebSockets).',
+)
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     return await model_endpoint(request[ctx_key], CHAT)
 
 
+@operation(
+    "Create a completion (legacy)",
+    tag="completions",
+    request=CompletionRequest,
+    response=TextCompletion,
+    stream=TextCompletion,
+    description="OpenAI's legacy text completions, for backends that serve them; they stream like chat completions.",
+)
 async def handle_completions(request: web.Request) -> web.StreamResponse:
     return await model_endpoint(request[ctx_key], COMPLETIONS)
 
 
+@operation("Create embeddings", tag="embeddings", request=EmbeddingRequest, response=EmbeddingList)
 async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     return await model_endpoint(request[ctx_key], EMBEDDINGS)
 
 
+@operation("List models", tag="models", response=ModelList)
 async def list_models(request: web.Request) -> web.Response:
     ctx = request[ctx_key]
     ctx.endpoint = "models.list"
     return await json_endpoint(ctx, _model_list)
 
 
+@operation("Retrieve a model", tag="models", response=Model)
 async def retrieve_model(request: web.Request) -> web.Response:
     ctx = request[ctx_key]
     ctx.endpoint = "models.retrieve"
@@ -61,11 +93,13 @@ async def retrieve_model(request: web.Request) -> web.Response:
     return await json_endpoint(ctx, _one_model)
 
 
+@operation("Health check", tag="operations", response=Health)
 async def health(request: web.Request) -> web.Response:
     request[ctx_key].endpoint = "health"
     return json_response({"status": "ok"})
 
 
+@operation("Gateway info", tag="operations", response=Info)
 async def info(request: web.Request) -> web.Response:
     ctx = request[ctx_key]
     ctx.endpoint = "info"

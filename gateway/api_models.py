@@ -1,0 +1,143 @@
+"""Pydantic models of the gateway's responses, for the OpenAPI document only.
+
+Responses are built as dicts (``chat_format`` and friends) and never validated against these; the
+models describe them for ``/openapi.json``. Request bodies are described by the models in
+``gateway.schemas`` that validate them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Usage(_Doc):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionMessage(_Doc):
+    role: Literal["assistant"]
+    content: str | None
+    refusal: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ChatCompletionChoice(_Doc):
+    index: int
+    message: ChatCompletionMessage
+    logprobs: dict[str, Any] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"] | None
+
+
+class ChatCompletion(_Doc):
+    """A non-streamed chat completion (``stream`` false or absent)."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class ChunkChoice(_Doc):
+    index: int
+    delta: dict[str, Any]
+    logprobs: dict[str, Any] | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(_Doc):
+    """One event of a streamed chat completion: ``data: {chunk}``; the stream ends with ``data: [DONE]``."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class Model(_Doc):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(_Doc):
+    object: Literal["list"]
+    data: list[Model]
+
+
+class ErrorDetail(_Doc):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(_Doc):
+    """Every error: the status says what happened, ``error`` says why (OpenAI's shape)."""
+
+    error: ErrorDetail
+
+
+class Health(_Doc):
+    status: Literal["ok"]
+
+
+class Info(_Doc):
+    """The gateway's name, version, plugins, backends (secrets masked) and models."""
+
+    name: str
+    version: str
+    plugins: list[dict[str, Any]]
+    backends: list[dict[str, Any]]
+    models: list[dict[str, Any]]
+    default_model: str | None = None
+
+
+class TextCompletionChoice(_Doc):
+    text: str
+    index: int
+    logprobs: dict[str, Any] | None = None
+    finish_reason: Literal["stop", "length", "content_filter"] | None
+
+
+class TextCompletion(_Doc):
+    """A legacy text completion; streamed, each event is one of these with a piece of the text."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextCompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class Embedding(_Doc):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str  # a base64 string of little-endian float32 with `encoding_format: base64`
+
+
+class EmbeddingUsage(_Doc):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(_Doc):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

@@ -1,0 +1,123 @@
+"""The OpenAPI document: valid OpenAPI 3.1, every route of the app in it, request schemas taken from
+the models that validate requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+import pytest
+from aiohttp import web
+from openapi_spec_validator import validate
+from pydantic import BaseModel
+
+from gateway import api_models, hookimpl
+from gateway.config import GatewayConfig
+from gateway.openapi import REF, UNDOCUMENTED_METHODS, build_document, described, operation, schema_ref
+from gateway.schemas import ChatCompletionRequest
+from gateway.testing import make_app, mock_config
+
+
+def document(app: web.Application) -> dict[str, Any]:
+    return build_document(app.router, title="test", version="1")
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    doc = document(make_app())
+    validate(doc)
+    assert doc["openapi"].startswith("3.1")
+
+
+def test_every_route_of_the_app_is_described_and_listed() -> None:
+    """Walks the router of an app with every built-in plugin: a route added without ``@operation``
+    (or left out of the document) fails here."""
+    app = make_app()
+    paths = document(app)["paths"]
+    undescribed, missing = [], []
+    for route in app.router.routes():
+        if route.method in UNDOCUMENTED_METHODS:
+            continue
+        where = f"{route.method} {route.resource.canonical}"
+        op = described(route.handler)
+        if op is None:
+            undescribed.append(where)
+        elif not op.hidden and route.method.lower() not in paths.get(route.resource.canonical, {}):
+            missing.append(where)
+    assert not undescribed, f"routes without @operation: {undescribed}"
+    assert not missing, f"routes missing from the document: {missing}"
+    for path in ("/v1/chat/completions", "/v1/models", "/v1/models/{model_id}", "/metrics", "/docs", "/openapi.json"):
+        assert path in paths
+
+
+def test_the_chat_request_schema_is_the_validating_model() -> None:
+    doc = document(make_app())
+    body = doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": REF.format(model="ChatCompletionRequest")}
+    expected = ChatCompletionRequest.model_json_schema(ref_template=REF)
+    defs = expected.pop("$defs")
+    schemas = doc["components"]["schemas"]
+    assert schemas["ChatCompletionRequest"] == expected
+    assert all(schemas[name] == schema for name, schema in defs.items())
+
+    # the document's schema accepts and refuses what the gateway does
+    validator = jsonschema.Draft202012Validator({**body, "components": doc["components"]})
+    validator.validate({"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": 1})
+    for bad in (
+        {"model": "m", "messages": []},
+        {"model": "m", "messages": [{"role": "robot", "content": "hi"}]},
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 3},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate(bad)
+
+
+def test_streaming_and_errors_are_described() -> None:
+    chat = document(make_app())["paths"]["/v1/chat/completions"]["post"]
+    ok = chat["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"] == {"$ref": REF.format(model="ChatCompletion")}
+    assert ok["text/event-stream"]["x-event-schema"] == {"$ref": REF.format(model="ChatCompletionChunk")}
+    assert chat["responses"]["default"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+
+
+def test_paths_without_v1_are_aliases() -> None:
+    paths = document(make_app())["paths"]
+    assert paths["/chat/completions"]["post"]["description"].startswith("The same as `POST /v1/chat/completions`.")
+    assert "description" not in paths["/v1/models"]["get"]
+    assert paths["/models/{model_id}"]["get"]["parameters"][0]["name"] == "model_id"
+    ids = [op["operationId"] for ops in paths.values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+
+
+class ThirdParty:
+    """A plugin adding a route it does not describe, and one it hides."""
+
+    @hookimpl
+    def gateway_setup_app(self, app: web.Application, config: GatewayConfig) -> None:
+        async def ping(request: web.Request) -> web.Response:
+            return web.Response(text="pong")
+
+        @operation("not an API endpoint", hidden=True)
+        async def hidden(request: web.Request) -> web.Response:
+            return web.Response(text="pong")
+
+        app.router.add_route("*", "/x/ping", ping)
+        app.router.add_get("/x/hidden", hidden)
+
+
+def test_a_plugin_route_without_a_description_is_still_listed() -> None:
+    no_cors = {**mock_config(), "plugins": {"disabled": ["cors"]}}  # aiohttp-cors refuses "*" routes
+    doc = document(make_app(no_cors, plugins=[ThirdParty()]))
+    validate(doc)
+    assert set(doc["paths"]["/x/ping"]) == {"get", "post", "put", "patch", "delete"}
+    assert doc["paths"]["/x/ping"]["get"]["summary"] == "GET /x/ping"
+    assert "/x/hidden" not in doc["paths"]
+
+
+def test_two_different_schemas_with_one_name_are_refused() -> None:
+    class Usage(BaseModel):  # not gateway.api_models.Usage
+        tokens: str
+
+    schemas: dict[str, Any] = {}
+    schema_ref(api_models.Usage, schemas)
+    with pytest.raises(ValueError, match="'Usage'"):
+        schema_ref(Usage, schemas)
