@@ -40,7 +40,9 @@ from gateway.upstream import (
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _MODEL = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
-_DONE = b"data: [DONE]"
+#: The ``[DONE]`` event: a line of its own (a JSON payload holds no raw newline, so text such as
+#: ``"data: [DONE]"`` inside a chunk's content never matches), with or without the space.
+_DONE = re.compile(rb"^data: ?\[DONE\][ \t]*$", re.MULTILINE)
 _EVENT_END = b"\n\n"
 #: ``"usage": null`` as upstreams write it on each chunk of a stream that asked for usage.
 _NULL_USAGE = (b',"usage":null', b', "usage": null')
@@ -206,16 +208,16 @@ class OpenAICompatBackend(Backend):
         error event raised. A stream that ends without ``[DONE]`` was cut off: an error."""
         pending = b""
         async for data in response.content.iter_any():
-            if b"\r" in data:
-                data = data.replace(b"\r\n", b"\n")
             pending += data
+            if b"\r" in pending:  # CRLF lines, a pair possibly cut between two reads
+                pending = pending.replace(b"\r\n", b"\n")
             end = pending.rfind(_EVENT_END)
             if end < 0:
                 continue
             block, pending = pending[: end + 2], pending[end + 2 :]
-            done = _DONE in block
-            if done:
-                block = block[: block.find(_DONE)]
+            done = _DONE.search(block) if b"[DONE]" in block else None
+            if done is not None:
+                block = block[: done.start()]
             failure = None
             if b'"error"' in block or _USAGE.search(block):
                 block, failure = self._inspect(ctx, block, drop_usage, secrets)
@@ -228,8 +230,10 @@ class OpenAICompatBackend(Backend):
                 yield block
             if failure is not None:
                 raise failure
-            if done:
+            if done is not None:
                 return
+        if _DONE.match(pending):  # [DONE] without the blank line after it
+            return
         raise UpstreamError(f"Backend {self.name!r} ended the stream before it was complete.")
 
     def _inspect(

@@ -208,6 +208,52 @@ async def test_any_framing_reaches_the_client_as_whole_events(
     assert text == "Hello from upstream"
 
 
+def delta_event(content: str | None, finish: str | None = None, end: bytes = b"\n\n") -> bytes:
+    delta = {} if content is None else {"content": content}
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini", "choices": [choice]}
+    return b"data: " + orjson.dumps(chunk) + end
+
+
+async def raw_sse_upstream(aiohttp_server: Any, *writes: bytes) -> str:
+    """An upstream that answers every chat request with ``writes``, as they are; its base URL."""
+    from aiohttp import web
+
+    async def chat_completions(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for data in writes:
+            await response.write(data)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    return str((await aiohttp_server(app)).make_url("/v1"))
+
+
+@pytest.mark.parametrize(
+    "done",
+    [b"data: [DONE]\n\n", b"data:[DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data: [DONE]\n"],
+    ids=["spaced", "unspaced", "crlf", "no-blank-line"],
+)
+async def test_done_is_an_event_of_its_own_never_text_in_a_chunk(
+    aiohttp_server: Any, gateway: Any, done: bytes
+) -> None:
+    """A reply that talks about SSE (``data: [DONE]`` in its text) is neither cut short nor split
+    mid-JSON; the [DONE] event ends the stream however it is written."""
+    talk = "The stream ends with data: [DONE]\n\n and then"
+    base_url = await raw_sse_upstream(
+        aiohttp_server, delta_event(talk), delta_event(" it closes."), delta_event(None, "stop") + done
+    )
+    client = await gateway(compat_config(base_url, stream_usage=False))
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True))
+    payloads = events(await resp.read())
+    assert payloads[-1] == b"[DONE]" and payloads.count(b"[DONE]") == 1
+    chunks = [orjson.loads(p) for p in payloads[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == talk + " it closes."
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
 async def test_a_json_answer_to_a_stream_request_is_streamed(gateway: Any, upstream: OpenAIUpstream) -> None:
     upstream.default = Reply(json_for_stream=True)
     client = await start(gateway, upstream)
