@@ -30,14 +30,16 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from gateway import hookimpl
-from gateway.chat_format import estimate_prompt_tokens
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
+from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
 from gateway.errors import RateLimitError
 
 SECTION = "rate_limit"
 WINDOW = 60.0  # seconds: limits are per minute
 LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "concurrent_requests")
+#: Each model endpoint's usage estimate: its ``prompt_tokens`` (messages, ``prompt`` or ``input``) is the charge.
+ESTIMATES = {endpoint.name: endpoint.estimate_usage for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS)}
 
 
 class Limits(BaseModel):
@@ -318,13 +320,19 @@ def _plan(ctx: RequestContext, settings: RateLimitConfig) -> list[_Planned]:
             planned.append(_Planned(Charge(f"{bucket}:requests", limits["requests_per_minute"]), "requests", scope))
         if "tokens_per_minute" in limits:
             if tokens is None:
-                tokens = estimate_prompt_tokens(ctx.body.get("messages") if ctx.body else None)
+                tokens = _estimate(ctx)
             charge = Charge(f"{bucket}:tokens", limits["tokens_per_minute"], tokens)
             planned.append(_Planned(charge, "tokens", scope))
         if "concurrent_requests" in limits:
             charge = Charge(f"{bucket}:concurrent", limits["concurrent_requests"], window=None)
             planned.append(_Planned(charge, "concurrent", scope))
     return planned
+
+
+def _estimate(ctx: RequestContext) -> int:
+    """The request's prompt tokens, estimated from what its endpoint reads (0 for an unknown endpoint)."""
+    estimate = ESTIMATES.get(ctx.endpoint)
+    return estimate(ctx.body, {})["prompt_tokens"] if estimate is not None else 0
 
 
 def _headers(planned: Sequence[_Planned], quotas: Sequence[Quota]) -> dict[str, str]:

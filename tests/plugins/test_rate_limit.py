@@ -329,6 +329,17 @@ async def test_a_request_larger_than_the_token_limit_can_never_pass(start: Any) 
     assert "must be reduced" in error["message"]
 
 
+@pytest.mark.parametrize(("path", "field"), [("/v1/completions", "prompt"), ("/v1/embeddings", "input")])
+async def test_completions_and_embeddings_are_charged_with_their_input(start: Any, path: str, field: str) -> None:
+    client = await start(limits_config({"default": {"tokens_per_minute": 100}}))
+    small = await client.post(path, json={"model": MOCK_MODEL, field: "word " * 40})  # 200 characters: 50 tokens
+    assert small.status == 200
+    assert small.headers["x-ratelimit-remaining-tokens"] == "50"
+    refused = await client.post(path, json={"model": MOCK_MODEL, field: ["word " * 40, "word " * 40, "word"]})
+    assert refused.status == 429
+    assert "Request too large" in (await refused.json())["error"]["message"]  # 101 tokens: never fits
+
+
 # The official openai SDK ------------------------------------------------------------------------
 
 
