@@ -60,6 +60,7 @@ def supervise(count: int, serve: Callable[[], int]) -> int:
                 continue
             del workers[slot]
             code = process.exitcode
+            _forget_metrics(process.pid)
             if stopping:
                 continue
             if code is not None and code >= 0 and time.monotonic() - started < STARTUP_GRACE:
@@ -70,6 +71,18 @@ def supervise(count: int, serve: Callable[[], int]) -> int:
             log.error("worker died; restarting it", pid=process.pid, exit_code=code)
             start(slot)
     return status
+
+
+def _forget_metrics(pid: int | None) -> None:
+    """A worker's live gauges (requests in flight) no longer count once it is gone: prometheus-client's
+    multiprocess mode needs the parent to say so when the worker could not (it was killed)."""
+    if pid is None or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    try:
+        from prometheus_client import multiprocess
+    except ImportError:
+        return
+    multiprocess.mark_process_dead(pid)
 
 
 def _signal_all(workers: dict[int, tuple[BaseProcess, float]], signum: int) -> None:
