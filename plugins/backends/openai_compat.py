@@ -100,6 +100,8 @@ class OpenAICompatBackend(Backend):
 
     async def __aenter__(self) -> OpenAICompatBackend:
         headers = dict(self.config.headers)
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = "application/json"  # aiohttp would send application/octet-stream
         if self._key and not self.config.forward_client_key:
             headers[self.config.api_key_header] = self._credential(self._key)
         self.session = client_session(

@@ -74,6 +74,13 @@ async def test_the_body_goes_upstream_untouched_with_the_key(gateway: Any, upstr
     assert sent.body == body
     assert sent.headers["Authorization"] == f"Bearer {KEY}"
     assert sent.headers["OpenAI-Organization"] == "org-1"
+    assert sent.headers["Content-Type"] == "application/json"  # servers with strict JSON extractors (TGI's axum)
+
+
+async def test_a_configured_content_type_is_sent_once(gateway: Any, upstream: OpenAIUpstream) -> None:
+    client = await start(gateway, upstream, headers={"content-type": "application/json; charset=utf-8"})
+    assert (await client.post("/v1/chat/completions", json=chat())).status == 200
+    assert upstream.last.headers["Content-Type"] == "application/json; charset=utf-8"
 
 
 async def test_a_mapped_model_goes_upstream_and_the_answer_names_the_client_model(
