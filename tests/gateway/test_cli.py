@@ -342,9 +342,13 @@ def wait_for(check: Callable[[], bool], timeout: float = 10) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
-def test_workers_share_the_port_restart_when_killed_and_stop_on_sigterm(servers: list[Server]) -> None:
+def test_workers_share_the_port_restart_when_killed_and_stop_on_sigterm(servers: list[Server], tmp_path: Path) -> None:
     port = free_port()
-    server = Server(["--config", CONFIG, "--port", str(port), "--workers", "2"], {})
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    server = Server(
+        ["--config", CONFIG, "--port", str(port), "--workers", "2"], {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    )
     servers.append(server)
     url = server.wait_up(port)
     wait_for(lambda: len(children(server.proc.pid)) == 2)
@@ -352,9 +356,13 @@ def test_workers_share_the_port_restart_when_killed_and_stop_on_sigterm(servers:
     for _ in range(20):  # the kernel spreads connections over both: every one is answered
         assert chat(url).status_code == 200
 
+    live = {f.name for f in metrics.glob("gauge_live*.db")}
+    assert any(str(first[0]) in name for name in live), live  # in-flight gauges of the worker
+
     os.kill(first[0], signal.SIGKILL)  # a worker dies: the parent starts another
     wait_for(lambda: len(children(server.proc.pid)) == 2 and first[0] not in children(server.proc.pid))
     assert chat(url).status_code == 200
+    assert not [f for f in metrics.glob("gauge_live*.db") if f.name.endswith(f"_{first[0]}.db")]  # forgotten
 
     assert server.terminate_and_wait(10) == 0
     assert "Traceback" not in server.output
