@@ -282,9 +282,9 @@ async def gateway_process_request(ctx: RequestContext) -> None:
     ctx.state[SECTION] = held
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # before other observers: a slow (or cancelled) one must not hold the slots
 async def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> None:
-    """Charge the actual tokens instead of the estimate, and free the concurrency slots."""
+    """Free the concurrency slots, and charge the actual tokens instead of the estimate."""
     held: _Held | None = ctx.state.pop(SECTION, None)
     if held is None:
         return

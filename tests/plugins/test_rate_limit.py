@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from aiohttp import web
@@ -425,6 +426,29 @@ async def test_a_failed_request_frees_its_slot(start: Any) -> None:
     for _ in range(3):
         response = await client.post("/v1/chat/completions", json=CHAT, headers=bearer(TEAM_KEY))
         assert response.status == 502
+
+
+class BlockingObserver:
+    """An observer that blocks in ``gateway_request_finished`` until ``gate`` opens (a slow usage
+    exporter, say); the client leaving meanwhile cancels it."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    @hookimpl
+    async def gateway_request_finished(self, ctx: RequestContext) -> None:
+        await self.gate.wait()
+
+
+async def test_a_slot_is_free_before_slower_observers_run(aiohttp_server: Any, clock: Clock) -> None:
+    observer = BlockingObserver()
+    server = await aiohttp_server(app_with_clock(limits_config(keys=keys(concurrent_requests=1)), clock, [observer]))
+    url = server.make_url("/v1/chat/completions")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        for _ in range(3):  # each one's observer still blocks (or was cancelled when its client left)
+            async with session.post(url, json=CHAT, headers=bearer(TEAM_KEY)) as response:
+                assert response.status == 200, await response.text()
+    observer.gate.set()
 
 
 # Config -----------------------------------------------------------------------------------------
