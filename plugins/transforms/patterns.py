@@ -4,9 +4,10 @@ built on it.
 ``Patterns`` joins a rule's regexes into one alternation, each with its action: a literal
 replacement, or ``None`` to block (cut the text at the match). ``scan`` replaces only the matches
 that can no longer change: with at most ``max_match`` characters per match, a match that starts
-``max_match - 1`` characters or more before the end of the text is final; the rest of the text is
-held back until more arrives (or the text ends). A few characters already released are kept as
-context, so lookbehinds and ``\\b`` see what came before the held text.
+more than ``max_match`` characters before the end of the text is final (the character after the
+longest match has arrived too, so a trailing ``\\b``, ``$`` or one-character lookahead sees what
+follows); the rest of the text is held back until more arrives (or the text ends). A few characters
+already released are kept as context, so lookbehinds and ``\\b`` see what came before the held text.
 
 ``ResponseFilter`` is the ``ChunkFilter`` of one stream: per choice index, it pipes each content
 delta (chat) or ``text`` (legacy completions) through every rule's patterns, releases held text
@@ -47,7 +48,7 @@ class Patterns:
             self.actions[group] = action
             group += 1 + re.compile(pattern).groups
         self.regex = re.compile("|".join(parts))
-        self.hold = max(max_match - 1, 0)
+        self.hold = max_match  # the longest match, and one character after it
 
     def sub(self, text: str) -> str:
         """``text`` with every match replaced (a block pattern cuts the text at its match)."""

@@ -431,6 +431,19 @@ def test_any_split_of_the_text_gives_the_same_result() -> None:
         assert (out, chain.blocked) == (expected, True)
 
 
+def test_a_match_as_long_as_max_match_chars_waits_for_the_character_after_it() -> None:
+    """``\\b`` at the end of a match of exactly ``max_match`` characters: the stream must see whether
+    the next chunk continues the number, as the whole text does."""
+    patterns = Patterns([(r"\b\d{3}-\d{2}-\d{4}\b", "[SSN]")], 11)
+    text = "ids 123-45-67890 and 123-45-6789, 987-65-4321"
+    expected = "ids 123-45-67890 and [SSN], [SSN]"
+    assert patterns.sub(text) == expected
+    for cut in range(1, len(text)):
+        chain = TextChain([patterns])
+        out = chain.feed(text[:cut], final=False) + chain.feed(text[cut:], final=False)
+        assert out + chain.feed("", final=True) == expected, cut
+
+
 def test_rules_chain_what_one_releases_into_the_next() -> None:
     first, second = Patterns([("cat", "dog")], 3), Patterns([("dog food", "[PET FOOD]")], 8)
     rng = random.Random(5)
@@ -449,9 +462,9 @@ def test_held_text_is_flushed_when_a_stream_ends_without_finish_chunks() -> None
 
     assert flt(content("ab")) is None  # all of it could still begin a match: held, the chunk dropped
     assert flt(content("c secret d"))["choices"][0]["delta"]["content"] == "abc [S]"
-    assert flt(content(" sec"))["choices"][0]["delta"]["content"] == " "
+    assert flt(content(" sec")) is None  # " d sec": six characters, all held
     [last] = flt(None)
-    assert last["choices"] == [{"index": 0, "delta": {"content": "d sec"}, "logprobs": None, "finish_reason": None}]
+    assert last["choices"] == [{"index": 0, "delta": {"content": " d sec"}, "logprobs": None, "finish_reason": None}]
     assert last["id"] == "c1"
     assert flt(None) is None
 
