@@ -216,7 +216,7 @@ def gateway_authenticate(ctx: RequestContext) -> Principal | None:
     return principal
 
 
-@hookimpl
+@hookimpl(trylast=True)  # after every plugin that adds to the list (transforms' aliases): the key has the last word
 def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> None:
     """``/v1/models`` lists only the models the caller's key may use; another one is 404."""
     entry: ApiKey | None = ctx.state.get(SECTION)

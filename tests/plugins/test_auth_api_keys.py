@@ -243,6 +243,18 @@ async def test_the_model_list_shows_only_what_the_key_may_use(gateway: Any) -> N
     assert (await client.get(f"/v1/models/{LARGE}")).status == 401
 
 
+async def test_the_model_list_shows_the_aliases_the_key_may_use_and_no_other(gateway: Any) -> None:
+    """``transforms`` aliases are listed by what the key may use (the name the client asks for)."""
+    config = keys_config(keys=[{"name": "team", "key": TEAM_KEY, "models": ["fast"]}])
+    config["plugins"]["transforms"] = {"rules": [{"aliases": {"fast": LARGE, "slow": MOCK_MODEL}}]}
+    client = await gateway(config)
+    listed = await (await client.get("/v1/models", headers=bearer(TEAM_KEY))).json()
+    assert [m["id"] for m in listed["data"]] == ["fast"]
+    assert (await client.post("/v1/chat/completions", json={**CHAT, "model": "fast"}, headers=bearer(TEAM_KEY))).ok
+    slow = await client.post("/v1/chat/completions", json={**CHAT, "model": "slow"}, headers=bearer(TEAM_KEY))
+    assert slow.status == 403
+
+
 # Open and protected paths ----------------------------------------------------------------------
 
 
