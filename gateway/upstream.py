@@ -10,17 +10,23 @@ mapped to the OpenAI error object a client can act on.
 
 Every message names the backend that failed; configured secrets are scrubbed from whatever the
 upstream said before a client or a log line sees it.
+
+``ModelCache`` keeps a backend's model list from its upstream: fetched by one caller at a time, within
+``MODELS_TIMEOUT`` seconds, kept ``ttl`` seconds; a failure is remembered ``MODELS_RETRY`` seconds, the
+last list served meanwhile, so a down upstream neither slows nor empties ``/v1/models``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import Container, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
+import structlog
 
 from gateway.errors import GatewayError, RateLimitError, UpstreamError, UpstreamTimeoutError
 
@@ -29,6 +35,12 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_ERROR_MESSAGE = 1000
 #: Response headers of an upstream worth passing on to the client.
 FORWARDED_HEADER_PREFIXES = ("x-ratelimit-", "x-request-id")
+#: Seconds a model listing may take at most (the backend's ``timeout`` bounds it too), and seconds
+#: before a failed listing, or a refresh for a name the list lacks, may ask the upstream again.
+MODELS_TIMEOUT = 10.0
+MODELS_RETRY = 10.0
+
+log = structlog.get_logger("gateway")
 
 
 class UpstreamClientError(GatewayError):
@@ -168,3 +180,59 @@ def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The upstream's ``x-ratelimit-*`` headers and ``x-request-id``, for the client's response (the
     core keeps a request id the client sent itself; the gateway's own is ``x-gateway-request-id``)."""
     return {k: v for k, v in headers.items() if k.lower().startswith(FORWARDED_HEADER_PREFIXES)}
+
+
+async def json_object(response: aiohttp.ClientResponse, backend: str) -> dict[str, Any]:
+    """The response body as a JSON object; a 502 naming ``backend`` for anything else."""
+    try:
+        answer = orjson.loads(await response.read())
+    except orjson.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise UpstreamError(f"Backend {backend!r} answered with something that is not a JSON object.")
+    return answer
+
+
+def listing_timeout(timeout: float, connect_timeout: float) -> aiohttp.ClientTimeout:
+    """The timeout of a model-listing request: ``MODELS_TIMEOUT`` at most, however long the backend
+    allows a generation to take, and the backend's connect timeout."""
+    return aiohttp.ClientTimeout(
+        total=min(timeout, MODELS_TIMEOUT), connect=connect_timeout, sock_connect=connect_timeout
+    )
+
+
+class ModelCache:
+    """A backend's model list from its upstream (see the module docstring). ``fetch`` raises a
+    ``GatewayError`` when the upstream cannot list; ``get`` raises it only while no list is known."""
+
+    def __init__(self, backend: str, fetch: Callable[[], Awaitable[list[dict[str, Any]]]], ttl: float) -> None:
+        self.backend, self.fetch, self.ttl = backend, fetch, ttl
+        self.models: list[dict[str, Any]] | None = None
+        self._fetched = -float("inf")  # loop time of the last successful fetch
+        self._until = 0.0  # the list is fresh until then
+        self._failure: GatewayError | None = None
+        self._failed_at = -float("inf")  # loop time of the last failed fetch
+        self._lock = asyncio.Lock()
+
+    async def get(self, refresh: bool = False) -> list[dict[str, Any]]:
+        """The list, fetched when it is stale; ``refresh`` (a name the list lacks) refetches a fresh
+        list too, unless it was fetched less than ``MODELS_RETRY`` seconds ago."""
+        async with self._lock:  # one fetch at a time: concurrent callers get its result
+            now = asyncio.get_running_loop().time()
+            fresh = self.models is not None and now < self._until
+            if fresh and not (refresh and now - self._fetched >= MODELS_RETRY):
+                return self.models  # type: ignore[return-value]
+            if self._failure is not None and now - self._failed_at < MODELS_RETRY:
+                if self.models is not None:
+                    return self.models
+                raise self._failure.with_traceback(None)
+            try:
+                models = await self.fetch()
+            except GatewayError as exc:
+                self._failure, self._failed_at = exc, now
+                if self.models is None:
+                    raise
+                log.warning("listing models failed; serving the cached list", backend=self.backend, error=exc.message)
+                return self.models
+            self.models, self._failure, self._fetched, self._until = models, None, now, now + self.ttl
+            return models

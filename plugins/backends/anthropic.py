@@ -11,14 +11,12 @@ stream ends the client's stream with the same error as a final event. Models are
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 import aiohttp
 import orjson
-import structlog
 from pydantic import Field, SecretStr, field_validator
 
 from gateway.backend import Backend, BackendConfig, model_object
@@ -27,10 +25,17 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamError
 from gateway.hookspecs import hookimpl
 from gateway.streaming import iter_sse
-from gateway.upstream import client_session, forwarded_headers, http_error, raise_for_status, transport_errors
+from gateway.upstream import (
+    ModelCache,
+    client_session,
+    forwarded_headers,
+    http_error,
+    json_object,
+    listing_timeout,
+    raise_for_status,
+    transport_errors,
+)
 from plugins.backends.anthropic_messages import SAMPLING_REMOVED_IN, StreamTranslator, completion, messages_request
-
-log = structlog.get_logger("gateway")
 
 #: Anthropic's error types and the HTTP status each comes with (for ``error`` events in a stream).
 ERROR_STATUS = {
@@ -91,9 +96,7 @@ class AnthropicBackend(Backend):
         self.session: aiohttp.ClientSession | None = None
         self._secrets = (self.config.api_key.get_secret_value(),)
         self._sampling = self.config.version < SAMPLING_REMOVED_IN  # ISO dates sort as strings
-        self._models: list[dict[str, Any]] | None = None
-        self._models_until = 0.0
-        self._models_lock = asyncio.Lock()
+        self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
 
     async def __aenter__(self) -> AnthropicBackend:
         headers = {
@@ -125,7 +128,7 @@ class AnthropicBackend(Backend):
                 ctx.response_headers.update(_forwarded(response.headers))
                 await raise_for_status(response, self.name, self._secrets, OVERLOADED)
                 if not ctx.stream or response.content_type != "text/event-stream":
-                    answer = completion(await self._json(response), model)
+                    answer = completion(await json_object(response, self.name), model)
                     ctx.usage = answer["usage"]
                     if ctx.stream:  # an upstream that answered a stream request in one piece
                         for chunk in completion_to_chunks(answer, include_usage(ctx.body)):
@@ -163,33 +166,14 @@ class AnthropicBackend(Backend):
         status = ERROR_STATUS.get(kind or "", 500)
         return http_error(self.name, status, orjson.dumps(event), secrets=self._secrets, overloaded=OVERLOADED)
 
-    async def _json(self, response: aiohttp.ClientResponse) -> dict[str, Any]:
-        try:
-            answer = orjson.loads(await response.read())
-        except orjson.JSONDecodeError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise UpstreamError(f"Backend {self.name!r} answered with something that is not a JSON object.")
-        return answer
-
     # Models ----------------------------------------------------------------------------------
 
     async def list_models(self) -> list[dict[str, Any]]:
-        """The configured ``models``, else Anthropic's, cached ``models_ttl`` seconds (a stale list is
-        served while the upstream fails to answer)."""
+        """The configured ``models``, else Anthropic's, cached ``models_ttl`` seconds
+        (``gateway.upstream.ModelCache``)."""
         if self.config.models:
             return await super().list_models()
-        loop = asyncio.get_running_loop()
-        async with self._models_lock:
-            if self._models is None or loop.time() >= self._models_until:
-                try:
-                    self._models = await self._fetch_models()
-                except Exception:
-                    if self._models is None:
-                        raise
-                    log.warning("listing models failed; serving the cached list", backend=self.name, exc_info=True)
-                self._models_until = loop.time() + self.config.models_ttl
-            return self._models
+        return await self._models.get()
 
     async def _fetch_models(self) -> list[dict[str, Any]]:
         """Every page of ``GET /v1/models``, following ``has_more`` / ``last_id``."""
@@ -201,10 +185,10 @@ class AnthropicBackend(Backend):
                 async with self.session.get(
                     f"{self.config.base_url}/v1/models",
                     params=params,
-                    timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                    timeout=listing_timeout(self.config.timeout, self.config.connect_timeout),
                 ) as response:
                     await raise_for_status(response, self.name, self._secrets)
-                    page = await self._json(response)
+                    page = await json_object(response, self.name)
             for entry in page.get("data") or ():
                 if isinstance(entry, dict) and isinstance(entry.get("id"), str):
                     models.append(model_object(entry["id"], self.owned_by, _timestamp(entry.get("created_at"))))

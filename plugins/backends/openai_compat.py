@@ -12,7 +12,6 @@ client's name.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
@@ -20,7 +19,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import structlog
 from pydantic import Field, SecretStr, field_validator
 
 from gateway import completions_format
@@ -30,9 +28,12 @@ from gateway.context import RequestContext
 from gateway.errors import UpstreamError
 from gateway.hookspecs import hookimpl
 from gateway.upstream import (
+    ModelCache,
     client_session,
     error_details,
     forwarded_headers,
+    json_object,
+    listing_timeout,
     raise_for_status,
     scrub,
     transport_errors,
@@ -46,8 +47,6 @@ _DONE = re.compile(rb"^data: ?\[DONE\][ \t]*$", re.MULTILINE)
 _EVENT_END = b"\n\n"
 #: ``"usage": null`` as upstreams write it on each chunk of a stream that asked for usage.
 _NULL_USAGE = (b',"usage":null', b', "usage": null')
-
-log = structlog.get_logger("gateway")
 
 
 class OpenAICompatConfig(BackendConfig):
@@ -94,9 +93,7 @@ class OpenAICompatBackend(Backend):
         self.session: aiohttp.ClientSession | None = None
         self._key = self.config.api_key.get_secret_value() if self.config.api_key else None
         self._params = {"api-version": self.config.api_version} if self.config.api_version else None
-        self._models: list[dict[str, Any]] | None = None
-        self._models_until = 0.0
-        self._models_lock = asyncio.Lock()
+        self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
 
     async def __aenter__(self) -> OpenAICompatBackend:
         headers = dict(self.config.headers)
@@ -173,7 +170,7 @@ class OpenAICompatBackend(Backend):
                 ctx.response_headers.update(forwarded_headers(response.headers))
                 await raise_for_status(response, self.name, secrets)
                 if not ctx.stream or response.content_type != "text/event-stream":
-                    answer = await self._json(response)
+                    answer = await json_object(response, self.name)
                     if rename:
                         answer["model"] = ctx.model
                     ctx.usage = answer.get("usage") or ctx.usage
@@ -186,16 +183,6 @@ class OpenAICompatBackend(Backend):
                 renamer = _renamer(ctx.model) if rename else None
                 async for events in self._events(ctx, response, drop_usage, renamer, secrets):
                     yield events
-
-    async def _json(self, response: aiohttp.ClientResponse) -> dict[str, Any]:
-        raw = await response.read()
-        try:
-            answer = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise UpstreamError(f"Backend {self.name!r} answered with something that is not a JSON object.")
-        return answer
 
     async def _events(
         self,
@@ -262,21 +249,11 @@ class OpenAICompatBackend(Backend):
     # Models --------------------------------------------------------------------------------
 
     async def list_models(self) -> list[dict[str, Any]]:
-        """The configured ``models``, else the upstream's ``/models``, cached ``models_ttl`` seconds (a
-        stale list is served while the upstream fails to answer)."""
+        """The configured ``models``, else the upstream's ``/models``, cached ``models_ttl`` seconds
+        (``gateway.upstream.ModelCache``)."""
         if self.config.models:
             return await super().list_models()
-        loop = asyncio.get_running_loop()
-        async with self._models_lock:
-            if self._models is None or loop.time() >= self._models_until:
-                try:
-                    self._models = await self._fetch_models()
-                except Exception:
-                    if self._models is None:
-                        raise
-                    log.warning("listing models failed; serving the cached list", backend=self.name, exc_info=True)
-                self._models_until = loop.time() + self.config.models_ttl
-            return self._models
+        return await self._models.get()
 
     async def _fetch_models(self) -> list[dict[str, Any]]:
         assert self.session is not None
@@ -286,10 +263,10 @@ class OpenAICompatBackend(Backend):
                 f"{self.config.base_url}/models",
                 headers=self._request_headers(None),
                 params=self._params,
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                timeout=listing_timeout(self.config.timeout, self.config.connect_timeout),
             ) as response:
                 await raise_for_status(response, self.name, secrets)
-                listing = await self._json(response)
+                listing = await json_object(response, self.name)
         return [
             {
                 "id": m["id"],

@@ -3,7 +3,8 @@
 - Models: ``GET {endpoint}/.api/llm/models``, cached ``models_ttl`` seconds, served under their
   ``provider::apiVersion::model`` ids and the configured short ``aliases``. A model the instance does
   not list is our 404 ``model_not_found`` before any call (an unknown name refetches the list at most
-  every ``MISS_REFRESH`` seconds); the instance's own "model not available" answers map to it too.
+  every ``gateway.upstream.MODELS_RETRY`` seconds); the instance's own "model not available" answers
+  map to it too.
 - Chat: ``POST {endpoint}/.api/llm/chat/completions``. Instances that refuse ``stream: true``, the
   ``system`` role or ``n`` > 1 are served anyway: the reply is streamed word by word from the complete
   answer, system prompts go in front of the first user message, and ``n`` choices come from ``n``
@@ -37,10 +38,12 @@ from gateway.streaming import iter_sse
 from gateway.upstream import (
     MAX_ERROR_BODY,
     MAX_ERROR_MESSAGE,
+    ModelCache,
     client_session,
     error_details,
     forwarded_headers,
     http_error,
+    listing_timeout,
     scrub,
     transport_errors,
 )
@@ -51,8 +54,6 @@ from . import sourcegraph_streams as streams
 MODELS_PATH = "/.api/llm/models"
 CHAT_PATH = "/.api/llm/chat/completions"
 LEGACY_PATH = "/.api/completions/stream"
-#: Seconds before an unknown model name may refetch the model list, and a failed listing is retried.
-MISS_REFRESH = 10.0
 OWNED_BY = "sourcegraph"
 
 log = structlog.get_logger("gateway")
@@ -121,12 +122,7 @@ class SourcegraphBackend(Backend):
         self._token = self.config.access_token.get_secret_value()
         self._secrets = (self._token,)
         self._learned: dict[str, bool] = {}  # capabilities found missing (auto mode)
-        self._models: list[dict[str, Any]] | None = None
-        self._fetched = -MISS_REFRESH  # loop time of the last successful listing
-        self._models_until = 0.0
-        self._failure: GatewayError | None = None
-        self._failed_until = 0.0
-        self._models_lock = asyncio.Lock()
+        self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
 
     async def __aenter__(self) -> SourcegraphBackend:
         self.session = client_session(
@@ -144,40 +140,17 @@ class SourcegraphBackend(Backend):
 
     async def list_models(self) -> list[dict[str, Any]]:
         """The configured ``models`` (else the instance's list), then the aliases of listed models."""
-        listed = [model_object(m, OWNED_BY) for m in self.config.models] or await self._listing()
+        listed = [model_object(m, OWNED_BY) for m in self.config.models] or await self._models.get()
         ids = {m["id"] for m in listed}
         aliases = [model_object(a, OWNED_BY) for a, target in self.config.aliases.items() if target in ids]
         return listed + [a for a in aliases if a["id"] not in ids]
-
-    async def _listing(self, refresh: bool = False) -> list[dict[str, Any]]:
-        """The instance's models, cached; ``refresh`` refetches unless the list is fresh (an unknown
-        name). A stale list is served while the instance fails; a failure is remembered briefly."""
-        loop = asyncio.get_running_loop()
-        async with self._models_lock:
-            now = loop.time()
-            fresh = self._models is not None and now < self._models_until
-            if fresh and not (refresh and now - self._fetched >= MISS_REFRESH):
-                return self._models  # type: ignore[return-value]
-            if self._failure is not None and now < self._failed_until:
-                if self._models is not None:
-                    return self._models
-                raise self._failure
-            try:
-                self._models = await self._fetch_models()
-            except GatewayError as exc:
-                self._failure, self._failed_until = exc, now + MISS_REFRESH
-                if self._models is None:
-                    raise
-                log.warning("listing models failed; serving the cached list", backend=self.name, error=exc.message)
-                return self._models
-            self._failure, self._fetched, self._models_until = None, now, now + self.config.models_ttl
-            return self._models
 
     async def _fetch_models(self) -> list[dict[str, Any]]:
         assert self.session is not None
         with transport_errors(self.name, self._secrets):
             async with self.session.get(
-                self.config.endpoint + MODELS_PATH, timeout=aiohttp.ClientTimeout(total=self.config.timeout)
+                self.config.endpoint + MODELS_PATH,
+                timeout=listing_timeout(self.config.timeout, self.config.connect_timeout),
             ) as response:
                 if response.status >= 400:
                     raise self._error(None, response.status, await response.content.read(MAX_ERROR_BODY), {})
@@ -202,9 +175,9 @@ class SourcegraphBackend(Backend):
                 raise ModelNotFoundError(str(ctx.model))
             return target
         try:
-            listed = {m["id"] for m in await self._listing()}
+            listed = {m["id"] for m in await self._models.get()}
             if target not in listed:
-                listed = {m["id"] for m in await self._listing(refresh=True)}
+                listed = {m["id"] for m in await self._models.get(refresh=True)}
         except GatewayError as exc:
             log.info("cannot check the model against the instance's list", backend=self.name, error=exc.message)
             return target

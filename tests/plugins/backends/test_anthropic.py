@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway import upstream as gateway_upstream
 from gateway.config import ConfigError
 from gateway.testing import make_app
 from plugins.backends import anthropic as anthropic_backend
@@ -573,8 +574,9 @@ async def test_models_are_listed_from_every_page_and_cached(
 
 
 async def test_a_failing_listing_serves_the_cached_list_and_spares_other_backends(
-    fake: AnthropicUpstream, gateway: Any
+    fake: AnthropicUpstream, gateway: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(gateway_upstream, "MODELS_RETRY", 0.0)  # a failure is not remembered
     cfg = config(fake.base_url, models_ttl=0)
     cfg["backends"].append({"name": "mock", "type": "mock", "models": ["mock-gpt-model"]})
     cfg["models"].append({"name": "mock-gpt-model", "backend": "mock"})

@@ -446,6 +446,42 @@ async def test_a_failing_upstream_does_not_break_the_other_backends(gateway: Any
     assert [m["id"] for m in (await resp.json())["data"]] == ["mock-gpt-model"]
 
 
+async def test_a_failed_listing_is_remembered_briefly(gateway: Any, upstream: OpenAIUpstream) -> None:
+    """A down upstream is asked once per MODELS_RETRY, not by every /v1/models (each waiting on it)."""
+    upstream.models_status = 503
+    client = await start(gateway, upstream)
+    for _ in range(3):
+        assert (await client.get("/v1/models")).status == 200
+    assert sum(r.path == "/v1/models" for r in upstream.requests) == 1
+
+
+async def test_a_hanging_listing_is_bounded_by_models_timeout(
+    aiohttp_server: Any, gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not by the backend's timeout (long, for generations): /v1/models lists the other backends."""
+    import asyncio
+
+    from aiohttp import web
+
+    from gateway import upstream as gateway_upstream
+
+    async def silent(request: web.Request) -> web.Response:
+        while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/v1/models", silent)
+    server = await aiohttp_server(app)
+    monkeypatch.setattr(gateway_upstream, "MODELS_TIMEOUT", 0.2)
+    config = compat_config(str(server.make_url("/v1")), timeout=30)
+    config["backends"].append({"name": "mock", "type": "mock", "models": ["mock-gpt-model"]})
+    config["models"].insert(0, {"name": "mock-gpt-model", "backend": "mock"})
+    client = await gateway(config)
+    resp = await asyncio.wait_for(client.get("/v1/models"), 5)
+    assert [m["id"] for m in (await resp.json())["data"]] == ["mock-gpt-model"]
+
+
 async def test_configured_models_are_listed_without_asking(gateway: Any, upstream: OpenAIUpstream) -> None:
     config = compat_config(upstream.base_url)  # type: ignore[attr-defined]
     config["backends"][0]["models"] = ["llama3"]

@@ -12,10 +12,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway import hookimpl
+from gateway import upstream as gateway_upstream
 from gateway.config import ConfigError
 from gateway.context import RequestContext
 from gateway.testing import make_app
-from plugins.backends import sourcegraph
 from tests.upstreams.sourcegraph import MODELS, TOKEN, Reply, SourcegraphUpstream
 
 SONNET, HAIKU, GPT4O = MODELS
@@ -119,7 +119,7 @@ async def test_the_instances_model_not_available_answer_is_404_too(gateway: Any,
     assert len(instance.chat_requests()) == 1  # the 500 wrapping "model is not available" slipped through
 
 
-async def test_an_unknown_name_refetches_a_list_older_than_miss_refresh(
+async def test_an_unknown_name_refetches_a_list_older_than_models_retry(
     gateway: Any, instance: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = await start(gateway, instance)
@@ -127,7 +127,7 @@ async def test_an_unknown_name_refetches_a_list_older_than_miss_refresh(
     assert (await client.get("/v1/models")).status == 200
     instance.models.append(GPT4O)
     assert (await client.post("/v1/chat/completions", json=chat(GPT4O))).status == 404  # the list is too fresh
-    monkeypatch.setattr(sourcegraph, "MISS_REFRESH", 0.0)
+    monkeypatch.setattr(gateway_upstream, "MODELS_RETRY", 0.0)
     resp = await client.post("/v1/chat/completions", json=chat(GPT4O))
     assert resp.status == 200, await resp.text()
     assert len([r for r in instance.requests if r.path == "/.api/llm/models"]) == 2
