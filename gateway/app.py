@@ -12,7 +12,7 @@ import pluggy
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gateway.backend import Backend, BackendRegistry
+from gateway.backend import Backend
 from gateway.config import (
     ConfigError,
     GatewayConfig,
@@ -23,8 +23,8 @@ from gateway.config import (
     validate_config,
     validation_problems,
 )
-from gateway.hookcall import Hooks
-from gateway.keys import backends_key, config_key, hooks_key, lifecycle_key, plugin_manager_key
+from gateway.generation import Generations, watching
+from gateway.keys import backends_key, config_key, generations_key, hooks_key, lifecycle_key, plugin_manager_key
 from gateway.lifecycle import Lifecycle
 from gateway.middleware import add_response_headers, context_middleware
 from gateway.plugin_manager import build_plugin_manager
@@ -86,24 +86,33 @@ def load(source: ConfigSource, plugins: Iterable[object] = ()) -> Loaded:
 
 def create_app(source: ConfigSource | Loaded, *, plugins: Iterable[object] = ()) -> web.Application:
     """Build the gateway: core routes and middleware, then every plugin's ``gateway_setup_app`` and
-    ``gateway_cleanup_ctx``; the backends open with the app and close with it."""
+    ``gateway_cleanup_ctx``; the backends open with the app and close with it. The config can be
+    reloaded while the app serves (``app[generations_key].reload()``, see ``gateway.generation``)."""
     loaded = source if isinstance(source, Loaded) else load(source, plugins)
     config, pm = loaded.config, loaded.pm
     app = web.Application(middlewares=[context_middleware], client_max_size=config.server.max_body_size)
+    app[generations_key] = generations = Generations(
+        loaded, config.source if isinstance(source, Loaded) else source, plugins
+    )
     app[config_key] = config
     app[plugin_manager_key] = pm
-    app[hooks_key] = Hooks(pm)
-    app[backends_key] = registry = BackendRegistry(loaded.backends)
+    app[hooks_key] = generations.current.hooks
+    app[backends_key] = generations.live
     app[lifecycle_key] = lifecycle = Lifecycle(config.server.shutdown_timeout)
     setup_routes(app)
     app.on_response_prepare.append(add_response_headers)
     app.on_shutdown.append(lifecycle.on_shutdown)
 
     async def backends_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with registry:
+        await generations.open()
+        try:
             yield
+        finally:
+            await generations.close()
 
     app.cleanup_ctx.append(backends_ctx)
+    if config.server.watch_config and not isinstance(generations.source, Mapping):
+        app.cleanup_ctx.append(watching(generations, str(generations.source), config.server.watch_config))
     pm.hook.gateway_setup_app(app=app, config=config)
     for cleanup in pm.hook.gateway_cleanup_ctx(app=app, config=config):
         app.cleanup_ctx.append(cleanup)

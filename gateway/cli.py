@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway import __version__
 from gateway.app import RUNNER_OPTIONS, create_app, load
 from gateway.config import ConfigError, dotenv_file
+from gateway.generation import reload_on_sighup
 from gateway.lifecycle import AIOHTTP_MARGIN
 from gateway.log import setup_logging
 from gateway.plugin_manager import describe
@@ -86,6 +87,7 @@ def list_plugins(path: str, as_json: bool) -> int:
 
 def run(path: str, host: str | None, port: int | None, workers: int = 1) -> int:
     """Serve until SIGINT/SIGTERM; in-flight requests get ``server.shutdown_timeout`` to finish.
+    SIGHUP reloads the config file (``gateway.generation``).
     With ``workers`` > 1, that many processes share the port (``gateway.workers``)."""
     loaded = load(path)
     config = loaded.config
@@ -109,8 +111,10 @@ def run(path: str, host: str | None, port: int | None, workers: int = 1) -> int:
 
     def serve() -> int:
         try:
+            app = create_app(loaded)
+            reload_on_sighup(app)
             web.run_app(
-                create_app(loaded),
+                app,
                 host=host,
                 port=port,
                 shutdown_timeout=config.server.shutdown_timeout + AIOHTTP_MARGIN,  # the gateway ends requests first

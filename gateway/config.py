@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from gateway.backend import BackendConfig
+from gateway.model_table import ModelIndex, ModelRoute, table_problems
 
 if TYPE_CHECKING:
     from gateway.backend import Backend
@@ -44,6 +44,9 @@ class ServerConfig(_Section):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (env PORT and --port override it)")
     max_body_size: int = Field(32 * 1024 * 1024, gt=0, description="largest request body in bytes (larger: 413)")
     shutdown_timeout: float = Field(30.0, gt=0, description="seconds in-flight requests get to finish on SIGTERM")
+    watch_config: float = Field(
+        0.0, ge=0, description="seconds between checks of the config file; it is reloaded when it changes (0: off)"
+    )
 
 
 class LoggingConfig(_Section):
@@ -58,12 +61,6 @@ class PluginsConfig(BaseModel):
     disabled: list[str] = Field(default_factory=list, description="names of plugins not to load")
 
 
-class ModelRoute(_Section):
-    name: str = Field(min_length=1, description="model name clients use; glob patterns such as `openai/*` allowed")
-    backend: str = Field(description="name of the backend that serves it")
-    model: str | None = Field(None, description="model name sent to the backend (default: the requested name)")
-
-
 class GatewayConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -76,20 +73,17 @@ class GatewayConfig(_Section):
 
     source: str = Field("<config>", exclude=True)
     plugin_sections: dict[str, BaseModel] = Field(default_factory=dict, exclude=True)
+    _index: ModelIndex | None = PrivateAttr(None)
 
     def plugin_config(self, section: str) -> Any:
         """The validated config of a plugin section registered with ``gateway_register_config``."""
         return self.plugin_sections[section]
 
     def find_route(self, model: str) -> ModelRoute | None:
-        """The first route whose name is ``model`` exactly, else the first whose pattern matches it."""
-        for route in self.models:
-            if route.name == model:
-                return route
-        for route in self.models:
-            if fnmatchcase(model, route.name):
-                return route
-        return None
+        """The route of ``model``: an exact name or alias, else the first pattern that matches it."""
+        if self._index is None:
+            self._index = ModelIndex(self.models)
+        return self._index.find(model)
 
 
 # Loading ---------------------------------------------------------------------------------------
@@ -212,18 +206,10 @@ def validate_config(
     config.backends = backends
     config.plugin_sections = _validate_sections(config.plugins, sections, problems)
 
-    names = {b.name for b in backends}
     if not config.models:
         config.models = _implicit_routes(backends)
     elif "models" in raw:
-        for i, route in enumerate(config.models):
-            if route.backend not in names:
-                problems.append(
-                    (
-                        f"models[{i}].backend",
-                        f"no backend named {route.backend!r} (configured: {', '.join(sorted(names)) or 'none'})",
-                    )
-                )
+        problems.extend(table_problems(config.models, {b.name for b in backends}))
     if config.default_model and config.find_route(config.default_model) is None:
         problems.append(("default_model", f"no entry in models serves {config.default_model!r}"))
     if problems:

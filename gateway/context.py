@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
     from gateway.backend import Backend
     from gateway.config import GatewayConfig
+    from gateway.generation import Generation
+    from gateway.health import DeploymentStats
+    from gateway.model_table import ModelRoute
 
 
 @dataclass(slots=True, eq=False)
@@ -27,10 +30,32 @@ class Principal:
 
 @dataclass(slots=True, eq=False)
 class Deployment:
-    """Where a request goes: a backend and the model name to ask it for."""
+    """Where a request goes: a backend and the model name to ask it for.
+
+    ``name`` is what ``x-gateway-backend`` reports (default: the backend's name). ``route`` is the
+    ``models`` entry it serves, whose retry, timeout and hedging settings the pipeline applies (None:
+    one attempt, the backend's timeout). ``stats`` is the deployment's health (in flight, time to first
+    byte, circuit breaker), which the pipeline reports every attempt to (None: not tracked).
+    """
 
     backend: Backend
     model: str
+    name: str = ""
+    route: ModelRoute | None = None
+    stats: DeploymentStats | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = self.backend.name
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """A deployment tried for a request before its first byte: ``error`` is why it failed, or None
+    while it still runs (the first leg of a hedged request)."""
+
+    deployment: Deployment
+    error: BaseException | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -53,6 +78,7 @@ class RequestContext:
     # upstream (seed 001) uses it. An auth plugin that takes it as a gateway key clears it.
     client_key: str | None = None
     deployment: Deployment | None = None  # chosen by gateway_select_backend
+    attempts: list[Attempt] = field(default_factory=list)  # deployments tried before this one (retries)
     usage: dict[str, Any] | None = None  # the response's token usage, once known
     response: dict[str, Any] | None = None  # set in gateway_process_request to answer directly
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the response
@@ -66,17 +92,19 @@ class RequestContext:
     max_gap: float = 0.0  # the longest wait for a streamed item after the first (seconds)
     upstream_errors: list[str] = field(default_factory=list)  # class name of each backend failure
     # Reported by retry and fallback code (the metrics plugin counts them when the request ends):
-    retries: int = 0  # attempts repeated after a failure
-    fallbacks: int = 0  # switches to another deployment after a failure
+    retries: int = 0  # attempts after a failed one (any deployment, fallbacks included)
+    fallbacks: int = 0  # of those, the attempts that went to a fallback model
     state: dict[str, Any] = field(default_factory=dict)
     error: BaseException | None = None  # the exception that ended the request, if any
+    generation: Generation | None = None  # the config generation the request is pinned to
 
     log: ClassVar[structlog.typing.FilteringBoundLogger] = structlog.get_logger("gateway")
 
     @property
     def config(self) -> GatewayConfig:
-        """The gateway's validated config."""
-        return self.request.app[config_key]
+        """The gateway's validated config (the generation this request started on)."""
+        generation = self.generation
+        return generation.config if generation is not None else self.request.app[config_key]
 
     @property
     def backend(self) -> Backend | None:

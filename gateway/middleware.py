@@ -14,13 +14,14 @@ from aiohttp import web
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InternalError, ServiceUnavailableError
-from gateway.keys import ctx_key, hooks_key, lifecycle_key
+from gateway.keys import ctx_key, generations_key, lifecycle_key
 
 log = structlog.get_logger("gateway")
 
 MAX_REQUEST_ID = 200  # a longer X-Request-ID from a client is replaced by a new one
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the response was complete
 SHUTTING_DOWN = "The server is shutting down; retry the request."
+OVERHEAD_HEADER = "X-Gateway-Overhead-Ms"
 
 
 @web.middleware
@@ -32,7 +33,13 @@ async def context_middleware(
     request_id = request.headers.get("X-Request-ID")
     if not request_id or len(request_id) > MAX_REQUEST_ID:
         request_id = os.urandom(16).hex()
-    ctx = RequestContext(request=request, request_id=request_id, client_key=bearer_token(request.headers))
+    generations = request.app[generations_key]
+    ctx = RequestContext(
+        request=request,
+        request_id=request_id,
+        client_key=bearer_token(request.headers),
+        generation=generations.pin(),  # the config this request uses to its last byte
+    )
     request[ctx_key] = ctx
     structlog.contextvars.bind_contextvars(request_id=request_id)
     lifecycle = request.app[lifecycle_key]
@@ -64,7 +71,10 @@ async def context_middleware(
                 ctx.status, ctx.error = CLIENT_CLOSED, exc
     finally:
         lifecycle.tasks.discard(task)  # type: ignore[arg-type]
-        await request.app[hooks_key].notify("gateway_request_finished", ctx=ctx, error=ctx.error)
+        try:
+            await ctx.generation.hooks.notify("gateway_request_finished", ctx=ctx, error=ctx.error)  # type: ignore[union-attr]
+        finally:
+            generations.unpin(ctx.generation)  # type: ignore[arg-type]
     return response
 
 
@@ -87,12 +97,17 @@ async def add_response_headers(request: web.Request, response: web.StreamRespons
 
     ``X-Gateway-Request-ID`` is always the gateway's id; ``X-Request-ID`` is the id the client sent,
     else the upstream's (a backend forwards it, so the openai SDK's ``_request_id`` is the provider's),
-    else the gateway's."""
+    else the gateway's.
+
+    A response from a backend also carries ``X-Gateway-Overhead-Ms``: the time so far not spent
+    waiting on backends (for a stream, up to its first byte, when the headers go out)."""
     ctx = request.get(ctx_key)
     if ctx is not None:
         ctx.headers_sent = True
         headers = response.headers
         headers["X-Request-ID"] = headers["X-Gateway-Request-ID"] = ctx.request_id
+        if ctx.deployment is not None:
+            headers[OVERHEAD_HEADER] = f"{max(ctx.duration - ctx.upstream_wait, 0.0) * 1000:.2f}"
         if ctx.response_headers:
             headers.update(ctx.response_headers)
             if "X-Request-ID" in request.headers:  # a request id the client sent is echoed, whatever else
@@ -102,7 +117,7 @@ async def add_response_headers(request: web.Request, response: web.StreamRespons
 async def render_error(ctx: RequestContext, exc: BaseException) -> GatewayError:
     """The ``GatewayError`` a client sees for ``exc`` (``gateway_handle_error``; a 500 if that fails)."""
     try:
-        error = await ctx.request.app[hooks_key].first_result("gateway_handle_error", ctx=ctx, error=exc)
+        error = await ctx.generation.hooks.first_result("gateway_handle_error", ctx=ctx, error=exc)  # type: ignore[union-attr]
     except Exception:
         log.exception("gateway_handle_error failed", error=repr(exc))
         error = None

@@ -14,20 +14,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.attempts import backend_failure, interrupted
 from gateway.chat_format import include_usage
-from gateway.context import RequestContext
+from gateway.context import Deployment, RequestContext
 from gateway.endpoints import Endpoint
-from gateway.errors import (
-    GatewayError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    PayloadTooLargeError,
-    ServiceUnavailableError,
-    UpstreamError,
-    UpstreamTimeoutError,
-)
-from gateway.keys import backends_key, hooks_key, lifecycle_key, plugin_manager_key
-from gateway.middleware import CLIENT_CLOSED, SHUTTING_DOWN, json_response, render_error
+from gateway.errors import InvalidRequestError, PayloadTooLargeError, UpstreamError
+from gateway.middleware import CLIENT_CLOSED, json_response, render_error
+from gateway.resilience import first_output
 from gateway.streaming import DONE, SSE_HEADERS, Watchdog, apply_filters, decode_items, encode_event, flush_filters
 
 REPLAY_TIMEOUT = 60.0  # a replayed response never waits; _stream just needs a watchdog
@@ -55,7 +48,7 @@ async def read_json(request: web.Request) -> Any:
 
 async def admit(ctx: RequestContext) -> None:
     """Authenticate (``gateway_authenticate``), then pre-process (``gateway_process_request``)."""
-    hooks = ctx.request.app[hooks_key]
+    hooks = ctx.generation.hooks  # type: ignore[union-attr]
     ctx.principal = await hooks.first_result("gateway_authenticate", ctx=ctx)
     await hooks.call_all("gateway_process_request", ctx=ctx)
 
@@ -72,7 +65,7 @@ async def json_endpoint(
 
 async def respond(ctx: RequestContext, response: dict[str, Any]) -> web.Response:
     """A non-streamed answer: ``gateway_process_response``, then JSON."""
-    await ctx.request.app[hooks_key].call_all("gateway_process_response", ctx=ctx, response=response)
+    await ctx.generation.hooks.call_all("gateway_process_response", ctx=ctx, response=response)  # type: ignore[union-attr]
     return json_response(response)
 
 
@@ -106,44 +99,20 @@ async def model_endpoint(ctx: RequestContext, endpoint: Endpoint) -> web.StreamR
     if ctx.response is not None:
         return await _answer_directly(ctx, endpoint, ctx.response)
 
-    app = ctx.request.app
-    deployment = app[plugin_manager_key].hook.gateway_select_backend(ctx=ctx, backends=app[backends_key])
-    if deployment is None:
-        raise ModelNotFoundError(ctx.body["model"])
-    ctx.deployment = deployment
-    try:
-        chunks = endpoint.call(deployment.backend, ctx)
-    except Exception as exc:
-        raise backend_failure(ctx, exc) from None
-    watchdog = Watchdog(deployment.backend.config.timeout)
+    served = await first_output(ctx, endpoint.call, select_backend)  # retries, fallbacks, hedging
     try:
         if ctx.stream:
-            return await _stream(ctx, chunks, watchdog)
-        response = await _first(ctx, chunks, watchdog)
+            return await _stream(ctx, served.chunks, served.watchdog, served.first)
+        response = served.first
     finally:
-        watchdog.stop()
-        await close(chunks)
+        await served.close(ctx)
     return await respond(ctx, response)
 
 
-async def close(chunks: AsyncIterator[Any]) -> None:
-    """Close a backend's iterator (an async generator ends its upstream call here)."""
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
-def backend_failure(ctx: RequestContext, exc: Exception) -> GatewayError:
-    """What the client sees for an exception out of a backend: a ``GatewayError`` as it is, a timeout
-    as 504, anything else as 502 (the details go to the log, where secrets are redacted)."""
-    ctx.upstream_errors.append(type(exc).__name__)
-    if isinstance(exc, GatewayError):
-        return exc
-    name = ctx.backend.name if ctx.backend else "?"
-    if isinstance(exc, TimeoutError):
-        return UpstreamTimeoutError(f"Backend {name!r} timed out.")
-    ctx.log.error("backend failed", backend=name, exc_info=exc)
-    return UpstreamError(f"Backend {name!r} failed ({type(exc).__name__}).")
+def select_backend(ctx: RequestContext) -> Deployment | None:
+    """``gateway_select_backend`` of the request's generation: the deployment for the next attempt."""
+    generation = ctx.generation
+    return generation.pm.hook.gateway_select_backend(ctx=ctx, backends=generation.backends)  # type: ignore[union-attr]
 
 
 def _failure(ctx: RequestContext, watchdog: Watchdog, exc: BaseException) -> BaseException:
@@ -151,21 +120,8 @@ def _failure(ctx: RequestContext, watchdog: Watchdog, exc: BaseException) -> Bas
     for a cancellation the gateway caused itself (the backend's silence, the end of the shutdown
     grace period) the error to answer with; else the exception as it is (the client left)."""
     if isinstance(exc, asyncio.CancelledError):
-        return _cancelled(ctx, watchdog) or exc
+        return interrupted(ctx, watchdog) or exc
     return backend_failure(ctx, exc) if isinstance(exc, Exception) else exc
-
-
-def _cancelled(ctx: RequestContext, watchdog: Watchdog) -> GatewayError | None:
-    if watchdog.expired():
-        backend = ctx.backend
-        assert backend is not None
-        ctx.upstream_errors.append(UpstreamTimeoutError.__name__)
-        return UpstreamTimeoutError(
-            f"Backend {backend.name!r} did not respond within {backend.config.timeout:g} seconds."
-        )
-    if ctx.request.app[lifecycle_key].ended_by_shutdown():
-        return ServiceUnavailableError(SHUTTING_DOWN)
-    return None
 
 
 async def _first(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watchdog) -> Any:
@@ -183,11 +139,12 @@ async def _first(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watc
     return item
 
 
-async def _stream(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watchdog) -> web.StreamResponse:
-    """Write the backend's chunks as SSE events as they arrive. An error before the first chunk
-    propagates (a JSON error response); after it, the stream ends with one error event, no [DONE]."""
-    first = await _first(ctx, chunks, watchdog)
-    filters = ctx.request.app[plugin_manager_key].hook.gateway_stream_filter(ctx=ctx)
+async def _stream(
+    ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watchdog, first: Any
+) -> web.StreamResponse:
+    """Write the backend's first output and the chunks after it as SSE events as they arrive; a
+    failure ends the stream with one error event, no [DONE]."""
+    filters = ctx.generation.pm.hook.gateway_stream_filter(ctx=ctx)  # type: ignore[union-attr]
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(ctx.request)
     ctx.status = response.status
@@ -243,7 +200,8 @@ async def _answer_directly(ctx: RequestContext, endpoint: Endpoint, completion: 
             yield chunk
 
     watchdog = Watchdog(REPLAY_TIMEOUT)
+    items = replay()
     try:
-        return await _stream(ctx, replay(), watchdog)
+        return await _stream(ctx, items, watchdog, await _first(ctx, items, watchdog))
     finally:
         watchdog.stop()

@@ -24,7 +24,8 @@ from gateway.backend import model_object
 from gateway.context import RequestContext
 from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
 from gateway.errors import ModelNotFoundError
-from gateway.keys import backends_key, config_key, ctx_key, plugin_manager_key
+from gateway.generation import Generation
+from gateway.keys import ctx_key
 from gateway.middleware import json_response
 from gateway.openapi import operation
 from gateway.pipeline import json_endpoint, model_endpoint
@@ -107,29 +108,31 @@ async def info(request: web.Request) -> web.Response:
 
 
 async def _model_list(ctx: RequestContext) -> dict[str, Any]:
-    return {"object": "list", "data": await all_models(ctx.request.app)}
+    return {"object": "list", "data": await all_models(ctx.generation)}
 
 
 async def _one_model(ctx: RequestContext) -> dict[str, Any]:
-    for model in await all_models(ctx.request.app):
+    for model in await all_models(ctx.generation):
         if model["id"] == ctx.model:
             return model
     raise ModelNotFoundError(ctx.model or "")
 
 
-async def all_models(app: web.Application) -> list[dict[str, Any]]:
-    """Every model the ``models`` table serves: exact names as they are, patterns expanded from
-    their backend's list. A backend that fails to list is logged and skipped."""
-    config, backends = app[config_key], app[backends_key]
-    patterns = [r for r in config.models if _is_pattern(r.name)]
-    listings = await asyncio.gather(*(backends[r.backend].list_models() for r in patterns), return_exceptions=True)
+async def all_models(generation: Generation) -> list[dict[str, Any]]:
+    """Every model the ``models`` table serves: exact names and aliases as they are, patterns expanded
+    from the lists of their deployments' backends. A backend that fails to list is logged and skipped."""
+    routes, backends = generation.config.models, generation.backends
+    listed = [(route, backends[t.backend]) for route in routes if route.is_pattern for t in route.targets]
+    listings = await asyncio.gather(*(backend.list_models() for _, backend in listed), return_exceptions=True)
     found: dict[str, dict[str, Any]] = {}
-    for route in config.models:
-        if not _is_pattern(route.name):
-            found.setdefault(route.name, model_object(route.name, backends[route.backend].owned_by))
-    for route, listing in zip(patterns, listings, strict=True):
+    for route in routes:
+        if not route.is_pattern:
+            owned_by = backends[route.targets[0].backend].owned_by
+            for name in (route.name, *route.aliases):
+                found.setdefault(name, model_object(name, owned_by))
+    for (route, backend), listing in zip(listed, listings, strict=True):
         if isinstance(listing, BaseException):
-            structlog.get_logger("gateway").warning("listing models failed", backend=route.backend, error=str(listing))
+            structlog.get_logger("gateway").warning("listing models failed", backend=backend.name, error=str(listing))
             continue
         for model in listing:
             if fnmatchcase(model["id"], route.name):
@@ -137,19 +140,17 @@ async def all_models(app: web.Application) -> list[dict[str, Any]]:
     return list(found.values())
 
 
-def _is_pattern(name: str) -> bool:
-    return any(c in name for c in "*?[")
-
-
 async def _info(ctx: RequestContext) -> dict[str, Any]:
-    app = ctx.request.app
-    config = app[config_key]
+    generation = ctx.generation
+    assert generation is not None
+    config = generation.config
     return {
         "name": NAME,
         "version": __version__,
-        "plugins": describe(app[plugin_manager_key]),
-        "backends": [backend.describe() for backend in app[backends_key].values()],
-        "models": [route.model_dump(exclude_none=True) for route in config.models],
+        "config_generation": generation.number,
+        "plugins": describe(generation.pm),
+        "backends": [backend.describe() for backend in generation.backends.values()],
+        "models": [route.model_dump(exclude_defaults=True) for route in config.models],
         "default_model": config.default_model,
         **config.info,
     }

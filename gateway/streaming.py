@@ -88,21 +88,26 @@ async def iter_sse(lines: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, byte
 
 
 class Watchdog:
-    """Cancels the current task when a backend stays silent for ``timeout`` seconds.
+    """Cancels the current task when a backend stays silent too long, or when a deadline passes.
 
-    One timer for the whole response, re-armed only when it fires: the per-chunk cost is two
-    attribute writes (``waiting()`` / ``idle()``), not a timer per chunk.
+    ``timeout`` bounds the wait for the first output; once ``started()`` says it arrived, ``gap``
+    (default: ``timeout``) bounds each wait between two chunks; ``deadline`` (a loop time, or None)
+    bounds the whole response. One timer for the whole response, re-armed only when it fires: the
+    per-chunk cost is two attribute writes (``since``), not a timer per chunk.
     """
 
-    __slots__ = ("_handle", "fired", "loop", "since", "task", "timeout")
+    __slots__ = ("_handle", "deadline", "fired", "gap", "loop", "reason", "since", "task", "timeout")
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, gap: float | None = None, deadline: float | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
-        self.timeout = timeout
+        self.timeout = timeout  # the silence allowed now
+        self.gap = timeout if gap is None else gap
+        self.deadline = deadline
         self.since: float | None = None  # when the current wait began; None while not waiting
         self.fired = False
-        self._handle = self.loop.call_later(timeout, self._check)
+        self.reason = ""  # after firing: "silence" or "deadline"
+        self._handle = self.loop.call_at(self._due(self.loop.time()), self._check)
 
     def waiting(self) -> None:
         self.since = self.loop.time()
@@ -110,15 +115,38 @@ class Watchdog:
     def idle(self) -> None:
         self.since = None
 
+    def started(self) -> None:
+        """The first output arrived: from now on the silence allowed is ``gap``."""
+        self.since = None
+        shorter = self.gap < self.timeout
+        self.timeout = self.gap
+        if shorter:  # the timer is due later than the new limit allows
+            self._handle.cancel()
+            self._handle = self.loop.call_at(self._due(self.loop.time()), self._check)
+
+    def limit(self, timeout: float, gap: float | None = None) -> None:
+        """New limits (the next attempt goes to another backend); the timer is re-armed."""
+        self.timeout = timeout
+        self.gap = timeout if gap is None else gap
+        self._handle.cancel()
+        self._handle = self.loop.call_at(self._due(self.loop.time()), self._check)
+
+    def _due(self, now: float) -> float:
+        due = (now if self.since is None else self.since) + self.timeout
+        return due if self.deadline is None else min(due, self.deadline)
+
     def _check(self) -> None:
         now = self.loop.time()
-        if self.since is not None and now - self.since >= self.timeout:
-            self.fired = True
-            assert self.task is not None
-            self.task.cancel()
+        if self.deadline is not None and now >= self.deadline:
+            self.reason = "deadline"
+        elif self.since is not None and now - self.since >= self.timeout:
+            self.reason = "silence"
+        else:
+            self._handle = self.loop.call_at(self._due(now), self._check)
             return
-        start = now if self.since is None else self.since
-        self._handle = self.loop.call_at(start + self.timeout, self._check)
+        self.fired = True
+        assert self.task is not None
+        self.task.cancel()
 
     def expired(self) -> bool:
         """After a ``CancelledError``: True if this watchdog caused it (the cancel is then withdrawn)."""

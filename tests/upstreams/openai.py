@@ -4,7 +4,9 @@ framing), model listing, Azure-style deployment URLs, and every way an upstream 
 ``upstream = OpenAIUpstream()``, serve ``upstream.app`` (pytest-aiohttp's ``aiohttp_server``, or
 ``gateway.testing.ServerThread`` for synchronous clients), point a backend at ``.../v1``.
 Each request takes the next ``Reply`` of ``upstream.replies`` (else ``upstream.default``) and is
-recorded in ``upstream.requests``.
+recorded in ``upstream.requests``; ``upstream.fail(n)`` queues ``n`` failures. A request held open
+(``hang``, ``hang_after``) waits until the gateway drops it, which ``upstream.disconnects`` counts;
+``upstream.active`` is the number of chat requests being answered.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ class Reply:
     usage: tuple[int, int] = (11, 4)
     model: str | None = None  # the model the answer names (default: the one asked for)
     delay: float = 0.0  # seconds before the response starts
-    hang: bool = False  # never answer
+    hang: bool = False  # never answer (until the client goes away)
+    reset: bool = False  # drop the connection without answering
     chunk_delay: float = 0.0  # seconds between streamed chunks
     hang_after: int | None = None  # stream: stop sending (connection open) after this many chunks
     die_after: int | None = None  # stream: drop the connection after this many chunks
     error_event_after: int | None = None  # stream: an error event after this many chunks, then close
+    gate: asyncio.Event | None = None  # stream: after the first chunk, wait until this is set
     done: bool = True  # stream: end with data: [DONE]
     crlf: bool = False  # stream: lines end with \r\n
     one_write: bool = False  # stream: every event in a single write
@@ -57,6 +61,8 @@ class OpenAIUpstream:
         self.replies: deque[Reply] = deque()
         self.requests: list[Recorded] = []
         self.finished = 0  # chat requests answered to the end
+        self.disconnects = 0  # requests held open that the client dropped
+        self.active = 0  # chat requests being answered now
         self.app = web.Application()
         self.app.router.add_get("/v1/models", self.list_models)
         self.app.router.add_post("/v1/chat/completions", self.chat)
@@ -65,6 +71,18 @@ class OpenAIUpstream:
     def reply(self, *replies: Reply) -> None:
         """Answer the next requests with ``replies``, in order."""
         self.replies.extend(replies)
+
+    def fail(self, times: int, status: int = 500, **options: Any) -> None:
+        """Answer the next ``times`` requests with an error ``status`` (``options``: other ``Reply`` fields)."""
+        self.replies.extend(Reply(status=status, **options) for _ in range(times))
+
+    async def _hold(self, request: web.Request) -> None:
+        """Send nothing until the client goes away (then count it)."""
+        try:
+            while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110 (no event for it)
+                await asyncio.sleep(0.01)
+        finally:
+            self.disconnects += 1
 
     @property
     def last(self) -> Recorded:
@@ -84,10 +102,22 @@ class OpenAIUpstream:
         return web.json_response({"object": "list", "data": data})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.active += 1
+        try:
+            return await self._chat(request)
+        finally:
+            self.active -= 1
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         reply = self.replies.popleft() if self.replies else self.default
+        if reply.reset:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
         if reply.hang:
-            await asyncio.sleep(3600)
+            await self._hold(request)
+            return web.Response()
         if reply.delay:
             await asyncio.sleep(reply.delay)
         headers = {"x-request-id": f"req_{len(self.requests)}", **reply.headers}
@@ -118,7 +148,8 @@ class OpenAIUpstream:
             frames = []
         for i, frame in enumerate(frames):
             if i == reply.hang_after:
-                await asyncio.sleep(3600)
+                await self._hold(request)
+                return response
             if i == reply.die_after:
                 assert request.transport is not None
                 request.transport.close()
@@ -127,6 +158,8 @@ class OpenAIUpstream:
                 error = _error_body("The server had an error while processing your request.", "server_error")
                 await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
                 return response
+            if i == 1 and reply.gate is not None:
+                await reply.gate.wait()
             if i and reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
             await response.write(frame)

@@ -1,0 +1,230 @@
+"""Attempts at a backend's first output, one after the other: the outcome of one attempt, and the
+loop that retries and falls back (the routing hook is called again with ``ctx.attempts`` after each
+failure and picks the next deployment). Hedged requests build on the same steps (``hedging``)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from gateway.context import Attempt, Deployment, RequestContext
+from gateway.errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
+from gateway.keys import lifecycle_key
+from gateway.middleware import SHUTTING_DOWN
+from gateway.model_table import RetryConfig
+from gateway.retry import backoff, retry_after, verdict
+from gateway.streaming import Watchdog
+from gateway.timeouts import retry_deadline, silence
+
+if TYPE_CHECKING:
+    from gateway.backend import Backend
+
+BACKEND_HEADER = "X-Gateway-Backend"
+ATTEMPTS_HEADER = "X-Gateway-Attempts"
+
+Call = Callable[["Backend", RequestContext], AsyncIterator[Any]]
+Select = Callable[[RequestContext], Deployment | None]
+
+_DEFAULT_RETRY = RetryConfig()
+
+
+def backend_failure(ctx: RequestContext, exc: Exception) -> GatewayError:
+    """What the client sees for an exception out of a backend: a ``GatewayError`` as it is, a timeout
+    as 504, anything else as 502 (the details go to the log, where secrets are redacted)."""
+    ctx.upstream_errors.append(type(exc).__name__)
+    if isinstance(exc, GatewayError):
+        return exc
+    name = ctx.backend.name if ctx.backend else "?"
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeoutError(f"Backend {name!r} timed out.")
+    ctx.log.error("backend failed", backend=name, exc_info=exc)
+    return UpstreamError(f"Backend {name!r} failed ({type(exc).__name__}).")
+
+
+def interrupted(ctx: RequestContext, watchdog: Watchdog) -> GatewayError | None:
+    """After a ``CancelledError``: the error to answer with when the gateway caused it itself (the
+    backend's silence, the request's time limit, the end of the shutdown grace period); None when the
+    client left."""
+    if watchdog.expired():
+        ctx.upstream_errors.append(UpstreamTimeoutError.__name__)
+        name = ctx.backend.name if ctx.backend else "?"
+        if watchdog.reason == "deadline":
+            return UpstreamTimeoutError(f"Backend {name!r} did not finish within the request's time limit.")
+        return UpstreamTimeoutError(f"Backend {name!r} did not respond within {watchdog.timeout:g} seconds.")
+    if ctx.request.app[lifecycle_key].ended_by_shutdown():
+        return ServiceUnavailableError(SHUTTING_DOWN)
+    return None
+
+
+async def close(chunks: AsyncIterator[Any] | None) -> None:
+    """Close a backend's iterator (an async generator ends its upstream call here)."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def report(deployment: Deployment, error: GatewayError) -> None:
+    stats = deployment.stats
+    if stats is not None:
+        stats.failed() if verdict(error) == "retry" else stats.refused()
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Served:
+    """The attempt that produced the first output. ``leg`` is the context its backend writes to:
+    ``ctx``, or the copy a hedged request's second leg ran with."""
+
+    deployment: Deployment
+    chunks: AsyncIterator[Any]
+    first: Any
+    watchdog: Watchdog
+    leg: RequestContext
+
+    async def close(self, ctx: RequestContext) -> None:
+        """The response is over: stop the watchdog, close the backend's iterator, count it done."""
+        self.watchdog.stop()
+        try:
+            await close(self.chunks)
+        finally:
+            if self.deployment.stats is not None:
+                self.deployment.stats.end()
+            if self.leg is not ctx:
+                ctx.usage = self.leg.usage or ctx.usage
+
+
+async def sequential(
+    ctx: RequestContext,
+    call: Call,
+    select: Select,
+    deployment: Deployment,
+    watchdog: Watchdog,
+    limits: dict[str, float] | None,
+) -> Served:
+    route = deployment.route
+    resilient = route is not None and route.resilient
+    base_headers = dict(ctx.response_headers) if resilient else None
+    last_call = retry_deadline(ctx, route.retry if route else None, watchdog.deadline, watchdog.loop.time())
+    while True:
+        result = await _try(ctx, call, deployment, watchdog)
+        if isinstance(result, Served):
+            return result
+        error = result
+        if not resilient or verdict(error) == "final":
+            raise error
+        ctx.attempts.append(Attempt(deployment, error))
+        nxt = await next_deployment(ctx, select, watchdog, last_call)
+        if nxt is None:
+            raise error
+        ctx.response_headers.clear()
+        ctx.response_headers.update(base_headers)  # type: ignore[arg-type]
+        if nxt.route is not deployment.route:
+            ctx.fallbacks += 1
+        ctx.retries += 1
+        watchdog.limit(*silence(nxt, limits))
+        deployment = nxt
+
+
+async def _try(ctx: RequestContext, call: Call, deployment: Deployment, watchdog: Watchdog) -> Served | GatewayError:
+    """One attempt: the deployment's first output, or the error it failed with. A cancellation that
+    is not a timeout (the client left, shutdown) propagates."""
+    ctx.deployment = deployment
+    headers = ctx.response_headers
+    headers[BACKEND_HEADER] = deployment.name
+    headers[ATTEMPTS_HEADER] = str(len(ctx.attempts) + 1)
+    stats = deployment.stats
+    if stats is not None:
+        stats.begin()
+    try:
+        chunks = call(deployment.backend, ctx)
+    except Exception as exc:
+        error = backend_failure(ctx, exc)
+        report(deployment, error)
+        return error
+    loop = watchdog.loop
+    watchdog.waiting()
+    since: float = watchdog.since  # type: ignore[assignment]
+    try:
+        first = await anext(chunks)
+    except BaseException as exc:
+        ctx.upstream_wait += loop.time() - since
+        watchdog.idle()
+        if isinstance(exc, StopAsyncIteration):
+            error = UpstreamError(f"Backend {deployment.backend.name!r} returned no response.")
+        elif isinstance(exc, Exception):
+            error = backend_failure(ctx, exc)
+        else:
+            silent = watchdog.fired and watchdog.reason == "silence"
+            gateway_error = interrupted(ctx, watchdog) if isinstance(exc, asyncio.CancelledError) else None
+            if gateway_error is None or not silent:  # the client left, a limit or shutdown: no retry
+                if stats is not None:
+                    stats.dropped()
+                await close(chunks)
+                if gateway_error is not None:
+                    raise gateway_error from None
+                raise
+            error = gateway_error
+        await close(chunks)
+        report(deployment, error)
+        return error
+    waited = loop.time() - since
+    ctx.upstream_wait += waited
+    watchdog.started()
+    ctx.first_byte = time.perf_counter()
+    if stats is not None:
+        stats.succeeded(waited)
+    return Served(deployment, chunks, first, watchdog, ctx)
+
+
+async def next_deployment(
+    ctx: RequestContext, select: Select, watchdog: Watchdog, last_call: float | None
+) -> Deployment | None:
+    """The deployment for the next attempt (after its back-off), or None to give up."""
+    loop = watchdog.loop
+    if last_call is not None and loop.time() >= last_call:
+        return None
+    nxt = select(ctx)
+    if nxt is None:
+        return None
+    wait = _pause(ctx.attempts, nxt)
+    if wait is None or (last_call is not None and loop.time() + wait >= last_call):
+        unused(nxt)
+        return None
+    if wait > 0:
+        start = loop.time()
+        try:
+            await asyncio.sleep(wait)
+        except asyncio.CancelledError:
+            unused(nxt)
+            error = interrupted(ctx, watchdog)
+            if error is not None:
+                raise error from None
+            raise
+        finally:
+            ctx.upstream_wait += loop.time() - start
+    return nxt
+
+
+def _pause(attempts: list[Attempt], nxt: Deployment) -> float | None:
+    """Seconds to wait before trying ``nxt``: none for a deployment not tried yet; the upstream's
+    ``Retry-After`` (None: longer than the model allows) or a jittered back-off for one that failed."""
+    failed = [a for a in attempts if a.error is not None and same(a.deployment, nxt)]
+    if not failed:
+        return 0.0
+    config = nxt.route.retry if nxt.route is not None else _DEFAULT_RETRY
+    after = retry_after(failed[-1].error)  # type: ignore[arg-type]
+    if after is not None:
+        return after if after <= config.max_retry_after else None
+    return backoff(config, len(failed))
+
+
+def same(a: Deployment, b: Deployment) -> bool:
+    return a.name == b.name and a.backend is b.backend
+
+
+def unused(deployment: Deployment) -> None:
+    """The router picked ``deployment`` but it will not be tried: a probe slot it took is given back."""
+    if deployment.stats is not None:
+        deployment.stats.release()

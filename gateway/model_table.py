@@ -1,0 +1,204 @@
+"""The ``models`` table of the YAML: model names (exact, aliases, glob patterns) -> deployments, with
+the resilience settings of each model (strategy, retries, fallbacks, timeouts, circuit, hedging).
+
+These are config models only; the ``routing`` plugin turns them into decisions, the pipeline into
+retries, timeouts and hedged requests.
+"""
+
+from __future__ import annotations
+
+import re
+from fnmatch import fnmatchcase
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeploymentConfig(_Section):
+    """One place a model is served: a backend and the model name to ask it for."""
+
+    backend: str = Field(description="name of the backend")
+    model: str | None = Field(None, description="model name sent to the backend (default: the requested name)")
+    name: str | None = Field(
+        None, description="the deployment's name in `x-gateway-backend`, /info and logs (default: the backend's)"
+    )
+    weight: float = Field(1.0, ge=0, description="share of the traffic (weighted strategy); 0 drains it")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.backend
+
+
+class RetryConfig(_Section):
+    """Retries before the first byte reaches the client (never after)."""
+
+    attempts: int = Field(1, ge=1, description="tries per request across the model's deployments (1: no retry)")
+    backoff: float = Field(0.1, ge=0, description="seconds before retrying a deployment; doubled each time, jittered")
+    max_backoff: float = Field(2.0, ge=0, description="the longest back-off")
+    max_retry_after: float = Field(
+        10.0, ge=0, description="longest upstream Retry-After waited for; longer: that deployment is not retried"
+    )
+    deadline: float | None = Field(None, gt=0, description="seconds after arrival when no new attempt may start")
+    budget: float = Field(
+        0.2, ge=0, description="retries may add this fraction of the model's requests (over the last 10 seconds)"
+    )
+    min_retries_per_second: float = Field(5.0, ge=0, description="retries always allowed, whatever the budget")
+
+
+class TimeoutsConfig(_Section):
+    """Seconds; unset: the backend's ``timeout`` (first byte, idle) or no limit (total). Connecting is
+    bounded by the backend's own connect timeout, and by ``first_byte``."""
+
+    first_byte: float | None = Field(None, gt=0, description="for the first output of an attempt (may fall back)")
+    idle: float | None = Field(None, gt=0, description="between two streamed chunks")
+    total: float | None = Field(None, gt=0, description="for the whole response, retries and stream included")
+
+
+class CircuitConfig(_Section):
+    """A circuit breaker per deployment: ``failures`` within ``window`` seconds open it; after
+    ``cooldown`` seconds one probe request is let through (half-open), whose outcome closes or reopens it."""
+
+    failures: int = Field(5, ge=1, description="failures within the window that open the circuit")
+    window: float = Field(30.0, gt=0, description="seconds over which failures are counted")
+    cooldown: float = Field(30.0, gt=0, description="seconds an open circuit turns requests away before a probe")
+
+
+_PERCENTILE = re.compile(r"^p([1-9][0-9]?)$")
+
+
+class HedgeConfig(_Section):
+    """Hedged requests: when the first deployment has sent nothing after ``delay``, the same request
+    starts on a second deployment; the first to answer is served, the other cancelled."""
+
+    delay: float | str = Field(
+        "p95", description="seconds, or a percentile of the first deployment's measured time to first byte (`p95`)"
+    )
+    initial_delay: float = Field(1.0, gt=0, description="the delay while fewer than `min_samples` are measured")
+    min_samples: int = Field(20, ge=1, description="first-byte times measured before a percentile is trusted")
+    min_delay: float = Field(0.0, ge=0, description="the shortest delay a percentile may give")
+
+    @field_validator("delay")
+    @classmethod
+    def _delay(cls, value: float | str) -> float | str:
+        if isinstance(value, str) and not _PERCENTILE.match(value):
+            raise ValueError("must be a number of seconds or a percentile such as `p95`")
+        if isinstance(value, float | int) and value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @property
+    def percentile(self) -> int | None:
+        return int(self.delay[1:]) if isinstance(self.delay, str) else None
+
+
+Strategy = Literal["weighted", "failover", "least_in_flight", "lowest_latency"]
+
+
+class ModelRoute(_Section):
+    """One entry of the ``models`` table. ``backend`` (+ ``model``) is the short form of one deployment."""
+
+    name: str = Field(min_length=1, description="model name clients use; glob patterns such as `openai/*` allowed")
+    aliases: list[str] = Field(default_factory=list, description="other exact names clients may use for it")
+    backend: str | None = Field(None, description="name of the backend that serves it (one deployment)")
+    model: str | None = Field(None, description="model name sent to the backend (default: the requested name)")
+    deployments: list[DeploymentConfig] = Field(default_factory=list, description="several places that serve it")
+    strategy: Strategy = Field(
+        "weighted", description="weighted (round-robin) | failover (in order) | least_in_flight | lowest_latency"
+    )
+    fallbacks: list[str] = Field(default_factory=list, description="models to try, in order, when this one fails")
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    circuit: CircuitConfig | None = Field(None, description="a circuit breaker per deployment (default: none)")
+    hedge: HedgeConfig | None = Field(None, description="hedged requests (default: off)")
+    response_model: str | None = Field(None, description="the model name responses show (default: the one asked for)")
+
+    _targets: list[DeploymentConfig] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ModelRoute:
+        if self.backend is not None and self.deployments:
+            raise ValueError("give either `backend` (one deployment) or `deployments`, not both")
+        if self.backend is None:
+            if not self.deployments:
+                raise ValueError("needs a `backend` or a list of `deployments`")
+            if self.model is not None:
+                raise ValueError("`model` goes on each deployment when `deployments` is given")
+        labels = [d.label for d in self.deployments]
+        if len(set(labels)) != len(labels):
+            raise ValueError("two deployments have the same name (set `name` on each deployment of the same backend)")
+        self._targets = self.deployments or [DeploymentConfig(backend=self.backend, model=self.model)]  # type: ignore[arg-type]
+        return self
+
+    @property
+    def targets(self) -> list[DeploymentConfig]:
+        """The deployments of this model, the short form included."""
+        return self._targets
+
+    @property
+    def is_pattern(self) -> bool:
+        return is_pattern(self.name)
+
+    @property
+    def resilient(self) -> bool:
+        """Whether requests for this model may take more than one plain attempt."""
+        return self.retry.attempts > 1 or bool(self.fallbacks) or self.hedge is not None
+
+
+def is_pattern(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+class ModelIndex:
+    """Exact names and aliases in a dict, patterns in order: ``find`` is one lookup for a known name."""
+
+    __slots__ = ("exact", "patterns")
+
+    def __init__(self, routes: list[ModelRoute]) -> None:
+        self.exact: dict[str, ModelRoute] = {}
+        self.patterns: list[ModelRoute] = []
+        for route in routes:
+            if route.is_pattern:
+                self.patterns.append(route)
+            else:
+                self.exact.setdefault(route.name, route)
+            for alias in route.aliases:
+                self.exact.setdefault(alias, route)
+
+    def find(self, model: str) -> ModelRoute | None:
+        """The route of an exact name or alias, else of the first pattern that matches."""
+        route = self.exact.get(model)
+        if route is not None:
+            return route
+        for route in self.patterns:
+            if fnmatchcase(model, route.name):
+                return route
+        return None
+
+
+def table_problems(routes: list[ModelRoute], backends: set[str]) -> list[tuple[str, str]]:
+    """Problems a single entry cannot see: unknown backends, pattern aliases, fallbacks nothing serves.
+    A name or alias given twice is not one: the first entry wins, as for patterns."""
+    problems: list[tuple[str, str]] = []
+    known = ", ".join(sorted(backends)) or "none"
+    for i, route in enumerate(routes):
+        where = f"models[{i}]"
+        for j, target in enumerate(route.targets):
+            if target.backend not in backends:
+                path = f"{where}.backend" if route.backend is not None else f"{where}.deployments[{j}].backend"
+                problems.append((path, f"no backend named {target.backend!r} (configured: {known})"))
+        for j, alias in enumerate(route.aliases):
+            if is_pattern(alias):
+                problems.append((f"{where}.aliases[{j}]", f"an alias is an exact name, not a pattern ({alias!r})"))
+    index = ModelIndex(routes)
+    for i, route in enumerate(routes):
+        for j, fallback in enumerate(route.fallbacks):
+            found = index.find(fallback)
+            if found is None:
+                problems.append((f"models[{i}].fallbacks[{j}]", f"no entry in models serves {fallback!r}"))
+            elif found is route:
+                problems.append((f"models[{i}].fallbacks[{j}]", f"{fallback!r} is this model itself"))
+    return problems

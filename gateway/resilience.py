@@ -1,0 +1,40 @@
+"""The first output of a model request, and all that may happen before it: the deployment chosen by
+``gateway_select_backend``, per-attempt timeouts, retries with back-off, fallbacks to other models and
+hedged requests. Nothing here runs once the first byte has gone to the client: a failure after it
+ends the stream with an error event (``pipeline._stream``).
+
+After a failed attempt the routing hook is called again with ``ctx.attempts`` listing what was
+tried; it returns the next deployment (another one of the model, the same one again, or one of a
+fallback model) or None when nothing is left, and the client gets the last error. A model without
+retries, fallbacks or hedging takes one attempt, with no extra work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.attempts import Call, Select, Served, sequential
+from gateway.context import RequestContext
+from gateway.errors import ModelNotFoundError
+from gateway.hedging import hedged
+from gateway.streaming import Watchdog
+from gateway.timeouts import TIMEOUT_HEADER, client_limits, request_deadline, silence
+
+
+async def first_output(ctx: RequestContext, call: Call, select: Select) -> Served:
+    """Route the request and get its first output, retrying, falling back and hedging as the
+    model's settings say; raise the error the client should see when every attempt failed."""
+    deployment = select(ctx)
+    if deployment is None:
+        raise ModelNotFoundError(ctx.body["model"] if ctx.body else ctx.model or "")
+    limits = client_limits(ctx.request.headers) if TIMEOUT_HEADER in ctx.request.headers else None
+    now = asyncio.get_running_loop().time()
+    watchdog = Watchdog(*silence(deployment, limits), request_deadline(ctx, deployment, limits, now))
+    try:
+        route = deployment.route
+        if route is not None and route.hedge is not None:
+            return await hedged(ctx, call, select, deployment, watchdog, limits, route.hedge)
+        return await sequential(ctx, call, select, deployment, watchdog, limits)
+    except BaseException:
+        watchdog.stop()
+        raise

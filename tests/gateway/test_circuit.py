@@ -1,0 +1,109 @@
+"""The circuit breaker, the latency tracker and a deployment's health counters, on a manual clock."""
+
+from __future__ import annotations
+
+from gateway.backend import Backend
+from gateway.circuit import CircuitBreaker
+from gateway.health import DeploymentStats
+from gateway.latency import LatencyTracker
+from gateway.model_table import CircuitConfig
+from plugins.backends.mock import MockBackend
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def breaker(clock: Clock, failures: int = 3, window: float = 10, cooldown: float = 5) -> CircuitBreaker:
+    return CircuitBreaker(CircuitConfig(failures=failures, window=window, cooldown=cooldown), clock)
+
+
+def test_failures_within_the_window_open_the_circuit() -> None:
+    clock = Clock()
+    circuit = breaker(clock)
+    circuit.failure()
+    clock.now += 11  # the first failure leaves the window
+    circuit.failure()
+    circuit.failure()
+    assert circuit.state == "closed" and circuit.available()
+    circuit.failure()
+    assert circuit.state == "open" and not circuit.available()
+    assert circuit.retry_in() == 5
+    assert circuit.describe() == {"state": "open", "recent_failures": 0, "probe_in": 5}
+
+
+def test_one_probe_after_the_cooldown_closes_or_reopens_it() -> None:
+    clock = Clock()
+    circuit = breaker(clock, failures=1)
+    circuit.failure()
+    clock.now += 4.9
+    assert not circuit.available()
+    clock.now += 0.1
+    assert circuit.available()
+    circuit.acquire()  # this request is the probe
+    assert circuit.state == "half_open" and not circuit.available()
+    circuit.failure()  # the probe failed: another cool-down
+    assert circuit.state == "open" and not circuit.available()
+    clock.now += 5
+    circuit.acquire()
+    circuit.success()
+    assert circuit.state == "closed" and circuit.available()
+
+
+def test_a_probe_that_ends_without_an_outcome_gives_its_slot_back() -> None:
+    clock = Clock()
+    circuit = breaker(clock, failures=1)
+    circuit.failure()
+    clock.now += 5
+    circuit.acquire()
+    circuit.release()  # cancelled: the client left
+    assert circuit.state == "open" and circuit.available()
+
+
+def test_success_in_the_closed_state_does_not_forget_failures() -> None:
+    clock = Clock()
+    circuit = breaker(clock, failures=2)
+    circuit.failure()
+    circuit.success()
+    circuit.failure()
+    assert circuit.state == "open"
+
+
+def test_latency_average_and_percentiles() -> None:
+    tracker = LatencyTracker(alpha=0.5, size=4)
+    assert tracker.percentile(95) is None and tracker.average is None
+    for seconds in (1.0, 3.0):
+        tracker.record(seconds)
+    assert tracker.average == 2.0
+    for seconds in (0.1, 0.2, 0.3, 0.4):  # the window keeps the last four
+        tracker.record(seconds)
+    assert tracker.count == 6
+    assert tracker.percentile(50) == 0.2
+    assert tracker.percentile(95) == 0.4
+    assert tracker.percentile(1) == 0.1
+
+
+def test_deployment_stats_count_attempts_and_publish_the_circuit_state() -> None:
+    backend: Backend = MockBackend(MockBackend.Config(name="mock", type="mock"))
+    stats = DeploymentStats("east", backend, CircuitConfig(failures=1, cooldown=60))
+    stats.begin()
+    stats.begin()
+    stats.succeeded(0.25)
+    assert stats.in_flight == 2
+    stats.end()
+    stats.failed()
+    assert stats.in_flight == 0
+    assert backend.circuit_state == "open" and not stats.available()
+    assert stats.describe() == {
+        "in_flight": 0,
+        "ttfb_ms": 250.0,
+        "circuit": {"state": "open", "recent_failures": 0, "probe_in": 60.0},
+    }
+    untracked = DeploymentStats("west")
+    untracked.begin()
+    untracked.refused()
+    assert untracked.available() and untracked.describe() == {"in_flight": 0}
