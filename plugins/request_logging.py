@@ -95,7 +95,8 @@ def gateway_stream_filter(ctx: RequestContext) -> ChunkFilter | None:
 
 @hookimpl(trylast=True)
 def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> None:
-    """With body logging on: keep the response as sent (trylast: after every other plugin's edits)."""
+    """With body logging on: keep the response, logged after the last byte as it was sent (every
+    plugin's edits in)."""
     if _bodies(ctx).enabled:
         ctx.state[STATE] = response
 

@@ -7,6 +7,9 @@ Each rule that matches a request applies in order, and within a rule in this ord
 defaults, caps, then the alias (``ctx.body["model"]`` changes, so routing sees the upstream name;
 ``ctx.model`` keeps the client's, which responses show). Response filters apply to non-streamed
 replies here and to streams through a stateful ``ChunkFilter`` (see ``patterns``).
+
+Every hook is ``tryfirst``: other plugins see a request only as the rules left it (refused,
+redacted, aliased) and a reply only once the response filters have seen it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def _rules(ctx: RequestContext) -> list[Rule]:
     return ctx.config.plugin_config(SECTION).rules
 
 
-@hookimpl
+@hookimpl(tryfirst=True)
 def gateway_process_request(ctx: RequestContext) -> None:
     """Apply every matching rule to a model request; resolve an alias asked for by ``/v1/models/{id}``."""
     rules = _rules(ctx)
@@ -56,14 +59,14 @@ def gateway_process_request(ctx: RequestContext) -> None:
         ctx.state[FILTERS] = filters
 
 
-@hookimpl
+@hookimpl(tryfirst=True)
 def gateway_stream_filter(ctx: RequestContext) -> ChunkFilter | None:
     """A response filter for a stream that matching rules filter; None (pass-through) otherwise."""
     filters = ctx.state.get(FILTERS)
     return ResponseFilter(filters) if filters else None
 
 
-@hookimpl
+@hookimpl(tryfirst=True)
 def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> None:
     """Filter a non-streamed reply; show aliases on ``/v1/models`` and ``/v1/models/{alias}``."""
     filters = ctx.state.get(FILTERS)

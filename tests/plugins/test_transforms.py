@@ -355,6 +355,43 @@ async def test_a_stream_is_filtered_when_matches_span_chunks(aiohttp_client: Any
             assert "555" not in (choice["delta"].get("content") or "")
 
 
+class Onlooker:
+    """Another plugin, registered after the built-ins (as YAML modules and entry points are): what it
+    sees of requests and replies, in each hook."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hookimpl
+    def gateway_process_request(self, ctx: Any) -> None:
+        self.seen.append(orjson.dumps(ctx.body).decode())
+
+    @hookimpl
+    def gateway_stream_filter(self, ctx: Any) -> Any:
+        def look(chunk: dict[str, Any] | None) -> dict[str, Any] | None:
+            self.seen.append(orjson.dumps(chunk).decode())
+            return chunk
+
+        return look
+
+    @hookimpl
+    def gateway_process_response(self, ctx: Any, response: dict[str, Any]) -> None:
+        self.seen.append(orjson.dumps(response).decode())
+
+
+async def test_other_plugins_see_requests_and_replies_only_as_transformed(aiohttp_client: Any) -> None:
+    rule = {**FILTERS, "redact": [{"pattern": EMAIL, "replacement": "[EMAIL]"}], "system_prompt": "Be brief."}
+    onlooker = Onlooker()
+    client = await aiohttp_client(make_app(with_rules(mock_config(reply=REPLY, chunks=7), rule), plugins=[onlooker]))
+    for stream in (False, True):
+        response = await client.post(CHAT, json=ask("I am ann@corp.io", model=MOCK_MODEL, stream=stream))
+        assert response.status == 200
+        await response.read()
+    seen = "\n".join(onlooker.seen)
+    assert "ann@corp.io" not in seen and "jo@example.com" not in seen and "555-0100" not in seen
+    assert "Be brief." in seen and "[PHONE]" in seen
+
+
 async def test_each_choice_of_a_stream_is_filtered_on_its_own(aiohttp_client: Any) -> None:
     client = await aiohttp_client(make_app(with_rules(mock_config(reply=REPLY, chunks=9), FILTERS)))
     out = events(await (await client.post(CHAT, json=ask(model=MOCK_MODEL, stream=True, n=3))).read())
