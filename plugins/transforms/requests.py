@@ -17,16 +17,24 @@ TOKEN_LIMITS = ("max_tokens", "max_completion_tokens")
 
 def text_fields(body: dict[str, Any]) -> Iterator[tuple[str, Any, Any]]:
     """``(param, container, key)`` of every text the client sent: message contents (strings and text
-    parts), ``prompt`` and ``input`` (strings or lists of strings); ``container[key]`` is the text."""
+    parts), the arguments of earlier tool calls, ``prompt`` and ``input`` (strings or lists of
+    strings); ``container[key]`` is the text."""
     messages = body.get("messages")
     for i, message in enumerate(messages if isinstance(messages, list) else ()):
-        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
         if isinstance(content, str):
             yield f"messages[{i}].content", message, "content"
         elif isinstance(content, list):
             for j, part in enumerate(content):
                 if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
                     yield f"messages[{i}].content[{j}].text", part, "text"
+        calls = message.get("tool_calls")
+        for j, call in enumerate(calls if isinstance(calls, list) else ()):
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                yield f"messages[{i}].tool_calls[{j}].function.arguments", function, "arguments"
     for field in ("prompt", "input"):
         value = body.get(field)
         if isinstance(value, str):

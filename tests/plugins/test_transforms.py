@@ -228,12 +228,22 @@ async def test_redaction_of_every_text_the_backend_receives(aiohttp_client: Any)
         {"role": "user", "content": [{"type": "text", "text": "I am ann@corp.io"}, {"type": "text", "text": "hi"}]},
         {"role": "assistant", "content": "Noted, ann@corp.io."},
         {"role": "user", "content": "thanks"},
+        {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sent to ann@corp.io"},
     ]
     assert (await client.post(CHAT, json={"model": "recorded-model", "messages": messages})).status == 200
     [call] = recorded(app)
     assert "@corp.io" not in orjson.dumps(call.body).decode()
     assert call.body["messages"][1]["content"][0] == {"type": "text", "text": "I am [EMAIL]"}
     assert call.body["messages"][2]["content"] == "Noted, [EMAIL]."
+    assert call.body["messages"][4]["tool_calls"][0]["function"]["arguments"] == '{"to": "[EMAIL]"}'
+
+
+TOOL_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "send_mail", "arguments": '{"to": "ann@corp.io"}'},
+}
 
 
 async def test_policy_refusal_is_a_400_content_policy_error(aiohttp_client: Any) -> None:
