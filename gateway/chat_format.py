@@ -130,6 +130,25 @@ def usage_chunk(
     return chunk(id, created, model, [], usage, system_fingerprint)
 
 
+#: Finish reasons as upstreams name them -> OpenAI's (``stop``, ``length``, ``tool_calls``, ``content_filter``).
+FINISH_REASONS = {
+    "stop": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "tool_calls": "tool_calls",
+    "tool_use": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+def finish_reason(reason: Any) -> str:
+    """OpenAI's finish reason for an upstream's (see ``FINISH_REASONS``; unknown or empty: ``stop``)."""
+    return FINISH_REASONS.get(reason.lower(), "stop") if isinstance(reason, str) else "stop"
+
+
 def include_usage(body: Mapping[str, Any]) -> bool:
     """Whether a streaming request asked for ``stream_options.include_usage``."""
     options = body.get("stream_options")

@@ -42,6 +42,7 @@ from gateway.chat_format import (
     content_text,
     estimate_prompt_tokens,
     estimate_tokens,
+    finish_reason,
     include_usage,
     message_choice,
     usage,
@@ -84,8 +85,10 @@ class HttpTemplateConfig(BackendConfig):
     body: Any = Field(None, description="the JSON body template (null: no body)")
     response: AnswerMapping | None = Field(None, description="how to read a JSON answer")
     stream: StreamMapping | None = Field(None, description="how to read a streamed answer")
-    finish_reasons: dict[str, str] = Field(
-        default_factory=dict, description="the upstream's finish reasons -> OpenAI's (stop, length, ...)"
+    finish_reasons: dict[str, Literal["stop", "length", "content_filter"]] = Field(
+        default_factory=dict,
+        description="the upstream's finish reasons -> OpenAI's (others: end_turn, stop_sequence -> stop, "
+        "max_tokens -> length, anything unknown -> stop)",
     )
     connect_timeout: float = Field(10.0, gt=0, description="seconds allowed to connect")
     max_connections: int = Field(0, ge=0, description="open connections to the upstream at most (0: no limit)")
@@ -274,8 +277,11 @@ class HttpTemplateBackend(Backend):
         return usage(prompt, completion)
 
     def _finish_reason(self, reading: Reading) -> str:
+        """OpenAI's finish reason: the configured mapping's, else ``chat_format.finish_reason``'s
+        (``stop`` for ``tool_calls``: this backend's replies are text)."""
         reason = reading.finish_reason or "stop"
-        return self.config.finish_reasons.get(reason, reason)
+        found = self.config.finish_reasons.get(reason) or finish_reason(reason)
+        return "stop" if found == "tool_calls" else found
 
     @staticmethod
     def _model(ctx: RequestContext) -> str:

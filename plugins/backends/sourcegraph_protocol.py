@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from gateway.chat_format import content_text
+from gateway.chat_format import finish_reason as finish_reason  # Sourcegraph's stop reasons are among its names
 from gateway.errors import InvalidRequestError
 
 Capability = Literal["stream", "system", "n"]
@@ -34,23 +35,6 @@ _REFUSALS: tuple[tuple[Capability, re.Pattern[str]], ...] = (
     ("n", re.compile(r"(?<![\w-])n must be (?:nil or )?1|(?<![\w-])n (?:> ?1 )?is not supported", re.IGNORECASE)),
 )
 _RATE_LIMITED = re.compile(r"rate limit|too many requests|quota exceeded", re.IGNORECASE)
-
-_FINISH_REASONS = {
-    "stop": "stop",
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "length": "length",
-    "max_tokens": "length",
-    "tool_calls": "tool_calls",
-    "tool_use": "tool_calls",
-    "function_call": "tool_calls",
-    "content_filter": "content_filter",
-}
-
-
-def finish_reason(reason: Any) -> str:
-    """An OpenAI finish reason for a Sourcegraph stop reason (unknown or empty: ``stop``)."""
-    return _FINISH_REASONS.get(reason.lower(), "stop") if isinstance(reason, str) else "stop"
 
 
 def seconds(created: Any) -> int:

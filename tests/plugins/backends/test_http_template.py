@@ -259,7 +259,7 @@ async def test_a_streaming_only_api_answers_non_streaming_clients_collected(gate
     resp = await client.post("/v1/chat/completions", json=chat())
     answer = await resp.json()
     assert answer["choices"][0]["message"]["content"] == "You said: None"  # the seed body has no prompt
-    assert answer["choices"][0]["finish_reason"] == "end"  # no finish_reasons mapping: as the upstream said
+    assert answer["choices"][0]["finish_reason"] == "stop"  # "end" is not OpenAI's, and not mapped
     assert answer["usage"]["prompt_tokens"] == USAGE["in"]
 
 
@@ -440,6 +440,7 @@ async def test_a_stream_event_that_is_not_json_is_an_error_event(gateway: Any, a
         ({"url": "chat.example.com"}, "backends[0].url: Value error, must start with http:// or https://"),
         ({"stream": {"text": "t"}}, "backends[0].stream.format: Field required"),
         ({"method": "DELETE"}, "backends[0].method: Input should be 'POST', 'PUT', 'PATCH' or 'GET'"),
+        ({"finish_reasons": {"eos": "done"}}, "backends[0].finish_reasons.eos: Input should be 'stop', 'length'"),
     ],
 )
 def test_bad_config_fails_at_start_up_naming_the_key(options: Any, problem: str) -> None:
