@@ -68,12 +68,13 @@ class Signer:
     def __call__(self, chunk: dict[str, Any] | None) -> Any:
         if chunk is None:  # end of stream: nothing was held back
             return None
+        signatures = []  # one chunk may finish several choices, and carry their last text
         for choice in chunk["choices"]:
             if choice["finish_reason"] is not None and choice["index"] not in self.signed:
                 self.signed.add(choice["index"])
-                extra = {**chunk, "choices": [{**choice, "delta": {"content": self.signature}, "finish_reason": None}]}
-                return [extra, chunk]
-        return chunk
+                text = (choice["delta"].pop("content", None) or "") + self.signature
+                signatures.append({**choice, "delta": {"content": text}, "finish_reason": None})
+        return [{**chunk, "choices": signatures}, chunk] if signatures else chunk
 
 
 @hookimpl

@@ -91,6 +91,25 @@ async def test_filters_the_stream(client: Any) -> None:
         assert [c["finish_reason"] for c in mine].count("stop") == 1 and mine[-1]["finish_reason"] == "stop"
 
 
+def test_the_filter_signs_every_choice_a_chunk_finishes_after_its_last_text() -> None:
+    signer = gateway_example_plugin.Signer(SIGNATURE)
+    finish = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "choices": [
+            {"index": 0, "delta": {"content": "end."}, "finish_reason": "stop"},
+            {"index": 1, "delta": {}, "finish_reason": "length"},
+        ],
+    }
+    signed, finished = signer(finish)
+    assert [(c["index"], c["delta"], c["finish_reason"]) for c in signed["choices"]] == [
+        (0, {"content": "end." + SIGNATURE}, None),
+        (1, {"content": SIGNATURE}, None),
+    ]
+    assert [(c["delta"], c["finish_reason"]) for c in finished["choices"]] == [({}, "stop"), ({}, "length")]
+    assert signer(None) is None
+
+
 async def test_without_settings_it_leaves_everything_alone(aiohttp_client: Any) -> None:
     seen = SeenFilters()
     client = await aiohttp_client(make_app(mock_config(), plugins=[gateway_example_plugin, seen]))
