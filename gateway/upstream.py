@@ -29,6 +29,7 @@ import orjson
 import structlog
 
 from gateway.errors import GatewayError, RateLimitError, UpstreamError, UpstreamTimeoutError
+from gateway.log import is_secret_key
 
 #: Most of an error body read from an upstream, and of its message shown to the client.
 MAX_ERROR_BODY = 64 * 1024
@@ -69,6 +70,12 @@ def client_session(
         headers=dict(headers or {}),
         skip_auto_headers=("User-Agent",),
     )
+
+
+def header_secrets(headers: Mapping[str, str]) -> list[str]:
+    """The credentials among configured ``headers`` (by name: ``api-key``, ``X-Api-Key``,
+    ``Authorization``...), to ``scrub``: each value, and its part after a scheme (``Bearer <key>``)."""
+    return [part for name, value in headers.items() if is_secret_key(name) for part in (value, value.split(" ", 1)[-1])]
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:

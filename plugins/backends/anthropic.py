@@ -29,6 +29,7 @@ from gateway.upstream import (
     ModelCache,
     client_session,
     forwarded_headers,
+    header_secrets,
     http_error,
     json_object,
     listing_timeout,
@@ -94,7 +95,7 @@ class AnthropicBackend(Backend):
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         self.session: aiohttp.ClientSession | None = None
-        self._secrets = (self.config.api_key.get_secret_value(),)
+        self._secrets = (self.config.api_key.get_secret_value(), *header_secrets(self.config.headers))
         self._sampling = self.config.version < SAMPLING_REMOVED_IN  # ISO dates sort as strings
         self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
 

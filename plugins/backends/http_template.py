@@ -51,12 +51,12 @@ from gateway.chat_format import (
 from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError, UpstreamError
 from gateway.hookspecs import hookimpl
-from gateway.log import is_secret_key
 from gateway.streaming import iter_sse
 from gateway.upstream import (
     MAX_ERROR_MESSAGE,
     client_session,
     forwarded_headers,
+    header_secrets,
     raise_for_status,
     scrub,
     transport_errors,
@@ -135,9 +135,7 @@ class HttpTemplateBackend(Backend):
         key = cfg.api_key.get_secret_value() if cfg.api_key else None
         if key:
             self._headers[cfg.api_key_header] = cfg.api_key_prefix + key
-        self._secrets = [key] + [
-            part for k, v in self._headers.items() if is_secret_key(k) for part in (v, v.split(" ", 1)[-1])
-        ]
+        self._secrets = [key, *header_secrets(self._headers)]
         has_type = any(k.lower() == "content-type" for k in self._headers)
         self._json_type = None if has_type else {"Content-Type": "application/json"}
         self._response = Mapping(cfg.response, "response") if cfg.response else None

@@ -32,6 +32,7 @@ from gateway.upstream import (
     client_session,
     error_details,
     forwarded_headers,
+    header_secrets,
     json_object,
     listing_timeout,
     raise_for_status,
@@ -92,6 +93,7 @@ class OpenAICompatBackend(Backend):
         super().__init__(config)
         self.session: aiohttp.ClientSession | None = None
         self._key = self.config.api_key.get_secret_value() if self.config.api_key else None
+        self._header_secrets = header_secrets(self.config.headers)
         self._params = {"api-version": self.config.api_version} if self.config.api_version else None
         self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
 
@@ -128,7 +130,7 @@ class OpenAICompatBackend(Backend):
         return f"{self.config.base_url}/{operation}"
 
     def _secrets(self, ctx: RequestContext | None) -> tuple[str | None, ...]:
-        return (self._key, ctx.client_key if ctx is not None else None)
+        return (self._key, ctx.client_key if ctx is not None else None, *self._header_secrets)
 
     def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:
         return self._call(ctx, "chat/completions")

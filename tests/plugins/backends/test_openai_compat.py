@@ -335,6 +335,16 @@ async def test_an_upstream_401_echoing_the_key_never_shows_it(gateway: Any, upst
     assert found["code"] == "invalid_api_key" and KEY not in found["message"] and "***" in found["message"]
 
 
+async def test_a_key_in_configured_headers_is_scrubbed_too(gateway: Any, upstream: OpenAIUpstream) -> None:
+    """Azure's key given as a header (``api-key``) rather than as ``api_key``, echoed in a 401."""
+    error = {"error": {"message": f"Access denied: key {KEY} is invalid.", "code": "401"}}
+    upstream.reply(Reply(status=401, error=error))
+    client = await start(gateway, upstream, api_key=None, headers={"api-key": KEY})
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 401 and upstream.last.headers["api-key"] == KEY
+    assert (await error_of(resp))["message"] == "Access denied: key *** is invalid."
+
+
 async def test_an_upstream_429_keeps_retry_after(gateway: Any, upstream: OpenAIUpstream) -> None:
     upstream.reply(Reply(status=429, headers={"Retry-After": "7"}))
     client = await start(gateway, upstream)
