@@ -114,6 +114,7 @@ class AuthConfig(BaseModel):
     )
 
     _digests: list[tuple[bytes, ApiKey]] = PrivateAttr(default_factory=list)
+    _guarded: frozenset[str] = PrivateAttr(frozenset())  # the ``protect`` paths while auth is on
 
     @model_validator(mode="after")
     def _check(self) -> AuthConfig:
@@ -131,6 +132,7 @@ class AuthConfig(BaseModel):
                 raise ValueError(f"keys[{i}]: the same key as keys[{digests[entry.digest]}]")
             names[entry.name], digests[entry.digest] = i, i
         self._digests = [(entry.digest, entry) for entry in self.keys]
+        self._guarded = frozenset(self.protect) if self.active else frozenset()
         return self
 
     @property
@@ -180,23 +182,20 @@ def gateway_register_config(register):  # type: ignore[no-untyped-def]
 
 @hookimpl
 def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
-    """Guard the ``protect`` paths with a middleware, so that whichever plugin serves them needs no hook."""
-    settings: AuthConfig = config.plugin_config(SECTION)
-    if settings.active and settings.protect:
-        app.middlewares.append(_protect(settings, frozenset(settings.protect)))
+    """Guard the ``protect`` paths with a middleware, so that whichever plugin serves them needs no
+    hook. It reads the settings of each request's config, so a reload changes who gets in."""
+    app.middlewares.append(protect)
 
 
-def _protect(settings: AuthConfig, paths: frozenset[str]) -> Any:
-    @web.middleware
-    async def protect(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if request.path in paths and request.method != "OPTIONS":  # a CORS preflight carries no key
-            ctx = request[ctx_key]
-            ctx.principal = identify(ctx, settings)
-        return await handler(request)
-
-    return protect
+@web.middleware
+async def protect(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    ctx = request[ctx_key]
+    settings: AuthConfig = ctx.config.plugin_config(SECTION)
+    if request.path in settings._guarded and request.method != "OPTIONS":  # a CORS preflight carries no key
+        ctx.principal = identify(ctx, settings)
+    return await handler(request)
 
 
 @hookimpl

@@ -23,7 +23,7 @@ from gateway import hookimpl
 from gateway.app import load
 from gateway.config import ConfigError
 from gateway.context import RequestContext
-from gateway.keys import ctx_key
+from gateway.keys import ctx_key, generations_key
 from gateway.log import setup_logging
 from gateway.testing import MOCK_MODEL, ServerThread, make_app, mock_config
 from tests.upstreams.openai import OpenAIUpstream
@@ -303,6 +303,19 @@ async def test_a_protected_path_is_guarded_whichever_plugin_serves_it(gateway: A
     assert error_of(await refused.json())["code"] == "invalid_api_key"
     assert await (await client.get("/stats", headers={"x-api-key": TEAM_KEY})).json() == {"caller": "team"}
     assert (await client.get("/info")).status == 200  # no longer in the list
+
+
+async def test_a_reload_changes_who_may_reach_protected_paths(aiohttp_client: Any) -> None:
+    """A key revoked by a config reload loses /info at once, like the API; a key added gains it."""
+    app = make_app(keys_config(keys=[{"name": "admin", "key": ADMIN_KEY}]))
+    client: TestClient = await aiohttp_client(app)
+    assert (await client.get("/info", headers=bearer(ADMIN_KEY))).status == 200
+    assert await app[generations_key].reload(keys_config(keys=[{"name": "team", "key": TEAM_KEY}]))
+    for path in ("/v1/models", "/info"):
+        assert (await client.get(path, headers=bearer(ADMIN_KEY))).status == 401, path
+        assert (await client.get(path, headers=bearer(TEAM_KEY))).status == 200, path
+    assert await app[generations_key].reload(mock_config())  # no keys: auth is off, /info open
+    assert (await client.get("/info")).status == 200
 
 
 async def test_cors_preflights_need_no_key(gateway: Any) -> None:
