@@ -4,8 +4,10 @@ A key's limits come from ``ctx.principal.metadata["limits"]`` (``requests_per_mi
 ``tokens_per_minute``, ``concurrent_requests``; the ``auth_api_keys`` plugin puts a key's ``limits``
 there), field by field over this section's ``default``, which also applies to each key without
 limits of its own; callers without a key share one budget. ``models`` gives a model (exact name or
-glob) a budget shared by every caller. Only calls with a body count (chat completions, completions,
-embeddings): not ``GET /v1/models``, nor requests refused before pre-processing (by auth).
+glob) a budget shared by every caller, charged whether the model is asked for by its name or by an
+alias that sends the request to it (``ctx.body["model"]`` after pre-processing). Only calls with a
+body count (chat completions, completions, embeddings): not ``GET /v1/models``, nor requests refused
+before pre-processing (by auth).
 
 Windows slide over the last 60 seconds. Tokens are charged with the prompt's estimate before the
 call and corrected with the actual usage when the request finishes; a concurrency slot is held until
@@ -310,9 +312,11 @@ def _plan(ctx: RequestContext, settings: RateLimitConfig) -> list[_Planned]:
         name = principal.name if principal is not None else ""
         who = f"key `{name}`" if principal is not None else "callers without a key"
         scopes.append((f"key:{name}", f"{ctx.model} for {who}", key_limits))
-    model_limits = settings.for_model(ctx.model) if ctx.model else None
-    if model_limits is not None:
-        scopes.append((f"model:{ctx.model}", f"{ctx.model}", model_limits))
+    upstream = ctx.body.get("model") if ctx.body is not None else None  # an alias's model (transforms)
+    for model in dict.fromkeys(m for m in (ctx.model, upstream) if isinstance(m, str) and m):
+        model_limits = settings.for_model(model)
+        if model_limits is not None:
+            scopes.append((f"model:{model}", model, model_limits))
     planned: list[_Planned] = []
     tokens: int | None = None
     for bucket, scope, limits in scopes:

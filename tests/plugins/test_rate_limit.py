@@ -283,6 +283,17 @@ async def test_a_models_budget_is_shared_by_every_key(start: Any) -> None:
     assert ratelimit_headers(other) == {}
 
 
+async def test_a_models_budget_counts_requests_that_reach_it_through_an_alias(start: Any) -> None:
+    config = limits_config({"models": {LARGE: {"requests_per_minute": 1}}})
+    config["plugins"]["transforms"] = {"rules": [{"aliases": {"fast": LARGE}}]}
+    client = await start(config)
+    aliased = await client.post("/v1/chat/completions", json={**CHAT, "model": "fast"})
+    assert aliased.status == 200
+    assert aliased.headers["x-ratelimit-remaining-requests"] == "0"
+    assert (await client.post("/v1/chat/completions", json={**CHAT, "model": LARGE})).status == 429
+    assert (await client.post("/v1/chat/completions", json={**CHAT, "model": "fast"})).status == 429
+
+
 # Tokens per minute ----------------------------------------------------------------------------
 
 
