@@ -8,6 +8,10 @@ synchronous clients (the openai SDK's ``OpenAI``, ``requests``, a subprocess).
 ``RecordingBackend`` (config ``recording_config()``, registered by ``RecordingPlugin()``) answers a
 fixed reply and records every call it gets, so a test sees what reached the backend after the
 plugins ran, and whether the call completed or was cancelled: ``recorded(app)``.
+
+Two observer plugins: ``Finished()`` counts finished requests (``await finished.wait(n)``: the access
+line is written and limits are released by then); ``SeenFilters()`` records the chunk filters the
+plugins returned for each stream (``[]``: the stream passed through untouched).
 """
 
 from __future__ import annotations
@@ -111,6 +115,41 @@ class ServerThread:
 def run_in_thread(config: Mapping[str, Any] | None = None, *, plugins: Iterable[object] = ()) -> ServerThread:
     """``ServerThread(make_app(config, plugins=plugins))``."""
     return ServerThread(make_app(config, plugins=plugins))
+
+
+# Observers ---------------------------------------------------------------------------------------
+
+
+class Finished:
+    """Counts finished requests (``trylast``: after every other ``gateway_request_finished``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @hookimpl(trylast=True)
+    def gateway_request_finished(self, ctx: RequestContext) -> None:
+        self.count += 1
+
+    async def wait(self, count: int, within: float = 5.0) -> None:
+        """Until ``count`` requests have finished (a client may see its response before that)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self.count < count:
+            assert loop.time() < deadline, f"{self.count} of {count} requests finished"
+            await asyncio.sleep(0.002)
+
+
+class SeenFilters:
+    """Records the chunk filters every plugin returned for each stream (a sync wrapper sees them all)."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[Any]] = []
+
+    @hookimpl(wrapper=True)
+    def gateway_stream_filter(self, ctx: RequestContext) -> Any:
+        filters = yield
+        self.seen.append(list(filters))
+        return filters
 
 
 # A recording backend ---------------------------------------------------------------------------

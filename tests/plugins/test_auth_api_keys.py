@@ -5,7 +5,6 @@ principal for later plugins, keys kept out of logs and /info, and config validat
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
@@ -25,7 +24,7 @@ from gateway.config import ConfigError
 from gateway.context import RequestContext
 from gateway.keys import ctx_key, generations_key
 from gateway.log import setup_logging
-from gateway.testing import MOCK_MODEL, ServerThread, make_app, mock_config
+from gateway.testing import MOCK_MODEL, Finished, ServerThread, make_app, mock_config
 from tests.upstreams.openai import OpenAIUpstream
 
 LARGE = "mock-gpt-large"
@@ -73,24 +72,6 @@ class Spy:
     def gateway_process_request(self, ctx: RequestContext) -> None:
         principal = ctx.principal
         self.seen.append(((principal.name, principal.metadata) if principal else None, ctx.client_key))
-
-
-class Finished:
-    """Counts finished requests (the access line is written by then)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    @hookimpl(trylast=True)
-    def gateway_request_finished(self, ctx: RequestContext) -> None:
-        self.count += 1
-
-    async def wait(self, count: int) -> None:
-        for _ in range(2500):
-            if self.count >= count:
-                return
-            await asyncio.sleep(0.002)
-        raise AssertionError(f"{self.count} of {count} requests finished")
 
 
 def error_of(body: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from gateway import hookimpl
 from gateway.app import load
 from gateway.config import ConfigError
 from gateway.context import RequestContext
-from gateway.testing import MOCK_MODEL, ServerThread, make_app, mock_config
+from gateway.testing import MOCK_MODEL, Finished, ServerThread, make_app, mock_config
 from plugins.rate_limit import Charge, MemoryStore, duration, store_key
 
 LARGE = "mock-gpt-large"
@@ -43,24 +43,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class Finished:
-    """Counts finished requests (their slots are free by then)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    @hookimpl(trylast=True)
-    def gateway_request_finished(self, ctx: RequestContext) -> None:
-        self.count += 1
-
-    async def wait(self, count: int) -> None:
-        for _ in range(2500):
-            if self.count >= count:
-                return
-            await asyncio.sleep(0.002)
-        raise AssertionError(f"{self.count} of {count} requests finished")
 
 
 def limits_config(

@@ -3,7 +3,6 @@ set-up around it (``gateway.log``: JSON lines, levels, secret redaction)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -16,7 +15,7 @@ import structlog
 from gateway import hookimpl
 from gateway.context import RequestContext
 from gateway.log import REDACTED, is_secret_key, redact, setup_logging
-from gateway.testing import MOCK_MODEL, mock_config
+from gateway.testing import MOCK_MODEL, Finished, SeenFilters, mock_config
 
 PROMPT = "count these five words"
 CHAT = {"model": MOCK_MODEL, "messages": [{"role": "user", "content": PROMPT}]}
@@ -37,24 +36,6 @@ ACCESS_FIELDS = {
     "prompt_tokens",
     "completion_tokens",
 }
-
-
-class Finished:
-    """Counts finished requests; ``trylast``, so it runs after the access log was written."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    @hookimpl(trylast=True)
-    def gateway_request_finished(self, ctx: RequestContext, error: BaseException | None) -> None:
-        self.count += 1
-
-    async def wait(self, count: int, within: float = 5.0) -> None:
-        """Until ``count`` requests have finished (the client may see the response before that)."""
-        deadline = asyncio.get_running_loop().time() + within
-        while self.count < count:
-            assert asyncio.get_running_loop().time() < deadline, f"{self.count} of {count} requests finished"
-            await asyncio.sleep(0.002)
 
 
 class Leaky:
@@ -460,19 +441,6 @@ def test_standard_library_log_lines_are_redacted(capsys: pytest.CaptureFixture[s
 # Body logging (opt-in) ---------------------------------------------------------------------------
 
 EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
-
-
-class SeenFilters:
-    """Records the chunk filters the plugins returned for each stream."""
-
-    def __init__(self) -> None:
-        self.seen: list[list[Any]] = []
-
-    @hookimpl(wrapper=True)
-    def gateway_stream_filter(self, ctx: RequestContext) -> Any:
-        filters = yield
-        self.seen.append(list(filters))
-        return filters
 
 
 def bodies_config(config: dict[str, Any] | None = None, **bodies: Any) -> dict[str, Any]:

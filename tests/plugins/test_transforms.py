@@ -17,6 +17,7 @@ from gateway.config import ConfigError
 from gateway.testing import (
     MOCK_MODEL,
     RecordingPlugin,
+    SeenFilters,
     make_app,
     mock_config,
     recorded,
@@ -45,19 +46,6 @@ class Caller:
     def gateway_authenticate(self, ctx: Any) -> Principal | None:
         name = ctx.request.headers.get("X-Caller")
         return Principal(name=name) if name else None
-
-
-class SeenFilters:
-    """Records the chunk filters every plugin returned for each stream (a sync wrapper sees them all)."""
-
-    def __init__(self) -> None:
-        self.seen: list[list[Any]] = []
-
-    @hookimpl(wrapper=True)
-    def gateway_stream_filter(self, ctx: Any) -> Any:
-        filters = yield
-        self.seen.append(list(filters))
-        return filters
 
 
 async def recording(aiohttp_client: Any, *rules: dict[str, Any], **options: Any) -> tuple[Any, Any]:

@@ -14,11 +14,18 @@ import openai
 import orjson
 import pytest
 
-from gateway import hookimpl
 from gateway.app import create_app
 from gateway.config import ConfigError
 from gateway.keys import plugin_manager_key
-from gateway.testing import RecordingPlugin, make_app, mock_config, recorded, recording_config, run_in_thread
+from gateway.testing import (
+    RecordingPlugin,
+    SeenFilters,
+    make_app,
+    mock_config,
+    recorded,
+    recording_config,
+    run_in_thread,
+)
 
 HERE = Path(__file__).parents[1]
 SIGNATURE = " (signed by the example plugin)"
@@ -37,19 +44,6 @@ def events(raw: bytes) -> list[dict[str, Any]]:
     parts = raw.split(b"\n\n")
     assert parts[-2:] == [b"data: [DONE]", b""]
     return [orjson.loads(p.removeprefix(b"data: ")) for p in parts[:-2]]
-
-
-class SeenFilters:
-    """Records the chunk filters the plugins returned for each stream."""
-
-    def __init__(self) -> None:
-        self.seen: list[list[Any]] = []
-
-    @hookimpl(wrapper=True)
-    def gateway_stream_filter(self, ctx: Any) -> Any:
-        filters = yield
-        self.seen.append(list(filters))
-        return filters
 
 
 @pytest.fixture
