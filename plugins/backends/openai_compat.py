@@ -16,6 +16,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -25,7 +26,7 @@ from gateway import completions_format
 from gateway.backend import Backend, BackendConfig
 from gateway.chat_format import completion_to_chunks, include_usage
 from gateway.context import RequestContext
-from gateway.errors import UpstreamError
+from gateway.errors import ModelNotFoundError, UpstreamError
 from gateway.hookspecs import hookimpl
 from gateway.upstream import (
     ModelCache,
@@ -125,8 +126,10 @@ class OpenAICompatBackend(Backend):
         return {self.config.api_key_header: self._credential(key)} if key else None
 
     def _url(self, operation: str, model: str) -> str:
-        if self.config.deployment_urls:
-            return f"{self.config.base_url}/deployments/{model}/{operation}"
+        if self.config.deployment_urls:  # the model is one path segment, whatever a client names
+            if model in (".", ".."):
+                raise ModelNotFoundError(model)
+            return f"{self.config.base_url}/deployments/{quote(model, safe='')}/{operation}"
         return f"{self.config.base_url}/{operation}"
 
     def _secrets(self, ctx: RequestContext | None) -> tuple[str | None, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 import pytest
@@ -145,6 +146,34 @@ async def test_azure_deployment_urls_api_version_and_key_header(gateway: Any, up
     assert sent.path == "/openai/deployments/my-deployment/chat/completions"
     assert sent.query == {"api-version": "2024-06-01"}
     assert sent.headers["api-key"] == KEY and "Authorization" not in sent.headers
+
+
+@pytest.mark.parametrize("model", ["../../../v1", "../x?y=", "..", "gpt#frag", "a/b"])
+async def test_a_model_name_never_leaves_its_url_segment(aiohttp_server: Any, gateway: Any, model: str) -> None:
+    """Deployment URLs with a pattern route put the client's model name in the path: it is one
+    segment, escaped, so ``..``, ``/``, ``?`` or ``#`` cannot send the gateway's key to another path."""
+    from aiohttp import web
+
+    seen: list[str] = []
+
+    async def anywhere(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.json_response(
+            {"error": {"message": "The API deployment for this resource does not exist."}}, status=404
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anywhere)
+    server = await aiohttp_server(app)
+    client = await gateway(compat_config(str(server.make_url("/openai")), deployment_urls=True))
+    resp = await client.post("/v1/chat/completions", json=chat(model=model))
+    assert resp.status == 404
+    if model == "..":
+        assert seen == []  # a model that cannot be a segment is not found, and nothing is sent
+    else:
+        (path,) = seen
+        segment = path.removeprefix("/openai/deployments/").removesuffix("/chat/completions")
+        assert "/" not in segment and unquote(segment) == model, path
 
 
 async def test_upstream_rate_limit_headers_and_request_id_are_forwarded(gateway: Any, upstream: OpenAIUpstream) -> None:
