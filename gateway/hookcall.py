@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -44,11 +45,18 @@ class Hooks:
                 await result
 
     async def notify(self, name: str, **kwargs: Any) -> None:
-        """Call every impl in order; an exception is logged and the next impl still runs."""
+        """Call every impl in order; an exception is logged and the next impl still runs. A
+        cancellation (the client left while an impl awaited) lets the next impls run too, and is
+        raised after them."""
+        cancelled: asyncio.CancelledError | None = None
         for function, argnames, plugin in self._impls[name]:
             try:
                 result = function(*[kwargs[a] for a in argnames])
                 if inspect.isawaitable(result):
                     await result
+            except asyncio.CancelledError as exc:
+                cancelled = exc
             except Exception:
                 log.exception("observer hook failed", hook=name, plugin=plugin)
+        if cancelled is not None:
+            raise cancelled

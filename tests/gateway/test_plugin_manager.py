@@ -500,6 +500,28 @@ async def test_notify_logs_an_exception_and_calls_the_next_impl() -> None:
     assert all(entry["log_level"] == "error" and entry.get("exc_info") for entry in failures)
 
 
+async def test_notify_calls_the_next_impls_when_one_is_cancelled() -> None:
+    """The client leaving cancels the request's task while an observer awaits: the observers after it
+    (the access line, a rate limiter's slots) still run, then the cancellation goes on."""
+    log: list[str] = []
+    waiting, gate = asyncio.Event(), asyncio.Event()
+
+    class Waiting:
+        @hookimpl
+        async def gateway_request_finished(self, ctx: Any) -> None:
+            log.append("waiting")
+            waiting.set()
+            await gate.wait()
+
+    hooks = hooks_of(recorder(log, "after"), Waiting(), recorder(log, "before"))
+    task = asyncio.create_task(hooks.notify("gateway_request_finished", ctx=None, error=None))
+    await waiting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert log == ["before", "waiting", "after"]
+
+
 async def test_impls_may_take_fewer_arguments() -> None:
     seen: list[Any] = []
 
