@@ -142,7 +142,18 @@ def wrk(url: str, stream: bool, seconds: float, connections: int = 64, strict: b
     }
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency", "-s", f.name, url]
+    cmd = [
+        "wrk",
+        "-t2",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        f.name,
+        url,
+    ]
     out = subprocess.run(pinned(cmd, LOAD_CPU), capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)
     checked = re.search(r"CHECKED good=(\d+) bad=(\d+)", out)
