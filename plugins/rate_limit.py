@@ -12,7 +12,8 @@ before pre-processing (by auth).
 Windows slide over the last 60 seconds. Tokens are charged with the prompt's estimate before the
 call and corrected with the actual usage when the request finishes; a concurrency slot is held until
 then (a stream's last byte, or the client leaving). Over a limit -> 429 ``rate_limit_exceeded`` with
-``Retry-After``; every counted response carries OpenAI's ``x-ratelimit-*`` headers.
+``Retry-After``; every counted response carries OpenAI's ``x-ratelimit-*`` headers (in place of an
+upstream's).
 
 The counters live in a ``LimitStore`` (``MemoryStore`` here; one shared by several instances fits
 the same interface), stored on the app under ``store_key``.
@@ -36,6 +37,7 @@ from gateway.config import GatewayConfig
 from gateway.context import RequestContext
 from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
 from gateway.errors import RateLimitError
+from gateway.keys import ctx_key
 
 SECTION = "rate_limit"
 WINDOW = 60.0  # seconds: limits are per minute
@@ -245,8 +247,9 @@ class _Held:
     """What a granted request holds until it finishes."""
 
     store: LimitStore
-    tokens: list[Any]  # receipts of token charges, settled with the actual usage
-    slots: list[Any]  # receipts of concurrency slots, released
+    headers: dict[str, str]  # OpenAI's x-ratelimit-* headers of this grant
+    tokens: list[Any] = field(default_factory=list)  # receipts of token charges, settled with the actual usage
+    slots: list[Any] = field(default_factory=list)  # receipts of concurrency slots, released
 
 
 @hookimpl
@@ -257,8 +260,19 @@ def gateway_register_config(register):  # type: ignore[no-untyped-def]
 
 @hookimpl
 def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
-    """The in-memory store (a test or another plugin may put a different one under ``store_key``)."""
+    """The in-memory store (a test or another plugin may put a different one under ``store_key``),
+    and the limits' headers on every response a limit counted."""
     app[store_key] = MemoryStore()
+    app.on_response_prepare.append(_add_headers)
+
+
+async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``, after the core's: this gateway's ``x-ratelimit-*`` headers replace
+    those a backend passed on from its upstream (the provider account's budget, not the caller's)."""
+    ctx = request.get(ctx_key)
+    held = ctx.state.get(SECTION) if ctx is not None else None
+    if held is not None:
+        response.headers.update(held.headers)
 
 
 @hookimpl(trylast=True)  # after the other pre-processing: refused requests don't count, prompts are final
@@ -274,8 +288,7 @@ async def gateway_process_request(ctx: RequestContext) -> None:
     headers = _headers(planned, grant.quotas)
     if not grant.granted:
         raise _refusal(planned, grant.quotas, headers)
-    ctx.response_headers.update(headers)
-    held = _Held(store, [], [])
+    held = _Held(store, headers)
     for p, receipt in zip(planned, grant.receipts, strict=True):
         if p.kind == "tokens":
             held.tokens.append(receipt)

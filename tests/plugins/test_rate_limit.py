@@ -23,6 +23,7 @@ from gateway.config import ConfigError
 from gateway.context import RequestContext
 from gateway.testing import MOCK_MODEL, Finished, ServerThread, make_app, mock_config
 from plugins.rate_limit import Charge, MemoryStore, duration, store_key
+from tests.upstreams.openai import OpenAIUpstream, Reply
 
 LARGE = "mock-gpt-large"
 ADMIN_KEY = "gw-admin-7f3a9c2e5b1d4a6f"
@@ -274,6 +275,38 @@ async def test_a_models_budget_counts_requests_that_reach_it_through_an_alias(st
     assert aliased.headers["x-ratelimit-remaining-requests"] == "0"
     assert (await client.post("/v1/chat/completions", json={**CHAT, "model": LARGE})).status == 429
     assert (await client.post("/v1/chat/completions", json={**CHAT, "model": "fast"})).status == 429
+
+
+UPSTREAM_LIMITS = {
+    "x-ratelimit-limit-requests": "10000",
+    "x-ratelimit-remaining-requests": "9999",
+    "x-ratelimit-reset-requests": "6ms",
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_callers_limits_replace_the_upstreams_headers(aiohttp_server: Any, start: Any, stream: bool) -> None:
+    """An OpenAI upstream's ``x-ratelimit-*`` describe the provider account; the caller is told its own."""
+    upstream = OpenAIUpstream()
+    upstream.default = Reply(headers=UPSTREAM_LIMITS)
+    url = str((await aiohttp_server(upstream.app)).make_url("/v1"))
+    config = {
+        "backends": [{"name": "up", "type": "openai_compat", "base_url": url, "api_key": "sk-upstream-0123456789"}],
+        "models": [{"name": "*", "backend": "up"}],
+        "plugins": {"auth_api_keys": {"keys": keys(requests_per_minute=3)}},
+    }
+    client = await start(config)
+    body = {"model": "gpt-4o", "messages": MESSAGES, "stream": stream}
+    team = await client.post("/v1/chat/completions", json=body, headers=bearer(TEAM_KEY))
+    await team.read()
+    assert ratelimit_headers(team) == {
+        "x-ratelimit-limit-requests": "3",
+        "x-ratelimit-remaining-requests": "2",
+        "x-ratelimit-reset-requests": "1m0s",
+    }
+    admin = await client.post("/v1/chat/completions", json=body, headers=bearer(ADMIN_KEY))  # no limits: passed on
+    await admin.read()
+    assert ratelimit_headers(admin) == UPSTREAM_LIMITS
 
 
 # Tokens per minute ----------------------------------------------------------------------------
