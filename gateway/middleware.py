@@ -63,7 +63,9 @@ async def context_middleware(
                 raise asyncio.CancelledError from None  # aiohttp drops the connection quietly
             response = await error_response(ctx, exc)
         ctx.status = ctx.status or response.status
-        if not response.prepared:  # send it now, so that request_finished comes after the last byte
+        # Send it now, so that request_finished comes after the last byte. (aiohttp prepares a
+        # FileResponse again after the handler whatever its state: that one it sends itself.)
+        if not response.prepared and not isinstance(response, web.FileResponse):
             try:
                 await response.prepare(request)
                 await response.write_eof()

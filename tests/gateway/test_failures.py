@@ -179,3 +179,26 @@ async def test_a_plugin_answer_without_usage_gets_an_estimate(gateway: Any) -> N
     resp = await client.post(CHAT, json={**body, "stream": True, "stream_options": {"include_usage": True}})
     last = orjson.loads(events(await resp.read())[-2][6:])
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 5
+
+
+async def test_a_plugin_route_may_answer_with_a_file(gateway: Any, tmp_path: Any) -> None:
+    """aiohttp sends a FileResponse itself: the core must not prepare it a second time."""
+    from aiohttp import web
+
+    from gateway import hookimpl
+
+    page = tmp_path / "page.txt"
+    page.write_text("a file from a plugin\n")
+
+    class FilePlugin:
+        @hookimpl
+        def gateway_setup_app(self, app: web.Application, config: Any) -> None:
+            async def send(request: web.Request) -> web.FileResponse:
+                return web.FileResponse(page)
+
+            app.router.add_get("/page", send)
+
+    client = await gateway(plugins=[FilePlugin()])
+    for _ in range(2):
+        resp = await client.get("/page")
+        assert resp.status == 200 and await resp.text() == "a file from a plugin\n"
