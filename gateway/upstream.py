@@ -22,11 +22,12 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
 import orjson
 import structlog
+from pydantic import AfterValidator, BeforeValidator, SecretStr
 
 from gateway.errors import GatewayError, RateLimitError, UpstreamError, UpstreamTimeoutError
 from gateway.log import is_secret_key
@@ -42,6 +43,26 @@ MODELS_TIMEOUT = 10.0
 MODELS_RETRY = 10.0
 
 log = structlog.get_logger("gateway")
+
+
+def _header_value(value: str) -> str:
+    """A header value as sent: without surrounding whitespace; a control character (a line break
+    from a key file or a CRLF .env) is an error at start-up, not a failure of every request."""
+    value = value.strip()
+    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters such as line breaks")
+    return value
+
+
+def _credential(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return _header_value(value) if isinstance(value, str) else value
+
+
+#: Config types for what a backend sends in headers: a key (``SecretStr``), any other value.
+Credential = Annotated[SecretStr, BeforeValidator(_credential)]
+HeaderValue = Annotated[str, AfterValidator(_header_value)]
 
 
 class UpstreamClientError(GatewayError):

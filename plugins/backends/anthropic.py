@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
 from gateway.backend import Backend, BackendConfig, model_object
 from gateway.chat_format import completion_to_chunks, include_usage
@@ -26,6 +26,8 @@ from gateway.errors import GatewayError, UpstreamError
 from gateway.hookspecs import hookimpl
 from gateway.streaming import iter_sse
 from gateway.upstream import (
+    Credential,
+    HeaderValue,
     ModelCache,
     client_session,
     forwarded_headers,
@@ -61,14 +63,14 @@ MAX_MODEL_PAGES = 20
 
 class AnthropicConfig(BackendConfig):
     base_url: str = Field("https://api.anthropic.com", description="the API root (without /v1)")
-    api_key: SecretStr = Field(description="sent as the x-api-key header")
+    api_key: Credential = Field(description="sent as the x-api-key header")
     version: str = Field(
         "2023-06-01",
         pattern=r"^\d{4}-\d{2}-\d{2}$",
         description="the anthropic-version header (from 2026-10-21 on, temperature, top_p and top_k are dropped)",
     )
     beta: list[str] = Field(default_factory=list, description="beta features, sent in the anthropic-beta header")
-    headers: dict[str, str] = Field(default_factory=dict, description="extra headers sent with every request")
+    headers: dict[str, HeaderValue] = Field(default_factory=dict, description="extra headers sent with every request")
     max_tokens: int = Field(
         4096, ge=1, description="max_tokens when a request sets neither max_tokens nor max_completion_tokens"
     )

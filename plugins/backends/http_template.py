@@ -54,6 +54,8 @@ from gateway.hookspecs import hookimpl
 from gateway.streaming import iter_sse
 from gateway.upstream import (
     MAX_ERROR_MESSAGE,
+    Credential,
+    HeaderValue,
     client_session,
     forwarded_headers,
     header_secrets,
@@ -78,8 +80,10 @@ _DONE: Any = object()
 class HttpTemplateConfig(BackendConfig):
     url: str = Field(description="the chat API's URL")
     method: Literal["POST", "PUT", "PATCH", "GET"] = "POST"
-    headers: dict[str, str] = Field(default_factory=dict, description="headers sent; an empty value is not sent")
-    api_key: SecretStr | None = Field(None, description="sent in api_key_header after api_key_prefix; empty: none")
+    headers: dict[str, HeaderValue] = Field(
+        default_factory=dict, description="headers sent; an empty value is not sent"
+    )
+    api_key: Credential | None = Field(None, description="sent in api_key_header after api_key_prefix; empty: none")
     api_key_header: str = "Authorization"
     api_key_prefix: str = "Bearer "
     body: Any = Field(None, description="the JSON body template (null: no body)")

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
 from gateway import completions_format
 from gateway.backend import Backend, BackendConfig
@@ -29,6 +29,8 @@ from gateway.context import RequestContext
 from gateway.errors import ModelNotFoundError, UpstreamError
 from gateway.hookspecs import hookimpl
 from gateway.upstream import (
+    Credential,
+    HeaderValue,
     ModelCache,
     client_session,
     error_details,
@@ -53,14 +55,14 @@ _NULL_USAGE = (b',"usage":null', b', "usage": null')
 
 class OpenAICompatConfig(BackendConfig):
     base_url: str = Field(description="the API root, with its version: https://api.openai.com/v1")
-    api_key: SecretStr | None = Field(None, description="the upstream key (none for local servers)")
+    api_key: Credential | None = Field(None, description="the upstream key (none for local servers)")
     forward_client_key: bool = Field(
         False, description="a key the client sends as `Authorization: Bearer` goes upstream instead of api_key"
     )
     api_key_header: str = Field(
         "Authorization", description="header carrying the key: Authorization (as `Bearer <key>`), or e.g. api-key"
     )
-    headers: dict[str, str] = Field(default_factory=dict, description="extra headers sent with every request")
+    headers: dict[str, HeaderValue] = Field(default_factory=dict, description="extra headers sent with every request")
     api_version: str | None = Field(None, description="sent as the `api-version` query parameter (Azure)")
     deployment_urls: bool = Field(
         False, description="Azure style: {base_url}/deployments/{model}/chat/completions, the model in the URL"

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 import aiohttp
 import orjson
 import structlog
-from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from gateway.backend import Backend, BackendConfig, model_object
 from gateway.context import RequestContext
@@ -38,6 +38,7 @@ from gateway.streaming import iter_sse
 from gateway.upstream import (
     MAX_ERROR_BODY,
     MAX_ERROR_MESSAGE,
+    Credential,
     ModelCache,
     client_session,
     error_details,
@@ -71,7 +72,7 @@ Switch = Annotated[bool | Literal["auto"], BeforeValidator(_switch)]
 
 class SourcegraphConfig(BackendConfig):
     endpoint: str = Field(description="the instance's URL, e.g. https://sourcegraph.example.com")
-    access_token: SecretStr = Field(description="an access token, sent as `Authorization: token <token>`")
+    access_token: Credential = Field(description="an access token, sent as `Authorization: token <token>`")
     aliases: dict[str, str] = Field(
         default_factory=dict, description="short model names -> full `provider::apiVersion::model` ids"
     )

@@ -1,0 +1,53 @@
+"""Keys and headers every HTTP backend sends (``gateway.upstream.Credential`` / ``HeaderValue``): a key
+read with its file's newline works, a header value that cannot be sent fails at start-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.config import ConfigError
+from gateway.testing import make_app
+from tests.plugins.backends.test_openai_compat import KEY, chat, compat_config
+from tests.upstreams.openai import OpenAIUpstream
+
+BACKENDS = {
+    "openai_compat": {"type": "openai_compat", "base_url": "http://127.0.0.1:1/v1"},
+    "anthropic": {"type": "anthropic"},
+    "sourcegraph": {"type": "sourcegraph", "endpoint": "http://127.0.0.1:1"},
+    "http_template": {"type": "http_template", "url": "http://127.0.0.1:1/chat", "response": {"text": "reply"}},
+}
+KEY_FIELD = {"sourcegraph": "access_token"}
+
+
+def backend_config(kind: str, **options: Any) -> dict[str, Any]:
+    backend = {"name": "b", **BACKENDS[kind], KEY_FIELD.get(kind, "api_key"): "k-1234567890", **options}
+    return {"backends": [backend], "models": [{"name": "m", "backend": "b"}]}
+
+
+async def test_a_key_with_its_files_newline_is_sent_without_it(aiohttp_server: Any, gateway: Any) -> None:
+    upstream = OpenAIUpstream()
+    base_url = str((await aiohttp_server(upstream.app)).make_url("/v1"))
+    client = await gateway(compat_config(base_url, api_key=f" {KEY}\r\n"))
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 200, await resp.text()
+    assert upstream.last.headers["Authorization"] == f"Bearer {KEY}"
+
+
+@pytest.mark.parametrize("kind", ["openai_compat", "anthropic", "http_template"])
+def test_a_header_with_a_line_break_fails_at_start_up_without_showing_it(kind: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        make_app(backend_config(kind, headers={"X-Api-Key": "secret-value\r\nX-Injected: 1"}))
+    message = str(raised.value)
+    assert "backends[0].headers.X-Api-Key" in message and "control characters" in message
+    assert "secret-value" not in message
+
+
+@pytest.mark.parametrize("kind", sorted(BACKENDS))
+def test_a_key_with_a_line_break_inside_fails_at_start_up_without_showing_it(kind: str) -> None:
+    field = KEY_FIELD.get(kind, "api_key")
+    with pytest.raises(ConfigError) as raised:
+        make_app(backend_config(kind, **{field: "secret-one\nsecret-two"}))
+    message = str(raised.value)
+    assert f"backends[0].{field}" in message and "secret-one" not in message
