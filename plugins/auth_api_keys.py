@@ -11,8 +11,9 @@ constant time against the sha256 of every configured key.
   (seed 001). A configured key still gets its name, allowlist and limits.
 
 The API (every endpoint that calls ``gateway_authenticate`` but ``/info``) is guarded; the paths in
-``protect`` (default ``/info`` and ``/metrics``) are guarded by a middleware, whatever serves them;
-``/`` and ``/health`` stay open, and CORS preflights need no key. The caller becomes
+``protect`` (default ``/info`` and ``/metrics``) are guarded by a middleware, whatever serves them,
+and need one of the ``keys`` in every mode (with no keys they stay open); ``/`` and ``/health`` stay
+open, and CORS preflights need no key. The caller becomes
 ``ctx.principal`` (key name and metadata, the key's ``limits`` under ``metadata["limits"]``, for a
 rate limiter); in ``required``/``optional`` mode a gateway key is taken off ``ctx.client_key`` so it
 never goes upstream.
@@ -110,11 +111,12 @@ class AuthConfig(BaseModel):
     keys: list[ApiKey] = Field(default_factory=list, description="no keys (and no mode): auth is off")
     hide_forbidden_models: bool = Field(False, description="a model the key may not use is 404, not 403")
     protect: list[str] = Field(
-        default_factory=lambda: ["/info", "/metrics"], description="paths besides the API that need a key"
+        default_factory=lambda: ["/info", "/metrics"],
+        description="paths besides the API that need one of the `keys`, in every mode",
     )
 
     _digests: list[tuple[bytes, ApiKey]] = PrivateAttr(default_factory=list)
-    _guarded: frozenset[str] = PrivateAttr(frozenset())  # the ``protect`` paths while auth is on
+    _guarded: frozenset[str] = PrivateAttr(frozenset())  # the ``protect`` paths, when there are keys
 
     @model_validator(mode="after")
     def _check(self) -> AuthConfig:
@@ -123,6 +125,8 @@ class AuthConfig(BaseModel):
         for path in self.protect:
             if not path.startswith("/") or path in ALWAYS_OPEN_PATHS:
                 raise ValueError(f"protect: {path!r} cannot be protected (paths start with /; / and /health stay open)")
+        if self.protect and not self.keys and "protect" in self.model_fields_set:
+            raise ValueError("protect needs at least one entry in `keys` (only a configured key opens those paths)")
         names: dict[str, int] = {}
         digests: dict[bytes, int] = {}
         for i, entry in enumerate(self.keys):
@@ -132,7 +136,7 @@ class AuthConfig(BaseModel):
                 raise ValueError(f"keys[{i}]: the same key as keys[{digests[entry.digest]}]")
             names[entry.name], digests[entry.digest] = i, i
         self._digests = [(entry.digest, entry) for entry in self.keys]
-        self._guarded = frozenset(self.protect) if self.active else frozenset()
+        self._guarded = frozenset(self.protect) if self.keys else frozenset()
         return self
 
     @property
@@ -154,16 +158,18 @@ def masked(key: str) -> str:
     return f"{key[:3]}***{key[-3:]}" if len(key) >= 12 else "***"
 
 
-def identify(ctx: RequestContext, settings: AuthConfig) -> Principal | None:
-    """The caller of ``ctx``: its key's principal, None for an anonymous one, or 401."""
+def identify(ctx: RequestContext, settings: AuthConfig, mode: str | None = None) -> Principal | None:
+    """The caller of ``ctx`` in ``mode`` (default: the configured one): its key's principal, None for
+    an anonymous one, or 401."""
+    mode = mode or settings.mode
     key = ctx.client_key or ctx.request.headers.get("x-api-key", "").strip() or None
     entry = settings.find(key) if key is not None else None
-    if settings.mode == "passthrough":
+    if mode == "passthrough":
         ctx.client_key = key  # the upstream gets the key as the client sent it
         if entry is None:
             return Principal(f"passthrough-{hashlib.sha256(key.encode()).hexdigest()[:8]}") if key else None
     elif key is None:
-        if settings.mode == "optional":
+        if mode == "optional":
             return None
         raise AuthenticationError(MISSING_KEY)
     elif entry is None:
@@ -194,7 +200,7 @@ async def protect(
     ctx = request[ctx_key]
     settings: AuthConfig = ctx.config.plugin_config(SECTION)
     if request.path in settings._guarded and request.method != "OPTIONS":  # a CORS preflight carries no key
-        ctx.principal = identify(ctx, settings)
+        ctx.principal = identify(ctx, settings, "required")  # whatever the mode: anonymous callers stay out
     return await handler(request)
 
 

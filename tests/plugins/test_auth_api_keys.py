@@ -286,6 +286,17 @@ async def test_a_protected_path_is_guarded_whichever_plugin_serves_it(gateway: A
     assert (await client.get("/info")).status == 200  # no longer in the list
 
 
+async def test_protected_paths_need_a_configured_key_in_every_mode(gateway: Any, upstream: OpenAIUpstream) -> None:
+    """Optional and passthrough modes let keyless or unknown callers use the API, not /info."""
+    for config in (keys_config(mode="optional"), upstream_config(upstream, mode="passthrough")):
+        client = await gateway(config)
+        assert (await client.get("/info")).status == 401
+        assert (await client.get("/info", headers=bearer(CLIENT_KEY))).status == 401
+        assert (await client.get("/info", headers=bearer(ADMIN_KEY))).status == 200
+    keyless = await gateway(upstream_config(upstream, mode="passthrough", keys=[]))  # nothing to check against
+    assert (await keyless.get("/info")).status == 200
+
+
 async def test_a_reload_changes_who_may_reach_protected_paths(aiohttp_client: Any) -> None:
     """A key revoked by a config reload loses /info at once, like the API; a key added gains it."""
     app = make_app(keys_config(keys=[{"name": "admin", "key": ADMIN_KEY}]))
@@ -573,6 +584,7 @@ def config_error(**section: Any) -> str:
         ),
         ({"protect": ["/health"]}, "'/health' cannot be protected"),
         ({"protect": ["info"]}, "'info' cannot be protected"),
+        ({"mode": "passthrough", "keys": [], "protect": ["/info"]}, "protect needs at least one entry in `keys`"),
         ({"mode": "sometimes"}, "plugins.auth_api_keys.mode"),
         ({"header": "x"}, "plugins.auth_api_keys.header: unknown key"),
     ],
