@@ -25,6 +25,7 @@ from gateway.testing import (
     run_in_thread,
 )
 from plugins.transforms.patterns import Patterns, ResponseFilter, TextChain
+from tests.upstreams.openai import OpenAIUpstream, Reply
 
 CHAT = "/v1/chat/completions"
 EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
@@ -388,6 +389,34 @@ async def test_other_plugins_see_requests_and_replies_only_as_transformed(aiohtt
     seen = "\n".join(onlooker.seen)
     assert "ann@corp.io" not in seen and "jo@example.com" not in seen and "555-0100" not in seen
     assert "Be brief." in seen and "[PHONE]" in seen
+
+
+async def test_an_openai_upstream_never_sees_what_is_redacted_nor_the_client_what_is_filtered(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """Through openai_compat and a real HTTP upstream: the request it received is redacted, and its
+    streamed bytes (filtered on the pass-through path) reach the client with a match split over chunks."""
+    upstream = OpenAIUpstream()
+    upstream.default = Reply(content="write to ops@corp.io or call 555 0100 today")
+    url = str((await aiohttp_server(upstream.app)).make_url("/v1"))
+    backend = {"name": "up", "type": "openai_compat", "base_url": url, "api_key": "sk-upstream-0123456789"}
+    rule = {
+        "redact": [{"pattern": EMAIL, "replacement": "[EMAIL]"}],
+        "response_filters": [
+            {"pattern": EMAIL, "replacement": "[EMAIL]"},
+            {"pattern": r"555 \d{4}", "replacement": "[PHONE]"},
+        ],
+    }
+    client = await aiohttp_client(
+        make_app(with_rules({"backends": [backend], "models": [{"name": "*", "backend": "up"}]}, rule))
+    )
+    expected = "write to [EMAIL] or call [PHONE] today"
+    reply = await (await client.post(CHAT, json=ask("I am ann@corp.io", model="gpt-4o"))).json()
+    assert reply["choices"][0]["message"]["content"] == expected
+    stream = await (await client.post(CHAT, json=ask("I am ann@corp.io", model="gpt-4o", stream=True))).read()
+    assert text_of(events(stream)) == expected
+    assert b"corp.io" not in stream and b"0100" not in stream
+    assert [r.body["messages"][0]["content"] for r in upstream.requests] == ["I am [EMAIL]"] * 2
 
 
 async def test_each_choice_of_a_stream_is_filtered_on_its_own(aiohttp_client: Any) -> None:
