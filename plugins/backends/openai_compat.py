@@ -12,14 +12,15 @@ client's name.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import aclosing
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import orjson
+import structlog
 from pydantic import Field, field_validator
 
 from gateway import completions_format
@@ -32,6 +33,7 @@ from gateway.upstream import (
     Credential,
     HeaderValue,
     ModelCache,
+    UpstreamClientError,
     client_session,
     error_details,
     forwarded_headers,
@@ -51,6 +53,8 @@ _DONE = re.compile(rb"^data: ?\[DONE\][ \t]*$", re.MULTILINE)
 _EVENT_END = b"\n\n"
 #: ``"usage": null`` as upstreams write it on each chunk of a stream that asked for usage.
 _NULL_USAGE = (b',"usage":null', b', "usage": null')
+
+log = structlog.get_logger("gateway")
 
 
 class OpenAICompatConfig(BackendConfig):
@@ -73,7 +77,8 @@ class OpenAICompatConfig(BackendConfig):
     stream_usage: bool = Field(
         True,
         description="always ask a stream for its usage (stream_options.include_usage) and drop the usage "
-        "chunk when the client did not ask for it, so every stream is counted",
+        "chunk when the client did not ask for it, so every stream is counted (an upstream that refuses "
+        "stream_options, such as Azure before 2024-10-21, is asked without them from then on)",
     )
 
     @field_validator("base_url")
@@ -98,6 +103,7 @@ class OpenAICompatBackend(Backend):
         self._key = self.config.api_key.get_secret_value() if self.config.api_key else None
         self._header_secrets = header_secrets(self.config.headers)
         self._params = {"api-version": self.config.api_version} if self.config.api_version else None
+        self._stream_options = True  # the upstream takes stream_options (until it refuses them)
         self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
 
     async def __aenter__(self) -> OpenAICompatBackend:
@@ -144,7 +150,7 @@ class OpenAICompatBackend(Backend):
         return self._call(ctx, "completions", completions_format.completion_to_chunks)
 
     async def embeddings(self, ctx: RequestContext) -> dict[str, Any]:
-        async with aclosing(self._call(ctx, "embeddings")) as answers:
+        async with contextlib.aclosing(self._call(ctx, "embeddings")) as answers:
             answer = await anext(answers)
         assert isinstance(answer, dict)  # not a stream: one JSON answer
         return answer
@@ -161,21 +167,23 @@ class OpenAICompatBackend(Backend):
         body, model = ctx.body, ctx.deployment.model
         if body.get("model") != model:
             body = {**body, "model": model}
-        drop_usage = False
-        if ctx.stream and self.config.stream_usage and not include_usage(body):
+        asked = body
+        drop_usage = ctx.stream and self.config.stream_usage and self._stream_options and not include_usage(body)
+        if drop_usage:
             body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
-            drop_usage = True
         rename = model != ctx.model and ctx.model is not None
         secrets = self._secrets(ctx)
+        url = self._url(operation, model)
         with transport_errors(self.name, secrets):
-            async with self.session.post(
-                self._url(operation, model),
-                data=orjson.dumps(body),
-                headers=self._request_headers(ctx),
-                params=self._params,
-            ) as response:
-                ctx.response_headers.update(forwarded_headers(response.headers))
-                await raise_for_status(response, self.name, secrets)
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    response = await stack.enter_async_context(self._post(ctx, url, body, secrets))
+                except UpstreamClientError as exc:
+                    if not (drop_usage and _refuses_stream_options(exc)):
+                        raise
+                    self._stream_options = drop_usage = False  # the gateway's own addition: ask without
+                    log.warning("the upstream refuses stream_options; streams go uncounted", backend=self.name)
+                    response = await stack.enter_async_context(self._post(ctx, url, asked, secrets))
                 if not ctx.stream or response.content_type != "text/event-stream":
                     answer = await json_object(response, self.name)
                     if rename:
@@ -190,6 +198,19 @@ class OpenAICompatBackend(Backend):
                 renamer = _renamer(ctx.model) if rename else None
                 async for events in self._events(ctx, response, drop_usage, renamer, secrets):
                     yield events
+
+    @contextlib.asynccontextmanager
+    async def _post(
+        self, ctx: RequestContext, url: str, body: Mapping[str, Any], secrets: tuple[str | None, ...]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The upstream's response to ``body``, its headers forwarded; an error status raises."""
+        assert self.session is not None
+        async with self.session.post(
+            url, data=orjson.dumps(body), headers=self._request_headers(ctx), params=self._params
+        ) as response:
+            ctx.response_headers.update(forwarded_headers(response.headers))
+            await raise_for_status(response, self.name, secrets)
+            yield response
 
     async def _events(
         self,
@@ -284,6 +305,12 @@ class OpenAICompatBackend(Backend):
             for m in listing.get("data") or []
             if isinstance(m, dict) and isinstance(m.get("id"), str)
         ]
+
+
+def _refuses_stream_options(error: UpstreamClientError) -> bool:
+    """Whether a 400 says the upstream does not take ``stream_options`` (Azure before 2024-10-21:
+    "Unrecognized request argument supplied: stream_options"; others: "Unknown parameter")."""
+    return error.status == 400 and (error.param == "stream_options" or "stream_options" in error.message)
 
 
 def _data(event: bytes) -> bytes:

@@ -290,6 +290,39 @@ async def test_done_is_an_event_of_its_own_never_text_in_a_chunk(
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+async def test_an_upstream_refusing_stream_options_is_asked_without_them(aiohttp_server: Any, gateway: Any) -> None:
+    """Azure before 2024-10-21 (and others) refuse ``stream_options``: the gateway added them itself,
+    so it retries at once without them and remembers; a client that asked for them gets the 400."""
+    from aiohttp import web
+
+    bodies: list[dict[str, Any]] = []
+
+    async def chat_completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        bodies.append(body)
+        if "stream_options" in body:
+            error = {
+                "message": "Unrecognized request argument supplied: stream_options",
+                "type": "invalid_request_error",
+            }
+            return web.json_response({"error": {**error, "param": None, "code": None}}, status=400)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(delta_event("Hi") + delta_event(None, "stop") + b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    client = await gateway(compat_config(str((await aiohttp_server(app)).make_url("/v1"))))
+    for _ in range(2):
+        resp = await client.post("/v1/chat/completions", json=chat(stream=True))
+        assert resp.status == 200
+        assert events(await resp.read())[-1] == b"[DONE]"
+    assert ["stream_options" in b for b in bodies] == [True, False, False]  # refused once, then never sent
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True, stream_options={"include_usage": True}))
+    assert resp.status == 400 and "stream_options" in (await error_of(resp))["message"]
+
+
 async def test_a_json_answer_to_a_stream_request_is_streamed(gateway: Any, upstream: OpenAIUpstream) -> None:
     upstream.default = Reply(json_for_stream=True)
     client = await start(gateway, upstream)
