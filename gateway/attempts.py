@@ -108,7 +108,7 @@ async def sequential(
     base_headers = dict(ctx.response_headers) if resilient else None
     last_call = retry_deadline(ctx, route.retry if route else None, watchdog.deadline, watchdog.loop.time())
     while True:
-        result = await _try(ctx, call, deployment, watchdog)
+        result = await attempt(ctx, call, deployment, watchdog)
         if isinstance(result, Served):
             return result
         error = result
@@ -127,7 +127,7 @@ async def sequential(
         deployment = nxt
 
 
-async def _try(ctx: RequestContext, call: Call, deployment: Deployment, watchdog: Watchdog) -> Served | GatewayError:
+async def attempt(ctx: RequestContext, call: Call, deployment: Deployment, watchdog: Watchdog) -> Served | GatewayError:
     """One attempt: the deployment's first output, or the error it failed with. A cancellation that
     is not a timeout (the client left, shutdown) propagates."""
     ctx.deployment = deployment

@@ -104,9 +104,14 @@ def gateway_process_request(ctx: RequestContext) -> None:
 
 @hookspec(firstresult=True)
 def gateway_select_backend(ctx: RequestContext, backends: BackendRegistry) -> Deployment | None:
-    """Choose where a request goes: return a ``Deployment`` (backend + upstream model name).
+    """Choose where a request goes: return a ``Deployment`` (backend + upstream model name; optionally
+    its ``name``, the ``route`` whose retry, timeout and hedging settings apply, and its ``stats``).
 
-    The built-in ``routing`` plugin is the ``trylast`` default (the YAML ``models`` table). The first
+    Called once per attempt. After an attempt failed before any byte reached the client, it is
+    called again with ``ctx.attempts`` listing the deployments tried and why each failed (``error``
+    None: still running, the first leg of a hedged request): return the next deployment, or None to
+    give up (the client gets the last error). The built-in ``routing`` plugin is the ``trylast``
+    default (the YAML ``models`` table: strategies, circuit breakers, retries and fallbacks). The first
     non-None result wins. Raise ``ModelNotFoundError`` for a model nothing serves. Sync.
     """
 

@@ -117,6 +117,7 @@ class ModelRoute(_Section):
     response_model: str | None = Field(None, description="the model name responses show (default: the one asked for)")
 
     _targets: list[DeploymentConfig] = PrivateAttr(default_factory=list)
+    _resilient: bool = PrivateAttr(False)
 
     @model_validator(mode="after")
     def _one_form(self) -> ModelRoute:
@@ -131,6 +132,7 @@ class ModelRoute(_Section):
         if len(set(labels)) != len(labels):
             raise ValueError("two deployments have the same name (set `name` on each deployment of the same backend)")
         self._targets = self.deployments or [DeploymentConfig(backend=self.backend, model=self.model)]  # type: ignore[arg-type]
+        self._resilient = self.retry.attempts > 1 or bool(self.fallbacks) or self.hedge is not None
         return self
 
     @property
@@ -145,7 +147,7 @@ class ModelRoute(_Section):
     @property
     def resilient(self) -> bool:
         """Whether requests for this model may take more than one plain attempt."""
-        return self.retry.attempts > 1 or bool(self.fallbacks) or self.hedge is not None
+        return self._resilient
 
 
 def is_pattern(name: str) -> bool:

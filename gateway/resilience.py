@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.attempts import Call, Select, Served, sequential
+from gateway.attempts import Call, Select, Served, attempt, sequential
 from gateway.context import RequestContext
-from gateway.errors import ModelNotFoundError
+from gateway.errors import GatewayError, ModelNotFoundError
 from gateway.hedging import hedged
 from gateway.streaming import Watchdog
 from gateway.timeouts import TIMEOUT_HEADER, client_limits, request_deadline, silence
@@ -24,15 +24,20 @@ from gateway.timeouts import TIMEOUT_HEADER, client_limits, request_deadline, si
 async def first_output(ctx: RequestContext, call: Call, select: Select) -> Served:
     """Route the request and get its first output, retrying, falling back and hedging as the
     model's settings say; raise the error the client should see when every attempt failed."""
-    deployment = select(ctx)
+    limits = client_limits(ctx.request.headers) if TIMEOUT_HEADER in ctx.request.headers else None
+    deployment = select(ctx)  # from here on, the deployment is tried or given back (a circuit's probe)
     if deployment is None:
         raise ModelNotFoundError(ctx.body["model"] if ctx.body else ctx.model or "")
-    limits = client_limits(ctx.request.headers) if TIMEOUT_HEADER in ctx.request.headers else None
     now = asyncio.get_running_loop().time()
     watchdog = Watchdog(*silence(deployment, limits), request_deadline(ctx, deployment, limits, now))
     try:
         route = deployment.route
-        if route is not None and route.hedge is not None:
+        if route is None or not route.resilient:  # one attempt: no retry state to keep
+            result = await attempt(ctx, call, deployment, watchdog)
+            if isinstance(result, GatewayError):
+                raise result
+            return result
+        if route.hedge is not None:
             return await hedged(ctx, call, select, deployment, watchdog, limits, route.hedge)
         return await sequential(ctx, call, select, deployment, watchdog, limits)
     except BaseException:

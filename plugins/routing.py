@@ -239,8 +239,9 @@ def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> N
 def _router(ctx: RequestContext, backends: BackendRegistry) -> Router:
     """The router of the request's config generation, built on first use."""
     generation = ctx.generation
-    state = generation.state if generation is not None else ctx.state
-    router = state.get(NAME)
-    if router is None or router.config is not ctx.config:
-        router = state[NAME] = Router(ctx.config, backends, ctx.request.app[health_key])
+    if generation is None:  # a context made without the middleware (a unit test): a router of its own
+        return Router(ctx.config, backends, ctx.request.app[health_key])
+    router = generation.state.get(NAME)
+    if router is None:
+        router = generation.state[NAME] = Router(generation.config, backends, ctx.request.app[health_key])
     return router

@@ -64,6 +64,17 @@ async def test_a_valid_config_serves_new_requests(gateway: Any) -> None:
     assert info["config_generation"] == 2 and [m["name"] for m in info["models"]] == ["two"]
 
 
+async def test_plugin_settings_read_per_request_reload(gateway: Any) -> None:
+    client = await gateway(mock_config())
+    assert (await chat(client, "mock-gpt-model")).status == 200
+    keyed = {**mock_config(), "plugins": {"auth_api_keys": {"keys": [{"name": "team", "key": "gw-team-key"}]}}}
+    assert await client.server.app[generations_key].reload(keyed)
+    assert (await chat(client, "mock-gpt-model")).status == 401
+    body = {"model": "mock-gpt-model", "messages": [{"role": "user", "content": "hi"}]}
+    resp = await client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer gw-team-key"})
+    assert resp.status == 200
+
+
 @pytest.mark.parametrize(
     ("config", "reason"),
     [
