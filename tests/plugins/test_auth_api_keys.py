@@ -254,9 +254,10 @@ async def test_health_stays_open_and_info_is_protected_by_default(gateway: Any) 
     text = await info.text()
     assert ADMIN_KEY not in text and TEAM_KEY not in text
     assert "auth_api_keys" in {p["name"] for p in json.loads(text)["plugins"]}
-    # /metrics, whichever plugin serves it, needs a key first: 401 without one, else the route's answer
+    # /metrics (the metrics plugin's route) needs a key too
     assert (await client.get("/metrics")).status == 401
-    assert (await client.get("/metrics", headers=bearer(TEAM_KEY))).status in (200, 404)
+    metrics = await client.get("/metrics", headers=bearer(TEAM_KEY))
+    assert metrics.status == 200 and metrics.content_type == "text/plain"
 
 
 class StatsRoute:
