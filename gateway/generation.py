@@ -99,7 +99,8 @@ class Generations:
 
         async with self._lock:
             try:
-                loaded = load(self.source if source is None else source, self.plugins)
+                # read and validated off the event loop: streams in flight go on meanwhile
+                loaded = await asyncio.to_thread(load, self.source if source is None else source, self.plugins)
             except ConfigError as exc:
                 log.error("config reload failed; keeping the current config", error=str(exc))
                 return False

@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.upstreams.openai import OpenAIUpstream, Reply
+from tests.upstreams.openai_text import OpenAITextUpstream
 
 KEY = "sk-upstream-key-for-tests"
 MESSAGES = [{"role": "user", "content": "Hi"}]
@@ -28,8 +29,8 @@ CONTEXT_TOO_LONG = {
 }
 
 
-async def serve(aiohttp_server: Any) -> OpenAIUpstream:
-    fake = OpenAIUpstream()
+async def serve(aiohttp_server: Any, kind: type[OpenAIUpstream] = OpenAIUpstream) -> OpenAIUpstream:
+    fake = kind()
     server = await aiohttp_server(fake.app)
     fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
     return fake
@@ -225,6 +226,27 @@ async def test_no_attempt_starts_after_the_retry_deadline(
     resp = await post(client)
     assert resp.status == 502 and served_by(resp) == ("primary", "1")
     assert time.monotonic() - started < 0.4
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"prompt": "Say this is a test", "stream": True}),
+        ("/v1/embeddings", {"input": ["one", "two"]}),
+    ],
+)
+async def test_completions_and_embeddings_fail_over_too(
+    gateway: Any, aiohttp_server: Any, path: str, body: dict[str, Any]
+) -> None:
+    primary = await serve(aiohttp_server, OpenAITextUpstream)
+    secondary = await serve(aiohttp_server, OpenAITextUpstream)
+    client = await gateway(setup(primary, secondary, both()))
+    primary.fail(1, status=503)
+    resp = await client.post(path, json={"model": "m", **body})
+    assert resp.status == 200 and served_by(resp) == ("secondary", "2")
+    raw = await resp.read()
+    assert raw.endswith(b"data: [DONE]\n\n") if body.get("stream") else len(orjson.loads(raw)["data"]) == 2
+    assert [r.path for r in primary.requests + secondary.requests] == [path, path]
 
 
 # Fallbacks ---------------------------------------------------------------------------------------
