@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import aiohttp
 import orjson
 import structlog
+import yarl
 from pydantic import AfterValidator, BeforeValidator, SecretStr
 
 from gateway.errors import GatewayError, RateLimitError, UpstreamError, UpstreamTimeoutError
@@ -60,9 +61,30 @@ def _credential(value: Any) -> Any:
     return _header_value(value) if isinstance(value, str) else value
 
 
+def _url(value: str) -> str:
+    """An http(s) URL with a host, checked at start-up rather than failing every request."""
+    try:
+        url = yarl.URL(value)
+    except ValueError as exc:
+        raise ValueError(f"is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host or " " in url.host:
+        raise ValueError("must start with http:// or https:// and name a host")
+    return value
+
+
+def _base_url(value: str) -> str:
+    """An API root that paths are appended to: no query or fragment, no trailing slash."""
+    if "?" in _url(value) or "#" in value:
+        raise ValueError("must have no query or fragment (paths are appended to it)")
+    return value.rstrip("/")
+
+
 #: Config types for what a backend sends in headers: a key (``SecretStr``), any other value.
 Credential = Annotated[SecretStr, BeforeValidator(_credential)]
 HeaderValue = Annotated[str, AfterValidator(_header_value)]
+#: Config types for an upstream's URL: one called as it is (``Url``), an API root (``BaseUrl``).
+Url = Annotated[str, AfterValidator(_url)]
+BaseUrl = Annotated[str, AfterValidator(_base_url)]
 
 
 class UpstreamClientError(GatewayError):

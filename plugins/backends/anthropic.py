@@ -26,6 +26,7 @@ from gateway.errors import GatewayError, UpstreamError
 from gateway.hookspecs import hookimpl
 from gateway.streaming import iter_sse
 from gateway.upstream import (
+    BaseUrl,
     Credential,
     HeaderValue,
     ModelCache,
@@ -62,7 +63,7 @@ MAX_MODEL_PAGES = 20
 
 
 class AnthropicConfig(BackendConfig):
-    base_url: str = Field("https://api.anthropic.com", description="the API root (without /v1)")
+    base_url: BaseUrl = Field("https://api.anthropic.com", description="the API root (without /v1)")
     api_key: Credential = Field(description="sent as the x-api-key header")
     version: str = Field(
         "2023-06-01",
@@ -80,10 +81,8 @@ class AnthropicConfig(BackendConfig):
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/").removesuffix("/v1")
+    def _without_v1(cls, value: str) -> str:
+        return value.removesuffix("/v1")
 
 
 class AnthropicBackend(Backend):

@@ -56,6 +56,7 @@ from gateway.upstream import (
     MAX_ERROR_MESSAGE,
     Credential,
     HeaderValue,
+    Url,
     client_session,
     forwarded_headers,
     header_secrets,
@@ -78,7 +79,7 @@ _DONE: Any = object()
 
 
 class HttpTemplateConfig(BackendConfig):
-    url: str = Field(description="the chat API's URL")
+    url: Url = Field(description="the chat API's URL")
     method: Literal["POST", "PUT", "PATCH", "GET"] = "POST"
     headers: dict[str, HeaderValue] = Field(
         default_factory=dict, description="headers sent; an empty value is not sent"
@@ -96,13 +97,6 @@ class HttpTemplateConfig(BackendConfig):
     )
     connect_timeout: float = Field(10.0, gt=0, description="seconds allowed to connect")
     max_connections: int = Field(0, ge=0, description="open connections to the upstream at most (0: no limit)")
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https:// (got {value!r})")
-        return value
 
     @field_validator("api_key")
     @classmethod

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import structlog
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from gateway import completions_format
 from gateway.backend import Backend, BackendConfig
@@ -30,6 +30,7 @@ from gateway.context import RequestContext
 from gateway.errors import ModelNotFoundError, UpstreamError
 from gateway.hookspecs import hookimpl
 from gateway.upstream import (
+    BaseUrl,
     Credential,
     HeaderValue,
     ModelCache,
@@ -58,7 +59,7 @@ log = structlog.get_logger("gateway")
 
 
 class OpenAICompatConfig(BackendConfig):
-    base_url: str = Field(description="the API root, with its version: https://api.openai.com/v1")
+    base_url: BaseUrl = Field(description="the API root, with its version: https://api.openai.com/v1")
     api_key: Credential | None = Field(None, description="the upstream key (none for local servers)")
     forward_client_key: bool = Field(
         False, description="a key the client sends as `Authorization: Bearer` goes upstream instead of api_key"
@@ -80,13 +81,6 @@ class OpenAICompatConfig(BackendConfig):
         "chunk when the client did not ask for it, so every stream is counted (an upstream that refuses "
         "stream_options, such as Azure before 2024-10-21, is asked without them from then on)",
     )
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
 
 class OpenAICompatBackend(Backend):

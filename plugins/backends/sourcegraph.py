@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 import aiohttp
 import orjson
 import structlog
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field
 
 from gateway.backend import Backend, BackendConfig, model_object
 from gateway.context import RequestContext
@@ -38,6 +38,7 @@ from gateway.streaming import iter_sse
 from gateway.upstream import (
     MAX_ERROR_BODY,
     MAX_ERROR_MESSAGE,
+    BaseUrl,
     Credential,
     ModelCache,
     client_session,
@@ -71,7 +72,7 @@ Switch = Annotated[bool | Literal["auto"], BeforeValidator(_switch)]
 
 
 class SourcegraphConfig(BackendConfig):
-    endpoint: str = Field(description="the instance's URL, e.g. https://sourcegraph.example.com")
+    endpoint: BaseUrl = Field(description="the instance's URL, e.g. https://sourcegraph.example.com")
     access_token: Credential = Field(description="an access token, sent as `Authorization: token <token>`")
     aliases: dict[str, str] = Field(
         default_factory=dict, description="short model names -> full `provider::apiVersion::model` ids"
@@ -91,13 +92,6 @@ class SourcegraphConfig(BackendConfig):
         False, description="legacy: end the transcript with an empty assistant turn (pre-Messages-API instances)"
     )
     max_connections: int = Field(0, ge=0, description="open connections to the instance at most (0: no limit)")
-
-    @field_validator("endpoint")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
 
 class _Refused(Exception):

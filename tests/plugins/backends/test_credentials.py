@@ -1,5 +1,6 @@
-"""Keys and headers every HTTP backend sends (``gateway.upstream.Credential`` / ``HeaderValue``): a key
-read with its file's newline works, a header value that cannot be sent fails at start-up."""
+"""What every HTTP backend's config says about its upstream (``gateway.upstream.Credential``,
+``HeaderValue``, ``Url``, ``BaseUrl``): a key read with its file's newline works; a header value that
+cannot be sent, or a URL that cannot be called, fails at start-up instead of failing every request."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ BACKENDS = {
     "http_template": {"type": "http_template", "url": "http://127.0.0.1:1/chat", "response": {"text": "reply"}},
 }
 KEY_FIELD = {"sourcegraph": "access_token"}
+URL_FIELD = {"openai_compat": "base_url", "anthropic": "base_url", "sourcegraph": "endpoint", "http_template": "url"}
 
 
 def backend_config(kind: str, **options: Any) -> dict[str, Any]:
@@ -51,3 +53,21 @@ def test_a_key_with_a_line_break_inside_fails_at_start_up_without_showing_it(kin
         make_app(backend_config(kind, **{field: "secret-one\nsecret-two"}))
     message = str(raised.value)
     assert f"backends[0].{field}" in message and "secret-one" not in message
+
+
+@pytest.mark.parametrize("kind", sorted(BACKENDS))
+@pytest.mark.parametrize("url", ["https://", "https:///v1", "ftp://example.com", "http://example.com:99999"])
+def test_a_url_without_a_host_fails_at_start_up(kind: str, url: str) -> None:
+    with pytest.raises(ConfigError, match=rf"backends\[0\]\.{URL_FIELD[kind]}: "):
+        make_app(backend_config(kind, **{URL_FIELD[kind]: url}))
+
+
+@pytest.mark.parametrize("kind", ["openai_compat", "anthropic", "sourcegraph"])
+def test_an_api_root_with_a_query_fails_at_start_up(kind: str) -> None:
+    """Paths are appended to it: Azure's ``?api-version=`` belongs in ``api_version``."""
+    with pytest.raises(ConfigError, match="no query or fragment"):
+        make_app(backend_config(kind, **{URL_FIELD[kind]: "https://example.com/openai?api-version=2024-10-21"}))
+
+
+def test_a_custom_apis_url_keeps_its_query() -> None:
+    make_app(backend_config("http_template", url="https://example.com/chat?key=abc"))  # raises if refused
