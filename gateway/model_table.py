@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from fnmatch import fnmatchcase
+from functools import cached_property
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -116,9 +117,6 @@ class ModelRoute(_Section):
     hedge: HedgeConfig | None = Field(None, description="hedged requests (default: off)")
     response_model: str | None = Field(None, description="the model name responses show (default: the one asked for)")
 
-    _targets: list[DeploymentConfig] = PrivateAttr(default_factory=list)
-    _resilient: bool = PrivateAttr(False)
-
     @model_validator(mode="after")
     def _one_form(self) -> ModelRoute:
         if self.backend is not None and self.deployments:
@@ -131,23 +129,21 @@ class ModelRoute(_Section):
         labels = [d.label for d in self.deployments]
         if len(set(labels)) != len(labels):
             raise ValueError("two deployments have the same name (set `name` on each deployment of the same backend)")
-        self._targets = self.deployments or [DeploymentConfig(backend=self.backend, model=self.model)]  # type: ignore[arg-type]
-        self._resilient = self.retry.attempts > 1 or bool(self.fallbacks) or self.hedge is not None
         return self
 
-    @property
+    @cached_property  # plain attributes once computed: read on every request
     def targets(self) -> list[DeploymentConfig]:
         """The deployments of this model, the short form included."""
-        return self._targets
+        return self.deployments or [DeploymentConfig(backend=self.backend, model=self.model)]  # type: ignore[arg-type]
 
     @property
     def is_pattern(self) -> bool:
         return is_pattern(self.name)
 
-    @property
+    @cached_property
     def resilient(self) -> bool:
         """Whether requests for this model may take more than one plain attempt."""
-        return self._resilient
+        return self.retry.attempts > 1 or bool(self.fallbacks) or self.hedge is not None
 
 
 def is_pattern(name: str) -> bool:

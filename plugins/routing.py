@@ -32,7 +32,7 @@ from gateway.config import GatewayConfig
 from gateway.context import Attempt, RequestContext
 from gateway.errors import ServiceUnavailableError
 from gateway.health import DeploymentStats
-from gateway.model_table import DeploymentConfig, ModelRoute
+from gateway.model_table import DeploymentConfig, ModelIndex, ModelRoute
 from gateway.retry import RetryBudget, verdict
 
 NAME = "routing"
@@ -155,12 +155,13 @@ class Router:
 
     def __init__(self, config: GatewayConfig, backends: BackendRegistry, health: HealthRegistry) -> None:
         self.config = config
+        self.index = ModelIndex(config.models)
         self.plans = {id(route): _Plan(route, backends, health) for route in config.models}
         self.health = [t.stats for plan in self.plans.values() for t in plan.targets if t.stats is not None]
 
     def select(self, ctx: RequestContext) -> Deployment | None:
         model = ctx.body["model"] if ctx.body else ctx.model
-        route = self.config.find_route(model)
+        route = self.index.find(model)
         if route is None:
             return None
         plan = self.plans[id(route)]
@@ -172,7 +173,7 @@ class Router:
                 return plan.deployment(plan.simple, model)
         chain = [(plan, model)]
         for name in route.fallbacks:
-            fallback = self.config.find_route(name)
+            fallback = self.index.find(name)
             if fallback is not None:
                 chain.append((self.plans[id(fallback)], name))
         for candidate, name in chain:
