@@ -17,7 +17,13 @@ import structlog
 _SECRET_KEY = re.compile(
     r"(?i)(?:^|[_.-])(?:api[_-]?key|key|token|secret|password|passwd|authorization|auth|cookie|credentials?)$"
 )
-_SECRET_VALUE = re.compile(r"(?i)\b(bearer\s*)[\w.~+/=-]{8,}|\bsk-[\w-]{6,}|^(token\s+|basic\s+)\S+$")
+#: A credential in a text: a bearer token, an ``sk-`` key, a ``token``/``basic`` header value, a URL's
+#: secret-named query parameter (``?key=``, ``&access_token=``) or the password in its user info.
+_SECRET_VALUE = re.compile(
+    r"(?i)\b(bearer\s*)[\w.~+/=-]{8,}|\bsk-[\w-]{6,}|^(token\s+|basic\s+)\S+$"
+    r"|([?&](?:[\w.-]*[_.-])?(?:api[_-]?key|key|token|secret|password|passwd|signature|sig|auth)=)[^&#\s\"']+"
+    r"|(://[^/\s:@]+:)[^/\s@]+(?=@)"
+)
 REDACTED = "[REDACTED]"
 
 
@@ -41,11 +47,17 @@ def is_secret_key(key: str) -> bool:
 def _may_hold_secret(value: str) -> bool:
     """A cheap test that lets most strings skip the regex."""
     lowered = value.lower()
-    return "bearer" in lowered or "sk-" in lowered or lowered.startswith(("token", "basic"))
+    return (
+        "bearer" in lowered
+        or "sk-" in lowered
+        or lowered.startswith(("token", "basic"))
+        or ("=" in value and ("?" in value or "&" in value))
+        or ("@" in value and "://" in value)
+    )
 
 
 def _mask(match: re.Match[str]) -> str:
-    return (match.group(1) or match.group(2) or "") + REDACTED
+    return (match.group(1) or match.group(2) or match.group(3) or match.group(4) or "") + REDACTED
 
 
 #: Fields the gateway fills itself with values that cannot hold a secret: not scanned.

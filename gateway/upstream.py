@@ -121,6 +121,15 @@ def header_secrets(headers: Mapping[str, str]) -> list[str]:
     return [part for name, value in headers.items() if is_secret_key(name) for part in (value, value.split(" ", 1)[-1])]
 
 
+def url_secrets(url: str) -> list[str]:
+    """The credentials in a configured URL, to ``scrub``: its secret-named query parameters' values
+    (``?key=``, as Google's APIs take it) and the password of its user info."""
+    parsed = yarl.URL(url)
+    return [v for k, v in parsed.query.items() if is_secret_key(k) and v] + (
+        [parsed.password] if parsed.password else []
+    )
+
+
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
     """``text`` with every non-empty secret in it replaced by ``***``."""
     for secret in secrets:

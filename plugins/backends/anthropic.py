@@ -38,6 +38,7 @@ from gateway.upstream import (
     listing_timeout,
     raise_for_status,
     transport_errors,
+    url_secrets,
 )
 from plugins.backends.anthropic_messages import SAMPLING_REMOVED_IN, StreamTranslator, completion, messages_request
 
@@ -96,7 +97,11 @@ class AnthropicBackend(Backend):
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         self.session: aiohttp.ClientSession | None = None
-        self._secrets = (self.config.api_key.get_secret_value(), *header_secrets(self.config.headers))
+        self._secrets = (
+            self.config.api_key.get_secret_value(),
+            *header_secrets(self.config.headers),
+            *url_secrets(self.config.base_url),
+        )
         self._sampling = self.config.version < SAMPLING_REMOVED_IN  # ISO dates sort as strings
         self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
 

@@ -63,6 +63,7 @@ from gateway.upstream import (
     raise_for_status,
     scrub,
     transport_errors,
+    url_secrets,
 )
 from plugins.backends.answer_mapping import AnswerMapping, Mapping, Mismatch, Reading, Reported, StreamMapping
 from plugins.backends.json_template import Template, text_of
@@ -133,7 +134,7 @@ class HttpTemplateBackend(Backend):
         key = cfg.api_key.get_secret_value() if cfg.api_key else None
         if key:
             self._headers[cfg.api_key_header] = cfg.api_key_prefix + key
-        self._secrets = [key, *header_secrets(self._headers)]
+        self._secrets = [key, *header_secrets(self._headers), *url_secrets(cfg.url)]
         has_type = any(k.lower() == "content-type" for k in self._headers)
         self._json_type = None if has_type else {"Content-Type": "application/json"}
         self._response = Mapping(cfg.response, "response") if cfg.response else None

@@ -44,6 +44,7 @@ from gateway.upstream import (
     raise_for_status,
     scrub,
     transport_errors,
+    url_secrets,
 )
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
@@ -95,7 +96,7 @@ class OpenAICompatBackend(Backend):
         super().__init__(config)
         self.session: aiohttp.ClientSession | None = None
         self._key = self.config.api_key.get_secret_value() if self.config.api_key else None
-        self._header_secrets = header_secrets(self.config.headers)
+        self._config_secrets = (*header_secrets(self.config.headers), *url_secrets(self.config.base_url))
         self._params = {"api-version": self.config.api_version} if self.config.api_version else None
         self._stream_options = True  # the upstream takes stream_options (until it refuses them)
         self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
@@ -135,7 +136,7 @@ class OpenAICompatBackend(Backend):
         return f"{self.config.base_url}/{operation}"
 
     def _secrets(self, ctx: RequestContext | None) -> tuple[str | None, ...]:
-        return (self._key, ctx.client_key if ctx is not None else None, *self._header_secrets)
+        return (self._key, ctx.client_key if ctx is not None else None, *self._config_secrets)
 
     def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:
         return self._call(ctx, "chat/completions")

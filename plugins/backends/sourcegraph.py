@@ -48,6 +48,7 @@ from gateway.upstream import (
     listing_timeout,
     scrub,
     transport_errors,
+    url_secrets,
 )
 
 from . import sourcegraph_protocol as sg
@@ -115,7 +116,7 @@ class SourcegraphBackend(Backend):
         super().__init__(config)
         self.session: aiohttp.ClientSession | None = None
         self._token = self.config.access_token.get_secret_value()
-        self._secrets = (self._token,)
+        self._secrets = (self._token, *url_secrets(self.config.endpoint))
         self._learned: dict[str, bool] = {}  # capabilities found missing (auto mode)
         self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
 

@@ -71,3 +71,25 @@ def test_an_api_root_with_a_query_fails_at_start_up(kind: str) -> None:
 
 def test_a_custom_apis_url_keeps_its_query() -> None:
     make_app(backend_config("http_template", url="https://example.com/chat?key=abc"))  # raises if refused
+
+
+async def test_a_key_in_a_urls_query_shows_neither_in_info_nor_in_errors(aiohttp_server: Any, gateway: Any) -> None:
+    """Google's APIs take ``?key=``: /info and an upstream echoing the URL must not show it."""
+    from aiohttp import web
+
+    secret = "AIzaSy-not-for-clients-123"
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": f"API key not valid for {request.url}"}}, status=400)
+
+    app = web.Application()
+    app.router.add_post("/v1/models/gemini:generateContent", echo)
+    url = str((await aiohttp_server(app)).make_url("/v1/models/gemini:generateContent")) + f"?alt=json&key={secret}"
+    client = await gateway(backend_config("http_template", url=url, api_key=None))
+    info = await (await client.get("/info")).text()
+    assert secret not in info and "alt=json&key=" in info
+    resp = await client.post(
+        "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    )
+    message = (await resp.json())["error"]["message"]
+    assert resp.status == 400 and "API key not valid" in message and secret not in message
