@@ -258,7 +258,7 @@ class OpenAICompatBackend(Backend):
             if not event:
                 continue
             payload = _data(event)
-            if payload.startswith(b'{"error"') or (b'"error"' in payload and b'"choices"' not in payload):
+            if b'"error"' in payload and _reports_error(payload):
                 message = scrub(error_details(payload).get("message") or "unknown error", secrets)
                 return b"".join(kept), UpstreamError(f"Backend {self.name!r} failed during the stream: {message}")
             if _USAGE.search(payload):
@@ -300,6 +300,16 @@ class OpenAICompatBackend(Backend):
             for m in listing.get("data") or []
             if isinstance(m, dict) and isinstance(m.get("id"), str)
         ]
+
+
+def _reports_error(payload: bytes) -> bool:
+    """Whether an event holding ``"error"`` reports one: OpenAI's ``{"error": {...}}``, or a chunk with
+    a top-level error (OpenRouter's mid-stream failures, whose choice finishes with "error")."""
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return True  # not JSON either way: nothing a client can read
+    return not isinstance(event, dict) or bool(event.get("error"))
 
 
 def _refuses_stream_options(error: UpstreamClientError) -> bool:

@@ -472,6 +472,30 @@ async def test_a_stream_that_breaks_ends_with_one_error_event(
     assert usage.seen[-1][1] is not None
 
 
+async def test_a_chunk_carrying_an_error_ends_the_stream_with_it(aiohttp_server: Any, gateway: Any) -> None:
+    """OpenRouter reports a failure mid-stream as a chunk with a top-level ``error`` (its choice
+    finishing with "error", not an OpenAI reason), then [DONE]: the client gets the error event."""
+    failed = {
+        "id": "gen-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "provider": "openai",
+        "error": {"code": "server_error", "message": "Provider disconnected unexpectedly"},
+        "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+    }
+    base_url = await raw_sse_upstream(
+        aiohttp_server, delta_event("Half an ans"), b"data: " + orjson.dumps(failed) + b"\n\n" + b"data: [DONE]\n\n"
+    )
+    client = await gateway(compat_config(base_url))
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True))
+    payloads = events(await resp.read())
+    assert b"[DONE]" not in payloads and b'"finish_reason":"error"' not in b"".join(payloads)
+    assert orjson.loads(payloads[0])["choices"][0]["delta"]["content"] == "Half an ans"
+    error = orjson.loads(payloads[-1])["error"]
+    assert error["code"] == "bad_gateway" and "Provider disconnected unexpectedly" in error["message"]
+
+
 async def test_a_non_json_answer_is_a_502(aiohttp_server: Any, gateway: Any) -> None:
     from aiohttp import web
 
