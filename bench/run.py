@@ -313,6 +313,15 @@ def main() -> None:
             done = wrk(gw_url, False, seconds)["requests"]
             results["leak"] = {"requests": done, "rss_before_mb": before, "rss_after_mb": rss_mb(gateway.pid)}
 
+    print("floor: a bare aiohttp pass-through", flush=True)
+    floor_cmd = [sys.executable, "bench/floor.py", "--port", str(gw_port), "--upstream", env["BENCH_UPSTREAM_URL"]]
+    with ExitStack() as stack:
+        stack.enter_context(process([sys.executable, "bench/upstream.py", "--port", str(up_port)], up_port, LOAD_CPU))
+        floor = stack.enter_context(process(floor_cmd, gw_port, GATEWAY_CPU))
+        wrk(gw_url, False, 2, strict=False)
+        for kind, stream in (("non_stream", False), ("stream", True)):
+            results[f"floor_{kind}"] = cpu_per_request(floor.pid, gw_url, stream, args.seconds)
+
     if args.workers > 1:
         scaling = {}
         for workers in (1, args.workers):
@@ -356,6 +365,10 @@ def report(r: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
         row("non-stream", "non_stream"),
         row(f"{CHUNKS}-chunk stream", "stream"),
+        "",
+        "The floor, measured the same way: a bare aiohttp pass-through with uvloop and no features (bench/floor.py): "
+        f"{r['floor_non_stream']['cpu_us']:.0f} CPU µs per request ({r['floor_non_stream']['rps']:,.0f} req/s), "
+        f"{r['floor_stream']['cpu_us']:.0f} per stream ({r['floor_stream']['rps']:,.0f} req/s).",
         "",
         f"Resident memory: {r['rss_idle_mb']:.0f} MB idle, {r['rss_streams_mb']:.0f} MB holding "
         f"{r['streams']:,} open streams to the slow upstream.",
