@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import structlog
 
 from gateway.keys import config_key
+from gateway.log import CurrentLogger
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -98,7 +99,7 @@ class RequestContext:
     error: BaseException | None = None  # the exception that ended the request, if any
     generation: Generation | None = None  # the config generation the request is pinned to
 
-    log: ClassVar[structlog.typing.FilteringBoundLogger] = structlog.get_logger("gateway")
+    log: ClassVar[structlog.typing.FilteringBoundLogger] = CurrentLogger("gateway")  # type: ignore[assignment]
 
     @property
     def config(self) -> GatewayConfig:
