@@ -20,7 +20,7 @@ from gateway.api_models import (
     ModelList,
     TextCompletion,
 )
-from gateway.backend import model_object
+from gateway.backend import Backend, model_object
 from gateway.context import RequestContext
 from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
 from gateway.errors import ModelNotFoundError
@@ -31,8 +31,12 @@ from gateway.openapi import operation
 from gateway.pipeline import json_endpoint, model_endpoint
 from gateway.plugin_manager import describe
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.upstream import MODELS_TIMEOUT
 
 NAME = "llm-gateway"
+#: Seconds a backend's ``list_models()`` may take for ``/v1/models``; one that takes longer is skipped
+#: (a little over ``MODELS_TIMEOUT``, the bound of the built-in backends' own listing requests).
+LISTING_TIMEOUT = MODELS_TIMEOUT + 2.0
 
 
 def setup_routes(app: web.Application) -> None:
@@ -120,10 +124,11 @@ async def _one_model(ctx: RequestContext) -> dict[str, Any]:
 
 async def all_models(generation: Generation) -> list[dict[str, Any]]:
     """Every model the ``models`` table serves: exact names and aliases as they are, patterns expanded
-    from the lists of their deployments' backends. A backend that fails to list is logged and skipped."""
+    from the lists of their deployments' backends. A backend that fails to list, or takes longer than
+    ``LISTING_TIMEOUT`` seconds, is logged and skipped."""
     routes, backends = generation.config.models, generation.backends
     listed = [(route, backends[t.backend]) for route in routes if route.is_pattern for t in route.targets]
-    listings = await asyncio.gather(*(backend.list_models() for _, backend in listed), return_exceptions=True)
+    listings = await asyncio.gather(*(_listing(backend) for _, backend in listed), return_exceptions=True)
     found: dict[str, dict[str, Any]] = {}
     for route in routes:
         if not route.is_pattern:
@@ -138,6 +143,15 @@ async def all_models(generation: Generation) -> list[dict[str, Any]]:
             if fnmatchcase(model["id"], route.name):
                 found.setdefault(model["id"], model)
     return list(found.values())
+
+
+async def _listing(backend: Backend) -> list[dict[str, Any]]:
+    """``backend.list_models()`` within ``LISTING_TIMEOUT`` seconds: a backend that hangs must not
+    hold ``/v1/models`` for everyone."""
+    try:
+        return await asyncio.wait_for(backend.list_models(), LISTING_TIMEOUT)
+    except TimeoutError:
+        raise TimeoutError(f"no answer within {LISTING_TIMEOUT:g} seconds") from None
 
 
 async def _info(ctx: RequestContext) -> dict[str, Any]:
