@@ -21,6 +21,7 @@ the same interface), stored on the app under ``store_key``.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import deque
@@ -69,6 +70,12 @@ class RateLimitConfig(BaseModel):
         """The limits as plain dicts, once: requests only read them."""
         self._default = self.default.model_dump(exclude_none=True)
         self._models = {name: limits.model_dump(exclude_none=True) for name, limits in self.models.items()}
+
+    @functools.cached_property
+    def limits_anything(self) -> bool:
+        """Whether any limit is set here (a key's own limits aside): when not, and the caller's key
+        sets none, a request needs no planning at all."""
+        return bool(self._default or self._models)
 
     def for_model(self, model: str) -> dict[str, int] | None:
         """The limits of ``model``: its exact entry, else the first pattern that matches."""
@@ -280,7 +287,11 @@ async def gateway_process_request(ctx: RequestContext) -> None:
     """Charge the request to its key's and its model's budgets, or refuse it with 429."""
     if ctx.body is None:  # models, info: not counted
         return
-    planned = _plan(ctx, ctx.config.plugin_config(SECTION))
+    settings: RateLimitConfig = ctx.config.plugin_config(SECTION)
+    principal = ctx.principal
+    if not settings.limits_anything and (principal is None or "limits" not in principal.metadata):
+        return
+    planned = _plan(ctx, settings)
     if not planned:
         return
     store = ctx.request.app[store_key]
