@@ -51,11 +51,18 @@ class Backend(ABC):
       ``encoding_format`` (base64: little-endian float32) and ``dimensions``. Never streamed.
 
     ``gateway.completions_format`` and ``gateway.embeddings_format`` build these objects.
+
+    When a response ends with ``ctx.usage`` still None, the pipeline estimates it (see
+    ``gateway.chat_format``), counting a stream's output as it passes. A backend that sets
+    ``ctx.usage`` for every response, also for a stream cut short, says so with ``reports_usage``:
+    its streams are then not counted.
     """
 
     type_name: ClassVar[str]
     Config: ClassVar[type[BackendConfig]] = BackendConfig
     owned_by: ClassVar[str] = "gateway"
+    #: True: ``ctx.usage`` is always set (the pipeline skips counting streamed output for an estimate).
+    reports_usage: ClassVar[bool] = False
     #: ``closed``, ``open`` or ``half_open``: set by circuit-breaking code; /metrics shows it.
     circuit_state: str = "closed"
 

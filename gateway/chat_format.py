@@ -10,6 +10,17 @@ English), at least 1 when it is not empty. A prompt adds 3 tokens per message an
 3 for priming the reply, as OpenAI's cookbook counts for its chat models. Text parts, tool-call names
 and arguments count as text; an image part counts 85 tokens (the cost of a low-detail image); other
 parts count nothing. Good enough for accounting and limits when an upstream reports no usage.
+
+Usage accounting: when a backend finishes a response and ``ctx.usage`` is still None (the upstream
+reported no usage), the pipeline estimates it and sets ``ctx.usage_estimated`` (the access line shows
+``usage_estimated: true``; metrics and token limits count the estimate). Prompt tokens come from the
+request (``estimated_usage`` of the endpoint's format); completion tokens from the response, or for a
+stream from what passed while it streamed: chunk dicts by the text they carry (``streamed_chars``: delta
+content, tool-call names and arguments, a text completion's ``text``; ``ceil(chars / 4)`` over the
+whole reply), pass-through SSE bytes, which are never parsed, by their ``data:`` events (one
+``bytes.count`` per block), each event counting one token: OpenAI-compatible servers stream about a
+token per event (the role and finish events make it a few tokens high). A backend whose
+``reports_usage`` is set is not counted.
 """
 
 from __future__ import annotations
@@ -210,6 +221,27 @@ def estimated_usage(body: Mapping[str, Any] | None, completion: Mapping[str, Any
             function = call.get("function") or {}
             completion_tokens += estimate_tokens(function.get("name")) + estimate_tokens(function.get("arguments"))
     return usage(prompt, completion_tokens)
+
+
+def streamed_chars(chunk: Mapping[str, Any]) -> int:
+    """Characters of reply text in a streamed chunk (chat or text completion): delta content, tool-call
+    names and arguments, or a choice's ``text``; for an estimate of a stream's usage."""
+    total = 0
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta")
+        if delta is None:  # a text_completion chunk
+            text = choice.get("text")
+            if text:
+                total += len(text)
+            continue
+        text = delta.get("content")
+        if text:
+            total += len(text)
+        for call in delta.get("tool_calls") or ():
+            function = call.get("function")
+            if function:
+                total += len(function.get("name") or "") + len(function.get("arguments") or "")
+    return total
 
 
 def completion_to_chunks(

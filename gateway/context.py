@@ -81,6 +81,7 @@ class RequestContext:
     deployment: Deployment | None = None  # chosen by gateway_select_backend
     attempts: list[Attempt] = field(default_factory=list)  # deployments tried before this one (retries)
     usage: dict[str, Any] | None = None  # the response's token usage, once known
+    usage_estimated: bool = False  # ``usage`` is the gateway's estimate: the backend reported none
     response: dict[str, Any] | None = None  # set in gateway_process_request to answer directly
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the response
     status: int = 0  # the HTTP status sent
@@ -91,6 +92,7 @@ class RequestContext:
     upstream_wait: float = 0.0  # seconds spent inside the backend's iterator, waiting for its output
     chunks: int = 0  # items a streamed response got from the backend
     max_gap: float = 0.0  # the longest wait for a streamed item after the first (seconds)
+    streamed_tokens: int = 0  # a stream's output tokens as counted while it passed, for an estimate
     upstream_errors: list[str] = field(default_factory=list)  # class name of each backend failure
     # Reported by retry and fallback code (the metrics plugin counts them when the request ends):
     retries: int = 0  # attempts after a failed one (any deployment, fallbacks included)

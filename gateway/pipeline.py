@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from gateway.attempts import backend_failure, interrupted
-from gateway.chat_format import include_usage
+from gateway.chat_format import include_usage, streamed_chars, usage
 from gateway.context import Deployment, RequestContext
 from gateway.endpoints import Endpoint
 from gateway.errors import InvalidRequestError, PayloadTooLargeError, UpstreamError
@@ -100,13 +100,27 @@ async def model_endpoint(ctx: RequestContext, endpoint: Endpoint) -> web.StreamR
         return await _answer_directly(ctx, endpoint, ctx.response)
 
     served = await first_output(ctx, endpoint.call, select_backend)  # retries, fallbacks, hedging
+    response = None
     try:
         if ctx.stream:
             return await _stream(ctx, served.chunks, served.watchdog, served.first)
         response = served.first
     finally:
         await served.close(ctx)
+        if ctx.usage is None:  # the backend reported none
+            _estimate_usage(ctx, endpoint, response)
     return await respond(ctx, response)
+
+
+def _estimate_usage(ctx: RequestContext, endpoint: Endpoint, response: Any) -> None:
+    """Set ``ctx.usage`` to an estimate (see ``gateway.chat_format``): the prompt from the request,
+    the completion from the response, or for a stream from what ``_stream`` counted. The response the
+    client gets is left as the backend made it."""
+    if ctx.stream:
+        ctx.usage = usage(endpoint.estimate_usage(ctx.body, {})["prompt_tokens"], ctx.streamed_tokens)
+    else:
+        ctx.usage = endpoint.estimate_usage(ctx.body, response if isinstance(response, dict) else {})
+    ctx.usage_estimated = True
 
 
 def select_backend(ctx: RequestContext) -> Deployment | None:
@@ -143,16 +157,26 @@ async def _stream(
     ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watchdog, first: Any
 ) -> web.StreamResponse:
     """Write the backend's first output and the chunks after it as SSE events as they arrive; a
-    failure ends the stream with one error event, no [DONE]."""
+    failure ends the stream with one error event, no [DONE]. Unless the backend ``reports_usage``,
+    the output is counted for a usage estimate (``ctx.streamed_tokens``): a chunk dict's text, a
+    pass-through block's ``data:`` events (one ``bytes.count``; see ``gateway.chat_format``)."""
     filters = ctx.generation.pm.hook.gateway_stream_filter(ctx=ctx)  # type: ignore[union-attr]
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(ctx.request)
     ctx.status = response.status
     write, loop, item = response.write, watchdog.loop, first
+    backend = ctx.backend
+    counting = backend is not None and not backend.reports_usage
+    events = chars = 0
     try:  # ConnectionError here comes from a write: the client went away
         try:
             while True:
                 ctx.chunks += 1
+                if counting:
+                    if type(item) is bytes:
+                        events += item.count(b"data:")
+                    else:
+                        chars += streamed_chars(item)
                 if filters:
                     for chunk in apply_filters(filters, decode_items(item)):
                         await write(encode_event(chunk))
@@ -183,6 +207,9 @@ async def _stream(
         await response.write_eof()
     except ConnectionError as exc:
         ctx.status, ctx.error = CLIENT_CLOSED, exc
+    finally:
+        if counting:
+            ctx.streamed_tokens = events + (chars + 3) // 4
     return response
 
 
@@ -190,6 +217,7 @@ async def _answer_directly(ctx: RequestContext, endpoint: Endpoint, completion: 
     """Send a response a plugin set on ``ctx.response``: as it is, or as chunks for a stream."""
     if completion.get("usage") is None:  # a plugin's answer without usage: estimate it
         completion["usage"] = endpoint.estimate_usage(ctx.body, completion)
+        ctx.usage_estimated = True
     ctx.usage = completion["usage"]
     if not ctx.stream or endpoint.to_chunks is None:
         return await respond(ctx, completion)

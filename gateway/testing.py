@@ -171,6 +171,7 @@ class RecordingBackend(Backend):
 
     type_name = "recording"
     owned_by = "tests"
+    reports_usage = True  # ctx.usage is set before the first output
 
     class Config(BackendConfig):
         models: list[str] = Field(default_factory=lambda: ["recorded-model"])

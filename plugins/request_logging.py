@@ -10,11 +10,13 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from gateway import hookimpl
+from gateway.attempts import ATTEMPTS_HEADER
 from gateway.context import RequestContext
 from gateway.log import REDACTED, is_secret_key, redact
 from gateway.streaming import ChunkFilter
 
 STATE = "request_logging.response"  # ctx.state: the response body (a dict, or a stream's collector)
+STREAMING = ("chat.completions", "completions")  # the endpoints whose access line says `stream`
 
 
 class BodyLoggingConfig(BaseModel):
@@ -103,8 +105,9 @@ def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> N
 
 @hookimpl
 async def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> None:
-    """Write the access line: id, method, path, status, model, backend, stream, timings, tokens
-    (and, with body logging on, the bodies)."""
+    """Write the access line: id, method, path, status, model, backend (the one that served, its
+    deployment's name when it differs, the attempts when there were several), stream, timings, tokens
+    (``usage_estimated`` when the gateway estimated them) and, with body logging on, the bodies."""
     request = ctx.request
     status = ctx.status
     settings: RequestLoggingConfig = ctx.config.plugin_config("request_logging")
@@ -118,15 +121,23 @@ async def gateway_request_finished(ctx: RequestContext, error: BaseException | N
     }
     if ctx.model is not None:
         fields["model"] = ctx.model
-    if ctx.deployment is not None:
-        fields["backend"] = ctx.deployment.backend.name
-    if ctx.endpoint == "chat.completions":
+    deployment = ctx.deployment
+    if deployment is not None:
+        fields["backend"] = name = deployment.backend.name
+        if deployment.name != name:
+            fields["deployment"] = deployment.name
+        attempts = ctx.response_headers.get(ATTEMPTS_HEADER, "1")  # what the client was told
+        if attempts != "1":
+            fields["attempts"] = int(attempts)
+    if ctx.endpoint in STREAMING:
         fields["stream"] = ctx.stream
     if ctx.first_byte is not None:
         fields["ttfb_ms"] = round((ctx.first_byte - ctx.started) * 1000, 2)
     if ctx.usage:
         fields["prompt_tokens"] = ctx.usage.get("prompt_tokens")
         fields["completion_tokens"] = ctx.usage.get("completion_tokens")
+        if ctx.usage_estimated:
+            fields["usage_estimated"] = True
     if ctx.principal is not None:
         fields["principal"] = ctx.principal.name
     if error is not None:

@@ -103,6 +103,7 @@ class MockBackend(Backend):
 
     type_name = "mock"
     owned_by = "mock"
+    reports_usage = True  # exact counts of what it sends, also for a stream cut short
 
     class Config(BackendConfig):
         models: list[str] = Field(

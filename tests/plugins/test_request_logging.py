@@ -610,3 +610,47 @@ def test_the_stream_collector_keeps_only_what_it_may_log() -> None:
         assert collector(piece) is piece  # passed on untouched
     assert collector(None) is None
     assert sum(len(t) for t in collector.choices[0]["text"]) == 15  # up to the limit, plus the piece that crossed it
+
+
+async def test_a_retried_request_logs_its_attempts_and_the_deployment_that_served(
+    gateway: Any, log: JsonLog, finished: Finished
+) -> None:
+    config = {
+        "backends": [
+            {"name": "broken", "type": "mock", "failure": {"mode": "error", "status": 503}},
+            {"name": "healthy", "type": "mock"},
+        ],
+        "models": [
+            {
+                "name": MOCK_MODEL,
+                "strategy": "failover",
+                "retry": {"attempts": 2, "backoff": 0},
+                "deployments": [{"backend": "broken"}, {"backend": "healthy", "name": "second"}],
+            },
+            {"name": "direct", "backend": "healthy", "model": MOCK_MODEL},
+        ],
+    }
+    client = await gateway(config, plugins=[finished])
+    response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status == 200
+    assert (response.headers["X-Gateway-Attempts"], response.headers["X-Gateway-Backend"]) == ("2", "second")
+    once = await client.post("/v1/chat/completions", json={**CHAT, "model": "direct"})
+    assert once.status == 200 and once.headers["X-Gateway-Attempts"] == "1"
+    await finished.wait(2)
+    retried, direct = log.access()
+    assert (retried["attempts"], retried["backend"], retried["deployment"]) == (2, "healthy", "second")
+    assert direct["backend"] == "healthy" and "attempts" not in direct and "deployment" not in direct
+
+
+async def test_legacy_completions_say_whether_they_streamed(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(plugins=[finished])
+    for stream in (False, True):
+        response = await client.post("/v1/completions", json={"model": MOCK_MODEL, "prompt": "hi", "stream": stream})
+        assert response.status == 200
+        await response.read()
+    embedded = await client.post("/v1/embeddings", json={"model": MOCK_MODEL, "input": "hi"})
+    assert embedded.status == 200
+    await finished.wait(3)
+    lines = log.access()
+    assert [line.get("stream") for line in lines] == [False, True, None]  # embeddings never stream
+    assert all("usage_estimated" not in line for line in lines)  # the mock backend reports its usage

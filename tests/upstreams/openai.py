@@ -29,6 +29,7 @@ class Reply:
     error: Any = None  # the body of an error status: a dict (JSON) or text; default OpenAI's shape
     headers: dict[str, str] = field(default_factory=dict)
     usage: tuple[int, int] = (11, 4)
+    report_usage: bool = True  # False: no usage at all (JSON without it; a stream ignores include_usage)
     model: str | None = None  # the model the answer names (default: the one asked for)
     delay: float = 0.0  # seconds before the response starts
     hang: bool = False  # never answer (until the client goes away)
@@ -137,7 +138,7 @@ class OpenAIUpstream:
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", **headers})
         await response.prepare(request)
-        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        with_usage = reply.report_usage and bool((body.get("stream_options") or {}).get("include_usage"))
         events = [json.dumps(c, separators=(",", ":")) for c in _chunks(reply, model, with_usage)]
         if reply.done:
             events.append("[DONE]")
@@ -178,7 +179,7 @@ def _usage(reply: Reply) -> dict[str, int]:
 
 
 def _completion(reply: Reply, model: str) -> dict[str, Any]:
-    return {
+    completion = {
         "id": "chatcmpl-upstream",
         "object": "chat.completion",
         "created": 1700000000,
@@ -194,6 +195,9 @@ def _completion(reply: Reply, model: str) -> dict[str, Any]:
         "usage": _usage(reply),
         "system_fingerprint": "fp_upstream",
     }
+    if not reply.report_usage:
+        del completion["usage"]
+    return completion
 
 
 def _chunks(reply: Reply, model: str, with_usage: bool) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 chunk) and ``POST /v1/embeddings`` (float or base64 vectors), also at Azure deployment URLs.
 
 Each request takes the next ``Reply`` like a chat request: ``status``/``error``/``headers``,
-``content`` (the completion, streamed word by word), ``usage``, ``model``, ``hang``, ``done``,
+``content`` (the completion, streamed word by word), ``usage``, ``report_usage``, ``model``, ``hang``, ``done``,
 ``error_event_after`` and ``json_for_stream`` apply.
 """
 
@@ -54,10 +54,11 @@ class OpenAITextUpstream(OpenAIUpstream):
             return failed
         if not body.get("stream") or reply.json_for_stream:
             choice = {"text": reply.content, "index": 0, "logprobs": None, "finish_reason": "stop"}
-            return web.json_response({**_text(model, [choice]), "usage": _usage(reply)}, headers=headers)
+            usage = {"usage": _usage(reply)} if reply.report_usage else {}
+            return web.json_response({**_text(model, [choice]), **usage}, headers=headers)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", **headers})
         await response.prepare(request)
-        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        with_usage = reply.report_usage and bool((body.get("stream_options") or {}).get("include_usage"))
         extra = {"usage": None} if with_usage else {}
         words = reply.content.split(" ")
         pieces = [(w if i == len(words) - 1 else w + " ", None) for i, w in enumerate(words)] + [("", "stop")]
@@ -98,6 +99,8 @@ class OpenAITextUpstream(OpenAIUpstream):
             "model": model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+        if not reply.report_usage:
+            del answer["usage"]
         return web.json_response(answer, headers=headers)
 
 
