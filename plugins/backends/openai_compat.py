@@ -170,15 +170,15 @@ class OpenAICompatBackend(Backend):
         secrets = self._secrets(ctx)
         url = self._url(operation, model)
         with transport_errors(self.name, secrets):
-            async with contextlib.AsyncExitStack() as stack:
-                try:
-                    response = await stack.enter_async_context(self._post(ctx, url, body, secrets))
-                except UpstreamClientError as exc:
-                    if not (drop_usage and _refuses_stream_options(exc)):
-                        raise
-                    self._stream_options = drop_usage = False  # the gateway's own addition: ask without
-                    log.warning("the upstream refuses stream_options; streams go uncounted", backend=self.name)
-                    response = await stack.enter_async_context(self._post(ctx, url, asked, secrets))
+            try:
+                response = await self._post(ctx, url, body, secrets)
+            except UpstreamClientError as exc:
+                if not (drop_usage and _refuses_stream_options(exc)):
+                    raise
+                self._stream_options = drop_usage = False  # the gateway's own addition: ask without
+                log.warning("the upstream refuses stream_options; streams go uncounted", backend=self.name)
+                response = await self._post(ctx, url, asked, secrets)
+            try:
                 if not ctx.stream or response.content_type != "text/event-stream":
                     answer = await json_object(response, self.name)
                     if rename:
@@ -190,63 +190,35 @@ class OpenAICompatBackend(Backend):
                         for chunk in to_chunks(answer, include_usage(ctx.body)):
                             yield chunk
                     return
-                renamer = _renamer(ctx.model) if rename else None
-                async for events in self._events(ctx, response, drop_usage, renamer, secrets):
-                    yield events
+                events = _Events(self, ctx, drop_usage, _renamer(ctx.model) if rename else None, secrets)
+                async for data in response.content.iter_any():
+                    block = events.feed(data)
+                    if block:
+                        yield block
+                    if events.failure is not None:
+                        raise events.failure
+                    if events.done:
+                        return
+                if not events.ended():
+                    raise UpstreamError(f"Backend {self.name!r} ended the stream before it was complete.")
+            finally:
+                response.release()
 
-    @contextlib.asynccontextmanager
     async def _post(
         self, ctx: RequestContext, url: str, body: Mapping[str, Any], secrets: tuple[str | None, ...]
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> aiohttp.ClientResponse:
         """The upstream's response to ``body``, its headers forwarded; an error status raises."""
         assert self.session is not None
-        async with self.session.post(
+        response = await self.session.post(
             url, data=orjson.dumps(body), headers=self._request_headers(ctx), params=self._params
-        ) as response:
+        )
+        try:
             ctx.response_headers.update(forwarded_headers(response.headers))
             await raise_for_status(response, self.name, secrets)
-            yield response
-
-    async def _events(
-        self,
-        ctx: RequestContext,
-        response: aiohttp.ClientResponse,
-        drop_usage: bool,
-        renamer: Callable[[bytes], bytes] | None,
-        secrets: tuple[str | None, ...],
-    ) -> AsyncIterator[bytes]:
-        """The upstream's SSE events, as blocks of whole events: ``[DONE]`` removed (the gateway
-        sends its own), the usage event read (and dropped when only the gateway asked for it), an
-        error event raised. A stream that ends without ``[DONE]`` was cut off: an error."""
-        pending = b""
-        async for data in response.content.iter_any():
-            pending += data
-            if b"\r" in pending:  # CRLF lines, a pair possibly cut between two reads
-                pending = pending.replace(b"\r\n", b"\n")
-            end = pending.rfind(_EVENT_END)
-            if end < 0:
-                continue
-            block, pending = pending[: end + 2], pending[end + 2 :]
-            done = _DONE.search(block) if b"[DONE]" in block else None
-            if done is not None:
-                block = block[: done.start()]
-            failure = None
-            if b'"error"' in block or _USAGE.search(block):
-                block, failure = self._inspect(ctx, block, drop_usage, secrets)
-            if drop_usage:
-                for null in _NULL_USAGE:
-                    block = block.replace(null, b"")
-            if renamer is not None:
-                block = renamer(block)
-            if block:
-                yield block
-            if failure is not None:
-                raise failure
-            if done is not None:
-                return
-        if _DONE.match(pending):  # [DONE] without the blank line after it
-            return
-        raise UpstreamError(f"Backend {self.name!r} ended the stream before it was complete.")
+        except BaseException:
+            response.release()
+            raise
+        return response
 
     def _inspect(
         self, ctx: RequestContext, block: bytes, drop_usage: bool, secrets: tuple[str | None, ...]
@@ -300,6 +272,54 @@ class OpenAICompatBackend(Backend):
             for m in listing.get("data") or []
             if isinstance(m, dict) and isinstance(m.get("id"), str)
         ]
+
+
+class _Events:
+    """Cuts an upstream's SSE bytes into blocks of whole events, one ``feed`` per network read:
+    ``[DONE]`` removed (the gateway sends its own), the usage event read (and dropped when only the
+    gateway asked for it), an error event turned into ``failure``. Per read: a few byte searches."""
+
+    __slots__ = ("backend", "ctx", "done", "drop_usage", "failure", "pending", "renamer", "secrets")
+
+    def __init__(
+        self,
+        backend: OpenAICompatBackend,
+        ctx: RequestContext,
+        drop_usage: bool,
+        renamer: Callable[[bytes], bytes] | None,
+        secrets: tuple[str | None, ...],
+    ) -> None:
+        self.backend, self.ctx, self.drop_usage, self.renamer, self.secrets = backend, ctx, drop_usage, renamer, secrets
+        self.pending = b""
+        self.done = False
+        self.failure: UpstreamError | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        """The whole events ``data`` completes, ready for the client (may be empty)."""
+        pending = self.pending + data
+        if b"\r" in pending:  # CRLF lines, a pair possibly cut between two reads
+            pending = pending.replace(b"\r\n", b"\n")
+        end = pending.rfind(_EVENT_END)
+        if end < 0:
+            self.pending = pending
+            return b""
+        block, self.pending = pending[: end + 2], pending[end + 2 :]
+        done = _DONE.search(block) if b"[DONE]" in block else None
+        if done is not None:
+            block, self.done = block[: done.start()], True
+        if b'"error"' in block or _USAGE.search(block):
+            block, self.failure = self.backend._inspect(self.ctx, block, self.drop_usage, self.secrets)
+        if self.drop_usage:
+            for null in _NULL_USAGE:
+                block = block.replace(null, b"")
+        if self.renamer is not None:
+            block = self.renamer(block)
+        return block
+
+    def ended(self) -> bool:
+        """At the end of the upstream's body: whether the stream was complete ([DONE] without the
+        blank line after it counts)."""
+        return self.done or _DONE.match(self.pending) is not None
 
 
 def _reports_error(payload: bytes) -> bool:
