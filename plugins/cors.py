@@ -60,10 +60,25 @@ def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
         allow_methods=star_or_list(cors.allow_methods),
         max_age=cors.max_age,
     )
+    signals = app.on_response_prepare
+    before = len(signals)
     setup = aiohttp_cors.setup(app, defaults={origin: options for origin in cors.allow_origins})
+    for i in range(before, len(signals)):  # aiohttp-cors's own: only for requests from a browser
+        signals[i] = _with_origin_only(signals[i])
     for route in list(app.router.routes()):
         setup.add(route)
-    app.on_response_prepare.append(_unrouted_responses(cors))
+    signals.append(_unrouted_responses(cors))
+
+
+def _with_origin_only(on_prepare: Any) -> Any:
+    """aiohttp-cors resolves every response's route before it looks for an ``Origin`` header; a
+    request without one (any client but a browser's script) needs no CORS headers: skip it."""
+
+    async def guarded(request: web.Request, response: web.StreamResponse) -> None:
+        if hdrs.ORIGIN in request.headers:
+            await on_prepare(request, response)
+
+    return guarded
 
 
 def _unrouted_responses(cors: CorsConfig) -> Any:

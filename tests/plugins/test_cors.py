@@ -252,3 +252,24 @@ async def test_allow_origins_defaults_to_the_environment_in_any_config(
     assert allowed.headers.get(ACAO) == "http://only.example"
     other = await client.get("/v1/models", headers={"Origin": "http://other.example"})
     assert ACAO not in other.headers
+
+
+async def test_requests_without_an_origin_skip_the_cors_work(gateway: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp-cors's per-response work (a route lookup) runs only for browser requests: counted."""
+    import aiohttp_cors.cors_config
+
+    original = aiohttp_cors.cors_config._CorsConfigImpl._on_response_prepare
+    calls = []
+
+    async def counting(self: Any, request: Any, response: Any) -> None:
+        calls.append(request.path)
+        await original(self, request, response)
+
+    monkeypatch.setattr(aiohttp_cors.cors_config._CorsConfigImpl, "_on_response_prepare", counting)
+    client = await gateway()
+    resp = await client.get("/health")
+    assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
+    assert calls == []
+    resp = await client.get("/health", headers={"Origin": "http://site.example"})
+    assert resp.headers["Access-Control-Allow-Origin"] == "http://site.example"
+    assert calls == ["/health"]
