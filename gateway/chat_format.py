@@ -121,9 +121,23 @@ def chunk(
     ``stream_options.include_usage``, pass ``None`` on every chunk and the usage on one last chunk
     with ``choices=[]`` (``usage_chunk``), as OpenAI does.
     """
+    return stream_object("chat.completion.chunk", id, created, model, choices, usage, system_fingerprint)
+
+
+def stream_object(
+    object_type: str,
+    id: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    usage: Mapping[str, Any] | None = _MISSING,
+    system_fingerprint: str | None = None,
+) -> dict[str, Any]:
+    """A chunk of any endpoint's stream (``chat.completion.chunk``, ``text_completion``), with ``usage``
+    only when given (see ``chunk``)."""
     out = {
         "id": id,
-        "object": "chat.completion.chunk",
+        "object": object_type,
         "created": created,
         "model": model,
         "system_fingerprint": system_fingerprint,

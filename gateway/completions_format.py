@@ -15,9 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.chat_format import estimate_tokens, usage
-
-_MISSING: Any = object()
+from gateway.chat_format import _MISSING, estimate_tokens, stream_object, usage
 
 
 def text_completion_id() -> str:
@@ -44,17 +42,7 @@ def text_completion(
     ``stream_options.include_usage``, pass ``None`` on every chunk and the usage on one last chunk
     with ``choices=[]`` (``text_usage_chunk``), as OpenAI does.
     """
-    out = {
-        "id": id,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": system_fingerprint,
-        "choices": choices,
-    }
-    if usage is not _MISSING:
-        out["usage"] = usage
-    return out
+    return stream_object("text_completion", id, created, model, choices, usage, system_fingerprint)
 
 
 def text_usage_chunk(
