@@ -309,7 +309,7 @@ def main() -> None:
             print(f"leak check, {args.leak_requests} requests", flush=True)
             time.sleep(2)  # the held streams are gone
             before = rss_mb(gateway.pid)
-            seconds = args.leak_requests / results["gateway_non_stream"]["rps"] + 1
+            seconds = args.leak_requests / results["gateway_non_stream"]["rps"] * 1.2 + 1  # at least that many
             done = wrk(gw_url, False, seconds)["requests"]
             results["leak"] = {"requests": done, "rss_before_mb": before, "rss_after_mb": rss_mb(gateway.pid)}
 
