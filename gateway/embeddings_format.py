@@ -44,15 +44,6 @@ def encode_base64(vector: Iterable[float]) -> str:
     return base64.b64encode(values.tobytes()).decode("ascii")
 
 
-def decode_base64(data: str) -> list[float]:
-    """The floats of a base64 embedding (the inverse of ``encode_base64``)."""
-    values = array("f")
-    values.frombytes(base64.b64decode(data))
-    if sys.byteorder == "big":
-        values.byteswap()
-    return values.tolist()
-
-
 def estimated_usage(body: Mapping[str, Any] | None, response: Mapping[str, Any] | None = None) -> dict[str, int]:
     """The usage of an embeddings request, estimated from its ``input`` (see ``completions_format``)."""
     return embedding_usage(sum(estimate_input_tokens(item) for item in split_inputs((body or {}).get("input"))))
