@@ -1,1 +1,31 @@
 """Fake upstream servers speaking real provider protocols, for tests."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Recorded:
+    """One request a fake upstream received."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any  # the parsed JSON body; the raw bytes when it is not JSON; None when empty
+
+
+async def record(request: web.Request, requests: list[Recorded]) -> Any:
+    """Append ``request`` to ``requests``; its body."""
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = raw
+    requests.append(Recorded(request.method, request.path, dict(request.query), dict(request.headers), body))
+    return body

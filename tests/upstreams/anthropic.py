@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.upstreams import Recorded, record
+
 API_KEY = "sk-ant-test-0123456789"
 MESSAGE_FIELDS = frozenset(
     {
@@ -79,15 +81,6 @@ class Reply:
     json_for_stream: bool = False  # answer a stream request with a JSON message
 
 
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any
-
-
 class AnthropicUpstream:
     def __init__(
         self, models: tuple[str, ...] = ("claude-sonnet-test", "claude-haiku-test", "claude-opus-test")
@@ -116,10 +109,7 @@ class AnthropicUpstream:
         return [r for r in self.requests if r.path == "/v1/messages"]
 
     async def _record(self, request: web.Request) -> Any:
-        raw = await request.read()
-        body = json.loads(raw) if raw else None
-        self.requests.append(Recorded(request.method, request.path, dict(request.query), dict(request.headers), body))
-        return body
+        return await record(request, self.requests)
 
     # Models ------------------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.upstreams import Recorded, record
+
 USAGE = {"in": 7, "out": 3}
 
 
@@ -43,14 +45,6 @@ class Reply:
     hang_after: int | None = None  # streams: stop sending (connection open) after this many events
     die_after: int | None = None  # streams: drop the connection after this many events
     done: bool = True  # streams: send the final event
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
 
 
 class ChatAPI:
@@ -77,9 +71,7 @@ class ChatAPI:
         self, answer: Callable[[web.Request, Any, Reply], Awaitable[web.StreamResponse]]
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
-            raw = await request.read()
-            body = json.loads(raw) if raw else None
-            self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+            body = await record(request, self.requests)
             reply = self.replies.popleft() if self.replies else self.default
             if reply.hang:
                 await asyncio.sleep(3600)

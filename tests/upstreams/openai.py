@@ -19,6 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.upstreams import Recorded, record
+
 
 @dataclass
 class Reply:
@@ -43,15 +45,6 @@ class Reply:
     crlf: bool = False  # stream: lines end with \r\n
     one_write: bool = False  # stream: every event in a single write
     json_for_stream: bool = False  # answer a stream request with a JSON completion
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any
 
 
 class OpenAIUpstream:
@@ -90,10 +83,7 @@ class OpenAIUpstream:
         return self.requests[-1]
 
     async def _record(self, request: web.Request) -> Any:
-        raw = await request.read()
-        body = json.loads(raw) if raw else None
-        self.requests.append(Recorded(request.method, request.path, dict(request.query), dict(request.headers), body))
-        return body
+        return await record(request, self.requests)
 
     async def list_models(self, request: web.Request) -> web.Response:
         await self._record(request)

@@ -28,6 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.upstreams import Recorded, record
+
 TOKEN = "sgp_0123456789abcdef_0123456789abcdef0123456789abcdef01234567"
 MODELS = (
     "anthropic::2023-06-01::claude-3.5-sonnet",
@@ -56,14 +58,6 @@ class Reply:
     json_for_stream: bool = False  # answer a stream request with one JSON completion
 
 
-@dataclass
-class Recorded:
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any
-
-
 class SourcegraphUpstream:
     def __init__(self, models: tuple[str, ...] = MODELS, token: str = TOKEN) -> None:
         self.models = list(models)
@@ -87,13 +81,7 @@ class SourcegraphUpstream:
         return self.replies.popleft() if self.replies else self.default
 
     async def _record(self, request: web.Request) -> Any:
-        raw = await request.read()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw
-        self.requests.append(Recorded(request.path, dict(request.query), dict(request.headers), body))
-        return body
+        return await record(request, self.requests)
 
     def _authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"token {self.token}"
