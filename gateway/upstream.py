@@ -31,6 +31,7 @@ import yarl
 from pydantic import AfterValidator, BeforeValidator, SecretStr
 
 from gateway.errors import GatewayError, RateLimitError, UpstreamError, UpstreamTimeoutError
+from gateway.http_client import UpstreamConnectError
 from gateway.log import is_secret_key
 
 #: Most of an error body read from an upstream, and of its message shown to the client.
@@ -211,12 +212,13 @@ async def raise_for_status(
 
 @contextlib.contextmanager
 def transport_errors(backend: str, secrets: Iterable[str | None] = ()) -> Iterator[None]:
-    """Map aiohttp's connection and transport failures inside the block to gateway errors."""
+    """Map the connection and transport failures inside the block (aiohttp's, ``gateway.http_client``'s)
+    to gateway errors."""
     try:
         yield
     except GatewayError:
         raise
-    except aiohttp.ClientConnectorError as exc:
+    except (aiohttp.ClientConnectorError, UpstreamConnectError) as exc:
         reason = unreachable_reason(exc.os_error)
         raise UpstreamError(f"Backend {backend!r} is unreachable: {reason.lower()}.") from None
     except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -252,12 +254,15 @@ async def json_object(response: aiohttp.ClientResponse, backend: str) -> dict[st
     return answer
 
 
+def listing_seconds(timeout: float) -> float:
+    """The seconds a model-listing request may take: ``MODELS_TIMEOUT`` at most, however long the
+    backend allows a generation to take."""
+    return min(timeout, MODELS_TIMEOUT)
+
+
 def listing_timeout(timeout: float, connect_timeout: float) -> aiohttp.ClientTimeout:
-    """The timeout of a model-listing request: ``MODELS_TIMEOUT`` at most, however long the backend
-    allows a generation to take, and the backend's connect timeout."""
-    return aiohttp.ClientTimeout(
-        total=min(timeout, MODELS_TIMEOUT), connect=connect_timeout, sock_connect=connect_timeout
-    )
+    """``listing_seconds`` as an aiohttp timeout, with the backend's connect timeout."""
+    return aiohttp.ClientTimeout(total=listing_seconds(timeout), connect=connect_timeout, sock_connect=connect_timeout)
 
 
 class ModelCache:

@@ -12,15 +12,16 @@ client's name.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-import aiohttp
 import orjson
 import structlog
+import yarl
 from pydantic import Field
 
 from gateway import completions_format
@@ -29,18 +30,18 @@ from gateway.chat_format import completion_to_chunks, include_usage
 from gateway.context import RequestContext
 from gateway.errors import ModelNotFoundError, UpstreamError
 from gateway.hookspecs import hookimpl
+from gateway.http_client import HttpClient, Response
 from gateway.upstream import (
     BaseUrl,
     Credential,
     HeaderValue,
     ModelCache,
     UpstreamClientError,
-    client_session,
     error_details,
     forwarded_headers,
     header_secrets,
     json_object,
-    listing_timeout,
+    listing_seconds,
     raise_for_status,
     scrub,
     transport_errors,
@@ -94,27 +95,31 @@ class OpenAICompatBackend(Backend):
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
-        self.session: aiohttp.ClientSession | None = None
+        self.client: HttpClient | None = None
         self._key = self.config.api_key.get_secret_value() if self.config.api_key else None
         self._config_secrets = (*header_secrets(self.config.headers), *url_secrets(self.config.base_url))
-        self._params = {"api-version": self.config.api_version} if self.config.api_version else None
+        self._path = yarl.URL(self.config.base_url).raw_path.rstrip("/")  # the paths' common prefix
+        self._query = "?" + urlencode({"api-version": self.config.api_version}) if self.config.api_version else ""
         self._stream_options = True  # the upstream takes stream_options (until it refuses them)
         self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
 
     async def __aenter__(self) -> OpenAICompatBackend:
         headers = dict(self.config.headers)
         if not any(name.lower() == "content-type" for name in headers):
-            headers["Content-Type"] = "application/json"  # aiohttp would send application/octet-stream
+            headers["Content-Type"] = "application/json"
         if self._key and not self.config.forward_client_key:
             headers[self.config.api_key_header] = self._credential(self._key)
-        self.session = client_session(
-            connect_timeout=self.config.connect_timeout, headers=headers, max_connections=self.config.max_connections
+        self.client = HttpClient(
+            self.config.base_url,
+            headers=headers,
+            connect_timeout=self.config.connect_timeout,
+            max_connections=self.config.max_connections,
         )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.client is not None:
+            await self.client.close()
 
     # Requests ------------------------------------------------------------------------------
 
@@ -128,12 +133,13 @@ class OpenAICompatBackend(Backend):
         key = (ctx.client_key if ctx is not None else None) or self._key
         return {self.config.api_key_header: self._credential(key)} if key else None
 
-    def _url(self, operation: str, model: str) -> str:
-        if self.config.deployment_urls:  # the model is one path segment, whatever a client names
+    def _target(self, operation: str, model: str | None = None) -> str:
+        """The path and query ``operation`` is asked at (under the base URL's path)."""
+        if self.config.deployment_urls and model is not None:  # the model is one path segment, whatever a client names
             if model in (".", ".."):
                 raise ModelNotFoundError(model)
-            return f"{self.config.base_url}/deployments/{quote(model, safe='')}/{operation}"
-        return f"{self.config.base_url}/{operation}"
+            return f"{self._path}/deployments/{quote(model, safe='')}/{operation}{self._query}"
+        return f"{self._path}/{operation}{self._query}"
 
     def _secrets(self, ctx: RequestContext | None) -> tuple[str | None, ...]:
         return (self._key, ctx.client_key if ctx is not None else None, *self._config_secrets)
@@ -158,7 +164,7 @@ class OpenAICompatBackend(Backend):
     ) -> AsyncIterator[dict[str, Any] | bytes]:
         """POST ``ctx.body`` to ``operation`` and yield the answer: one dict, or a stream's events
         (``to_chunks`` turns an upstream's one-piece answer to a stream request into chunks)."""
-        assert ctx.body is not None and ctx.deployment is not None and self.session is not None
+        assert ctx.body is not None and ctx.deployment is not None
         body, model = ctx.body, ctx.deployment.model
         if body.get("model") != model:
             body = {**body, "model": model}
@@ -168,7 +174,7 @@ class OpenAICompatBackend(Backend):
             body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
         rename = model != ctx.model and ctx.model is not None
         secrets = self._secrets(ctx)
-        url = self._url(operation, model)
+        url = self._target(operation, model)
         with transport_errors(self.name, secrets):
             try:
                 response = await self._post(ctx, url, body, secrets)
@@ -205,13 +211,11 @@ class OpenAICompatBackend(Backend):
                 response.release()
 
     async def _post(
-        self, ctx: RequestContext, url: str, body: Mapping[str, Any], secrets: tuple[str | None, ...]
-    ) -> aiohttp.ClientResponse:
+        self, ctx: RequestContext, target: str, body: Mapping[str, Any], secrets: tuple[str | None, ...]
+    ) -> Response:
         """The upstream's response to ``body``, its headers forwarded; an error status raises."""
-        assert self.session is not None
-        response = await self.session.post(
-            url, data=orjson.dumps(body), headers=self._request_headers(ctx), params=self._params
-        )
+        assert self.client is not None
+        response = await self.client.request("POST", target, orjson.dumps(body), self._request_headers(ctx))
         try:
             ctx.response_headers.update(forwarded_headers(response.headers))
             await raise_for_status(response, self.name, secrets)
@@ -251,17 +255,16 @@ class OpenAICompatBackend(Backend):
         return await self._models.get()
 
     async def _fetch_models(self) -> list[dict[str, Any]]:
-        assert self.session is not None
+        assert self.client is not None
         secrets = self._secrets(None)
         with transport_errors(self.name, secrets):
-            async with self.session.get(
-                f"{self.config.base_url}/models",
-                headers=self._request_headers(None),
-                params=self._params,
-                timeout=listing_timeout(self.config.timeout, self.config.connect_timeout),
-            ) as response:
-                await raise_for_status(response, self.name, secrets)
-                listing = await json_object(response, self.name)
+            async with asyncio.timeout(listing_seconds(self.config.timeout)):
+                response = await self.client.request("GET", self._target("models"), None, self._request_headers(None))
+                try:
+                    await raise_for_status(response, self.name, secrets)
+                    listing = await json_object(response, self.name)
+                finally:
+                    response.release()
         return [
             {
                 "id": m["id"],

@@ -106,14 +106,14 @@ async def test_streams_in_flight_finish_on_their_config_and_its_backend_closes_a
 
     assert await app[generations_key].reload(compat(upstream.base_url, "gpt-4o-mini", timeout=6))  # type: ignore[attr-defined]
     new = app[backends_key]["up"]
-    assert new is not old and not old.session.closed  # the stream still uses it
+    assert new is not old and not old.client.closed  # the stream still uses it
     assert (await chat(client, "gpt-4o-mini")).status == 200  # new requests: the new config
     assert (await chat(client, "gpt-4o")).status == 404
 
     rest = await resp.read()
     assert rest.endswith(b"data: [DONE]\n\n") and b"w9" in rest
     await asyncio.sleep(0.05)
-    assert old.session.closed and not new.session.closed
+    assert old.client.closed and not new.client.closed
 
 
 async def test_a_backend_whose_settings_did_not_change_is_kept(gateway: Any, upstream: OpenAIUpstream) -> None:
@@ -122,7 +122,7 @@ async def test_a_backend_whose_settings_did_not_change_is_kept(gateway: Any, ups
     old = app[backends_key]["up"]
     assert await app[generations_key].reload(compat(upstream.base_url, "gpt-4o", "gpt-4o-mini"))  # type: ignore[attr-defined]
     await asyncio.sleep(0.05)
-    assert app[backends_key]["up"] is old and not old.session.closed
+    assert app[backends_key]["up"] is old and not old.client.closed
     assert (await chat(client, "gpt-4o-mini")).status == 200
 
 
@@ -157,7 +157,7 @@ async def test_a_reload_under_200_concurrent_streams_loses_none(gateway: Any, up
             assert replaced.active == in_flight  # the streams started on the config just replaced
             streams += [asyncio.ensure_future(stream(session)) for _ in range(10)]
             await under_way(10)
-        assert not first.session.closed  # 200 streams still use it
+        assert not first.client.closed  # 200 streams still use it
         gate.set()
         bodies = await asyncio.gather(*streams)
 
@@ -166,7 +166,7 @@ async def test_a_reload_under_200_concurrent_streams_loses_none(gateway: Any, up
         assert raw.endswith(b"data: [DONE]\n\n") and raw.count(b'"content"') == 11 and b"error" not in raw
     assert upstream.finished == 220
     await asyncio.sleep(0.05)
-    assert first.session.closed and not app[backends_key]["up"].session.closed
+    assert first.client.closed and not app[backends_key]["up"].client.closed
 
 
 async def test_the_config_file_is_reloaded_when_it_changes(aiohttp_client: Any, tmp_path: Path) -> None:
