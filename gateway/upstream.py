@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, Mapping
 from typing import Annotated, Any
 
@@ -231,7 +232,12 @@ def transport_errors(backend: str, secrets: Iterable[str | None] = ()) -> Iterat
 
 def unreachable_reason(error: OSError) -> str:
     """Why a connection failed, in words: "connection refused" rather than asyncio's "connect call
-    failed ('127.0.0.1', 8000)", a resolver's own message for a name that does not resolve."""
+    failed ('127.0.0.1', 8000)", a resolver's own message for a name that does not resolve, the
+    reason a TLS handshake failed ("certificate verify failed: self-signed certificate")."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {error.verify_message}"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS handshake failed: {error.reason or error}"
     if error.errno and error.errno > 0:
         return os.strerror(error.errno)
     return error.strerror or str(error) or type(error).__name__

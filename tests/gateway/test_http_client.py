@@ -740,7 +740,7 @@ async def test_https_with_a_trusted_ca(aiohttp_server: Any, connect: Any, ca: tr
         await client_request(untrusting)
     assert isinstance(caught.value, OSError)
     assert isinstance(caught.value.os_error, ssl.SSLCertVerificationError)
-    with pytest.raises(UpstreamError, match="'up'"), transport_errors("up"):
+    with pytest.raises(UpstreamError, match="'up' is unreachable: certificate verify failed: "), transport_errors("up"):
         await client_request(untrusting)
 
 
