@@ -56,6 +56,22 @@ def _may_hold_secret(value: str) -> bool:
     )
 
 
+def _may_need_redaction(values: str) -> bool:
+    """``_may_hold_secret`` for a line's values rendered as one JSON array, looser (``token`` anywhere),
+    and true for any nested object or array (whose keys need a look)."""
+    lowered = values.lower()
+    return (
+        "bearer" in lowered
+        or "sk-" in lowered
+        or "token" in lowered
+        or "basic" in lowered
+        or "{" in values
+        or "[" in values[1:]
+        or ("=" in values and ("?" in values or "&" in values))
+        or ("@" in values and "://" in values)
+    )
+
+
 def _mask(match: re.Match[str]) -> str:
     return (match.group(1) or match.group(2) or match.group(3) or match.group(4) or "") + REDACTED
 
@@ -64,12 +80,26 @@ def _mask(match: re.Match[str]) -> str:
 _TRUSTED_FIELDS = frozenset({"level", "timestamp", "method", "status", "stream"})
 
 
+#: Field names known not to name a secret (``is_secret_key``), up to ``_PLAIN_KEYS_MAX`` of them.
+_PLAIN_KEYS: set[str] = set()
+_PLAIN_KEYS_MAX = 4096
+
+
 def redact_processor(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: mask secret-named fields and credentials in any field's value."""
+    """structlog processor: mask secret-named fields and credentials in any field's value. A line
+    whose fields are all known plain names and whose values hold nothing that looks like a
+    credential (``_may_need_redaction``, over the values rendered once) is left as it is."""
+    if event_dict.keys() <= _PLAIN_KEYS and not _may_need_redaction(
+        orjson.dumps(tuple(event_dict.values()), default=repr).decode()
+    ):
+        return event_dict
     for key, value in event_dict.items():
         if is_secret_key(key):
             event_dict[key] = REDACTED
-        elif type(value) is str:
+            continue
+        if len(_PLAIN_KEYS) < _PLAIN_KEYS_MAX:
+            _PLAIN_KEYS.add(key)
+        if type(value) is str:
             if key not in _TRUSTED_FIELDS and _may_hold_secret(value):
                 event_dict[key] = _SECRET_VALUE.sub(_mask, value)
         elif isinstance(value, (dict, list, tuple)):
