@@ -228,9 +228,14 @@ class OpenAICompatBackend(Backend):
         self, ctx: RequestContext, block: bytes, drop_usage: bool, secrets: tuple[str | None, ...]
     ) -> tuple[bytes, UpstreamError | None]:
         """Read a block holding a usage or error event: record the usage, drop the usage event when
-        the client did not ask for it; the events before an error event, and the error."""
-        kept = []
-        for event in block.split(_EVENT_END):
+        the client did not ask for it; the events before an error event, and the error. The events
+        before the first that may hold either are kept as they are, unread."""
+        usage = _USAGE.search(block)
+        notable = min(i for i in (block.find(b'"error"'), usage.start() if usage else -1) if i >= 0)
+        cut = block.rfind(_EVENT_END, 0, notable)  # the end of the event before it, if any
+        start = cut + 2 if cut >= 0 else 0
+        kept = [block[:start]]
+        for event in block[start:].split(_EVENT_END):
             if not event:
                 continue
             payload = _data(event)
