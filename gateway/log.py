@@ -149,14 +149,59 @@ class CurrentLogger:
         return getattr(self._bound, method)
 
 
+class _JsonLines:
+    """Where ``setup_logging``'s JSON lines go, for ``write_event``: its level and output, and its
+    structlog configuration, to tell whether logging is still configured that way."""
+
+    def __init__(self, config: dict[str, Any], timestamp: _Timestamp, level: int, output: Any) -> None:
+        self.timestamp, self.level, self.output = timestamp, level, output
+        self.processors = list(config["processors"])  # a copy: structlog.testing edits the list in place
+        self.wrapper_class, self.logger_factory = config["wrapper_class"], config["logger_factory"]
+
+    def current(self) -> bool:
+        config = structlog.get_config()
+        return (
+            config["logger_factory"] is self.logger_factory
+            and config["wrapper_class"] is self.wrapper_class
+            and config["processors"] == self.processors
+        )
+
+
+_json_lines: _JsonLines | None = None
+
+
+def write_event(logger: Any, level: str, event: str, fields: dict[str, Any]) -> None:
+    """``logger.<level>(event, **fields)``: when logging is ``setup_logging``'s JSON lines, the same
+    line (bound context, level, timestamp, redaction) rendered and written directly, without
+    structlog's generic pipeline per call (a quarter of its cost: the access line takes this way);
+    through ``logger`` when logging is configured otherwise, or ``fields`` hold ``exc_info``."""
+    lines = _json_lines
+    if lines is None or "exc_info" in fields or not lines.current():
+        getattr(logger, level)(event, **fields)
+        return
+    if _LEVELS[level] < lines.level:
+        return
+    line = {**fields, "event": event}
+    structlog.contextvars.merge_contextvars(None, level, line)
+    line["level"] = level
+    redact_processor(None, level, lines.timestamp(None, level, line))
+    output = lines.output
+    output.write(orjson.dumps(line, default=repr) + b"\n")
+    output.flush()
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
 def setup_logging(fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
     """Configure structlog process-wide: ``json`` lines, ``console``, or ``auto`` (console on a TTY)."""
     stream = stream or sys.stdout
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    timestamp = _Timestamp()
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        _Timestamp(),
+        timestamp,
         structlog.processors.format_exc_info,  # tracebacks become text before redaction sees them
         redact_processor,
     ]
@@ -172,6 +217,11 @@ def setup_logging(fmt: str = "auto", level: str = "info", stream: Any = None) ->
         logger_factory=factory,
         cache_logger_on_first_use=False,  # a later setup_logging (tests, reloads) must take effect everywhere
     )
+    global _json_lines
+    _json_lines = None
+    if not console:
+        output = getattr(stream, "buffer", stream)
+        _json_lines = _JsonLines(structlog.get_config(), timestamp, getattr(logging, level.upper()), output)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from gateway import hookimpl
 from gateway.attempts import ATTEMPTS_HEADER
 from gateway.context import RequestContext
-from gateway.log import REDACTED, is_secret_key, redact
+from gateway.log import REDACTED, is_secret_key, redact, write_event
 from gateway.streaming import ChunkFilter
 
 STATE = "request_logging.response"  # ctx.state: the response body (a dict, or a stream's collector)
@@ -144,7 +144,7 @@ async def gateway_request_finished(ctx: RequestContext, error: BaseException | N
         fields["error"] = f"{type(error).__name__}: {error}"
     if settings.bodies.enabled:
         await _add_bodies(ctx, settings.bodies, fields)
-    (ctx.log.error if status >= 500 else ctx.log.info)("request", **fields)
+    write_event(ctx.log, "error" if status >= 500 else "info", "request", fields)
 
 
 async def _add_bodies(ctx: RequestContext, bodies: BodyLoggingConfig, fields: dict[str, Any]) -> None:
