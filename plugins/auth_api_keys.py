@@ -116,7 +116,6 @@ class AuthConfig(BaseModel):
     )
 
     _digests: list[tuple[bytes, ApiKey]] = PrivateAttr(default_factory=list)
-    _guarded: frozenset[str] = PrivateAttr(frozenset())  # the ``protect`` paths, when there are keys
 
     @model_validator(mode="after")
     def _check(self) -> AuthConfig:
@@ -136,7 +135,6 @@ class AuthConfig(BaseModel):
                 raise ValueError(f"keys[{i}]: the same key as keys[{digests[entry.digest]}]")
             names[entry.name], digests[entry.digest] = i, i
         self._digests = [(entry.digest, entry) for entry in self.keys]
-        self._guarded = frozenset(self.protect) if self.keys else frozenset()
         return self
 
     @property
@@ -199,7 +197,7 @@ async def protect(
 ) -> web.StreamResponse:
     ctx = request[ctx_key]
     settings: AuthConfig = ctx.config.plugin_config(SECTION)
-    if request.path in settings._guarded and request.method != "OPTIONS":  # a CORS preflight carries no key
+    if settings.keys and request.path in settings.protect and request.method != "OPTIONS":  # a preflight has no key
         ctx.principal = identify(ctx, settings, "required")  # whatever the mode: anonymous callers stay out
     return await handler(request)
 
