@@ -41,6 +41,9 @@ ASYNC_HOOKS = frozenset(
     }
 )
 
+#: Sync hooks called on every request; the host calls their impls directly (``Hooks.call``).
+PER_REQUEST_HOOKS = frozenset({"gateway_select_backend", "gateway_stream_filter"})
+
 
 # Start-up hooks --------------------------------------------------------------------------------
 

@@ -126,7 +126,7 @@ def _estimate_usage(ctx: RequestContext, endpoint: Endpoint, response: Any) -> N
 def select_backend(ctx: RequestContext) -> Deployment | None:
     """``gateway_select_backend`` of the request's generation: the deployment for the next attempt."""
     generation = ctx.generation
-    return generation.pm.hook.gateway_select_backend(ctx=ctx, backends=generation.backends)  # type: ignore[union-attr]
+    return generation.hooks.call("gateway_select_backend", ctx=ctx, backends=generation.backends)  # type: ignore[union-attr]
 
 
 def _failure(ctx: RequestContext, watchdog: Watchdog, exc: BaseException) -> BaseException:
@@ -160,7 +160,7 @@ async def _stream(
     failure ends the stream with one error event, no [DONE]. Unless the backend ``reports_usage``,
     the output is counted for a usage estimate (``ctx.streamed_tokens``): a chunk dict's text, a
     pass-through block's ``data:`` events (one ``bytes.count``; see ``gateway.chat_format``)."""
-    filters = ctx.generation.pm.hook.gateway_stream_filter(ctx=ctx)  # type: ignore[union-attr]
+    filters = ctx.generation.hooks.call("gateway_stream_filter", ctx=ctx)  # type: ignore[union-attr]
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(ctx.request)
     ctx.status = response.status

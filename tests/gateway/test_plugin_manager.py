@@ -863,3 +863,53 @@ def test_build_plugin_manager_directly() -> None:
 def test_backend_config_base_is_strict() -> None:
     with pytest.raises(ValidationError, match="bogus"):
         BackendConfig(name="x", type="y", bogus=1)  # type: ignore[call-arg]
+
+
+def sync_hooks_plugin(name: str, deployment: Any = None, chunk_filter: Any = None, **marks: bool) -> object:
+    class Plugin:
+        @hookimpl(**marks)
+        def gateway_select_backend(self, ctx: Any, backends: Any) -> Any:
+            ctx.append(name)
+            return deployment
+
+        @hookimpl(**marks)
+        def gateway_stream_filter(self, ctx: Any) -> Any:
+            ctx.append(name)
+            return chunk_filter
+
+    return Plugin()
+
+
+def test_call_gives_what_pluggy_gives_in_the_same_order() -> None:
+    plugins = (
+        sync_hooks_plugin("last", deployment="d-last", chunk_filter="f-last", trylast=True),
+        sync_hooks_plugin("B", deployment="d-B"),
+        sync_hooks_plugin("A", chunk_filter="f-A"),
+        sync_hooks_plugin("first", tryfirst=True),
+    )
+    hooks = hooks_of(*plugins)
+    for name, kwargs in (("gateway_select_backend", {"backends": None}), ("gateway_stream_filter", {})):
+        direct: list[str] = []
+        via_pluggy: list[str] = []
+        result = hooks.call(name, ctx=direct, **kwargs)
+        assert result == getattr(hooks._pm.hook, name)(ctx=via_pluggy, **kwargs)
+        assert direct == via_pluggy
+    assert hooks.call("gateway_select_backend", ctx=[], backends=None) == "d-B"  # firstresult: B, then stop
+    assert hooks.call("gateway_stream_filter", ctx=[]) == ["f-A", "f-last"]
+    assert hooks_of().call("gateway_select_backend", ctx=[], backends=None) is None
+    assert hooks_of().call("gateway_stream_filter", ctx=[]) == []
+
+
+def test_call_lets_pluggy_run_a_hook_with_a_wrapper() -> None:
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def gateway_stream_filter(self, ctx: Any) -> Any:
+            ctx.append("before")
+            result = yield
+            ctx.append("after")
+            return [*result, "f-wrapper"]
+
+    log: list[str] = []
+    hooks = hooks_of(sync_hooks_plugin("A", chunk_filter="f-A"), Wrapper())
+    assert hooks.call("gateway_stream_filter", ctx=log) == ["f-A", "f-wrapper"]
+    assert log == ["before", "A", "after"]
