@@ -2,9 +2,10 @@
 
 Nothing runs per chunk here: the pipeline keeps the stream's timings on the context
 (``upstream_wait``, ``chunks``, ``max_gap``) and this plugin observes them in
-``gateway_request_finished``. Each app has its own ``CollectorRegistry``; with
-``PROMETHEUS_MULTIPROC_DIR`` set in the environment before the gateway starts, prometheus-client's
-multiprocess mode adds up the values of every worker process on each scrape.
+``gateway_request_finished``. Each app has its own ``CollectorRegistry``. In one process the values
+are plain Python numbers, exposed at scrape time (``plugins.metrics_series``); with
+``PROMETHEUS_MULTIPROC_DIR`` set in the environment before the gateway starts, they are
+prometheus-client's own metrics, whose multiprocess mode adds up every worker process on each scrape.
 
 Other code reports to it through the context and the backends: backend failures are
 ``ctx.upstream_errors`` (the pipeline fills it), retry and fallback code adds to ``ctx.retries`` and
@@ -15,10 +16,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import CollectorRegistry, Gauge, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
@@ -26,8 +26,9 @@ from gateway import hookimpl
 from gateway.backend import BackendRegistry
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
-from gateway.keys import backends_key, ctx_key
+from gateway.keys import backends_key, ctx_key, lifecycle_key
 from gateway.openapi import operation
+from plugins.metrics_series import MemoryCollector, MemorySeries, PrometheusSeries, Series, Spec
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CIRCUIT_STATES = ("closed", "half_open", "open")
@@ -35,81 +36,74 @@ CIRCUIT_STATES = ("closed", "half_open", "open")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+MODEL = ("model", "backend")
+REQUESTS = Spec(
+    "gateway_requests",
+    "Requests answered, by endpoint, model, backend, HTTP status and streaming",
+    ("endpoint", *MODEL, "status", "stream"),
+)
+DURATION = Spec(
+    "gateway_request_duration_seconds",
+    "Time from a request's arrival to its last byte",
+    ("endpoint", *MODEL, "stream"),
+    DURATION_BUCKETS,
+)
+TTFB = Spec(
+    "gateway_time_to_first_byte_seconds",
+    "Time from a request's arrival to the backend's first output",
+    ("endpoint", *MODEL, "stream"),
+    DURATION_BUCKETS,
+)
+GAP = Spec(
+    "gateway_stream_max_gap_seconds",
+    "The longest wait between two chunks of a streamed response (one observation per stream)",
+    MODEL,
+    GAP_BUCKETS,
+)
+OVERHEAD = Spec(
+    "gateway_overhead_seconds",
+    "Time of a successful request not spent waiting on the backend (the gateway's own work and writing to the client)",
+    ("endpoint", "stream"),
+    OVERHEAD_BUCKETS,
+)
+CHUNKS = Spec("gateway_stream_chunks", "Chunks streamed from backends", MODEL)
+TOKENS = Spec(
+    "gateway_tokens",
+    "Tokens used, by model, backend, API key name and type (prompt or completion)",
+    (*MODEL, "key", "type"),
+)
+UPSTREAM_ERRORS = Spec(
+    "gateway_upstream_errors", "Backend failures, by backend and the class of the error", ("backend", "error")
+)
+RETRIES = Spec("gateway_retries", "Backend attempts repeated after a failure", MODEL)
+FALLBACKS = Spec("gateway_fallbacks", "Requests that switched to a fallback deployment", MODEL)
+#: In this order on /metrics, then the in-flight gauge:
+SPECS = (REQUESTS, DURATION, TTFB, GAP, OVERHEAD, CHUNKS, TOKENS, UPSTREAM_ERRORS, RETRIES, FALLBACKS)
+TOKEN_KINDS = (("prompt_tokens", "prompt"), ("completion_tokens", "completion"))  # usage field, ``type`` label
+IN_FLIGHT = ("gateway_requests_in_flight", "Requests being handled (a scrape counts itself)")
 
 
 class Metrics:
-    """The gateway's metrics, registered in one app's registry."""
+    """The gateway's metrics, registered in one app's registry.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    With ``in_flight`` (a count of the requests being handled, read at scrape time) the values are
+    kept in memory (``MemorySeries``); without it, in prometheus-client's own objects, as
+    multiprocess mode needs, and the caller counts requests in flight with ``in_flight_gauge``.
+    """
+
+    def __init__(self, registry: CollectorRegistry, in_flight: Callable[[], int] | None = None) -> None:
         self.registry = registry
-        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-        model = ("model", "backend")
-        self.requests = Counter(
-            "gateway_requests",
-            "Requests answered, by endpoint, model, backend, HTTP status and streaming",
-            ("endpoint", *model, "status", "stream"),
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "gateway_request_duration_seconds",
-            "Time from a request's arrival to its last byte",
-            ("endpoint", *model, "stream"),
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.ttfb = Histogram(
-            "gateway_time_to_first_byte_seconds",
-            "Time from a request's arrival to the backend's first output",
-            ("endpoint", *model, "stream"),
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.gap = Histogram(
-            "gateway_stream_max_gap_seconds",
-            "The longest wait between two chunks of a streamed response (one observation per stream)",
-            model,
-            buckets=GAP_BUCKETS,
-            registry=registry,
-        )
-        self.overhead = Histogram(
-            "gateway_overhead_seconds",
-            "Time of a successful request not spent waiting on the backend (the gateway's own work "
-            "and writing to the client)",
-            ("endpoint", "stream"),
-            buckets=OVERHEAD_BUCKETS,
-            registry=registry,
-        )
-        self.chunks = Counter("gateway_stream_chunks", "Chunks streamed from backends", model, registry=registry)
-        self.tokens = Counter(
-            "gateway_tokens",
-            "Tokens used, by model, backend, API key name and type (prompt or completion)",
-            (*model, "key", "type"),
-            registry=registry,
-        )
-        self.upstream_errors = Counter(
-            "gateway_upstream_errors",
-            "Backend failures, by backend and the class of the error",
-            ("backend", "error"),
-            registry=registry,
-        )
-        self.retries = Counter("gateway_retries", "Backend attempts repeated after a failure", model, registry=registry)
-        self.fallbacks = Counter(
-            "gateway_fallbacks", "Requests that switched to a fallback deployment", model, registry=registry
-        )
-        self.in_flight = Gauge(
-            "gateway_requests_in_flight",
-            "Requests being handled (a scrape counts itself)",
-            registry=registry,
-            multiprocess_mode="livesum",
-        )
-
-    def child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, looked up once (``labels()`` validates and locks: 4-5 µs)."""
-        key = (metric, labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
+        self.in_flight_gauge: Gauge | None = None
+        series: dict[Spec, Series]
+        if in_flight is None:
+            series = {spec: PrometheusSeries(spec, registry) for spec in SPECS}
+            self.in_flight_gauge = Gauge(*IN_FLIGHT, registry=registry, multiprocess_mode="livesum")
+        else:
+            memory = {spec: MemorySeries(spec) for spec in SPECS}
+            registry.register(MemoryCollector(memory.values(), IN_FLIGHT, in_flight))
+            series = dict(memory)
+        self.requests, self.duration, self.ttfb, self.gap, self.overhead = (series[s] for s in SPECS[:5])
+        self.chunks, self.tokens, self.upstream_errors, self.retries, self.fallbacks = (series[s] for s in SPECS[5:])
 
     def observe(self, ctx: RequestContext) -> None:
         """Record one finished request."""
@@ -117,30 +111,30 @@ class Metrics:
         # a model name a client made up (404, 400...) would be a new series: only routed or answered ones
         model = (ctx.model or "") if ctx.deployment or ctx.status < 400 else ""
         endpoint, stream = ctx.endpoint, "true" if ctx.stream else "false"
-        self.child(self.requests, endpoint, model, backend, str(ctx.status), stream).inc()
-        self.child(self.duration, endpoint, model, backend, stream).observe(ctx.duration)
+        self.requests.inc((endpoint, model, backend, str(ctx.status), stream))
+        self.duration.observe((endpoint, model, backend, stream), ctx.duration)
         for error in ctx.upstream_errors:
-            self.child(self.upstream_errors, backend, error).inc()
+            self.upstream_errors.inc((backend, error))
         if ctx.retries:
-            self.child(self.retries, model, backend).inc(ctx.retries)
+            self.retries.inc((model, backend), ctx.retries)
         if ctx.fallbacks:
-            self.child(self.fallbacks, model, backend).inc(ctx.fallbacks)
+            self.fallbacks.inc((model, backend), ctx.fallbacks)
         usage = ctx.usage
         if usage:
             key = ctx.principal.name if ctx.principal else ""
-            for kind in ("prompt", "completion"):
-                tokens = usage.get(f"{kind}_tokens")
+            for field, kind in TOKEN_KINDS:
+                tokens = usage.get(field)
                 if isinstance(tokens, int) and tokens > 0:
-                    self.child(self.tokens, model, backend, key, kind).inc(tokens)
+                    self.tokens.inc((model, backend, key, kind), tokens)
         if ctx.first_byte is None or not backend:
             return
-        self.child(self.ttfb, endpoint, model, backend, stream).observe(ctx.first_byte - ctx.started)
+        self.ttfb.observe((endpoint, model, backend, stream), ctx.first_byte - ctx.started)
         if ctx.chunks:
-            self.child(self.chunks, model, backend).inc(ctx.chunks)
+            self.chunks.inc((model, backend), ctx.chunks)
             if ctx.chunks > 1:
-                self.child(self.gap, model, backend).observe(ctx.max_gap)
+                self.gap.observe((model, backend), ctx.max_gap)
         if ctx.error is None and ctx.status < 400:
-            self.child(self.overhead, endpoint, stream).observe(max(ctx.duration - ctx.upstream_wait, 0.0))
+            self.overhead.observe((endpoint, stream), max(ctx.duration - ctx.upstream_wait, 0.0))
 
 
 class CircuitCollector:
@@ -169,28 +163,21 @@ def multiprocess_mode() -> bool:
 
 @hookimpl
 def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
-    """Create this app's metrics, count requests in flight, serve ``GET /metrics``."""
+    """Create this app's metrics and serve ``GET /metrics``. In one process the in-flight gauge is
+    the core's count of requests being handled; in multiprocess mode a middleware counts them."""
     registry = CollectorRegistry()
-    app[metrics_key] = metrics = Metrics(registry)
     circuits = CircuitCollector(app[backends_key])
     if multiprocess_mode():
+        app[metrics_key] = metrics = Metrics(registry)
         scrape = _multiprocess_registry(circuits)
+        app.middlewares.append(_in_flight_middleware(metrics))
     else:
+        lifecycle = app[lifecycle_key]
+        app[metrics_key] = Metrics(registry, in_flight=lambda: len(lifecycle.tasks))
         registry.register(circuits)
 
         def scrape() -> CollectorRegistry:
             return registry
-
-    @web.middleware
-    async def in_flight(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        gauge = metrics.in_flight
-        gauge.inc()
-        try:
-            return await handler(request)
-        finally:
-            gauge.dec()
 
     @operation("Prometheus metrics", tag="operations", content_type="text/plain")
     async def serve_metrics(request: web.Request) -> web.Response:
@@ -198,8 +185,25 @@ def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encoder(scrape()), headers={"Content-Type": content_type})
 
-    app.middlewares.append(in_flight)
     app.router.add_get("/metrics", serve_metrics)
+
+
+def _in_flight_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Counts requests in flight in the live-summed gauge that every worker's scrape adds up."""
+    gauge = metrics.in_flight_gauge
+    assert gauge is not None
+
+    @web.middleware
+    async def in_flight(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        gauge.inc()
+        try:
+            return await handler(request)
+        finally:
+            gauge.dec()
+
+    return in_flight
 
 
 def _multiprocess_registry(circuits: CircuitCollector) -> Callable[[], CollectorRegistry]:

@@ -251,13 +251,21 @@ def test_multiprocess_mode_adds_up_every_process(tmp_path: Path) -> None:
         for url, proc in zip(urls, procs, strict=True):
             wait_up(url, proc, tmp_path)
         sent = {urls[0]: 2, urls[1]: 3}
+        prompt_tokens = 0
         for url, count in sent.items():
             for _ in range(count):
-                assert requests.post(url + "/v1/chat/completions", json=ask(), timeout=5).status_code == 200
+                response = requests.post(url + "/v1/chat/completions", json=ask(), timeout=5)
+                assert response.status_code == 200
+                prompt_tokens += response.json()["usage"]["prompt_tokens"]
         for url in urls:  # either process reports both processes' requests
             m = parse(requests.get(url + "/metrics", timeout=5).text)
             assert value(m, "gateway_requests_total", endpoint=CHAT, **MODEL, status="200", stream="false") == 5
             assert value(m, "gateway_request_duration_seconds_count", endpoint=CHAT, **MODEL, stream="false") == 5
+            assert (
+                value(m, "gateway_time_to_first_byte_seconds_bucket", endpoint=CHAT, **MODEL, stream="false", le="+Inf")
+                == 5
+            )
+            assert value(m, "gateway_tokens_total", **MODEL, key="", type="prompt") == prompt_tokens
             assert value(m, "gateway_requests_in_flight") == 1  # live processes only: the scrape itself
         procs[1].terminate()
         procs[1].wait(10)

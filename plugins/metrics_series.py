@@ -1,0 +1,144 @@
+"""Where the metrics plugin records: one small interface, two implementations.
+
+A single process keeps its values in plain dicts (label values -> value, or bucket counts and sum) and
+exposes them through a collector at scrape time: recording a request takes no lock and scans no
+bucket list. Multiprocess mode needs prometheus-client's own metric objects, whose values live in the
+mmap files every worker's scrape adds up. Both expose the same text: names, help, labels, buckets,
+``_total``, ``_count``, ``_sum`` and ``_created`` samples.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import prometheus_client.metrics
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import Metric
+from prometheus_client.utils import floatToGoString
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Spec:
+    """One metric: name (a counter's without ``_total``), help, label names and, for a histogram,
+    its bucket bounds (empty for a counter)."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+
+class Series(Protocol):
+    """What ``Metrics.observe`` records into: a counter's ``inc`` or a histogram's ``observe``."""
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None: ...
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None: ...
+
+
+def created_series() -> bool:
+    """Whether prometheus-client emits ``_created`` samples (``PROMETHEUS_DISABLE_CREATED_SERIES``)."""
+    return getattr(prometheus_client.metrics, "_use_created", True)
+
+
+class _Histogram:
+    __slots__ = ("counts", "created", "sum")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * buckets
+        self.sum = 0.0
+        self.created = time.time()
+
+
+class MemorySeries:
+    """A counter or histogram in a dict keyed by label values; ``collect`` builds its family."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self.bounds = (*spec.buckets, math.inf)
+        self.values: dict[tuple[str, ...], Any] = {}  # counter: [value, created]; histogram: _Histogram
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        found = self.values.get(labels)
+        if found is None:
+            self.values[labels] = [0.0 + amount, time.time()]
+        else:
+            found[0] += amount
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        found = self.values.get(labels)
+        if found is None:
+            found = self.values[labels] = _Histogram(len(self.bounds))
+        found.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value, as prometheus-client's
+        found.sum += value
+
+    def collect(self, created: bool) -> Metric:
+        spec = self.spec
+        name = spec.name
+        if not spec.buckets:
+            family = Metric(name, spec.help, "counter")
+            for labels, (value, since) in list(self.values.items()):
+                names = dict(zip(spec.labels, labels, strict=True))
+                family.add_sample(f"{name}_total", names, value)
+                if created:
+                    family.add_sample(f"{name}_created", names, since)
+            return family
+        family = Metric(name, spec.help, "histogram")
+        les = [floatToGoString(bound) for bound in self.bounds]
+        for labels, histogram in list(self.values.items()):
+            names = dict(zip(spec.labels, labels, strict=True))
+            total = 0.0
+            for le, count in zip(les, histogram.counts, strict=True):
+                total += count
+                family.add_sample(f"{name}_bucket", {**names, "le": le}, total)
+            family.add_sample(f"{name}_count", names, total)
+            family.add_sample(f"{name}_sum", names, histogram.sum)
+            if created:
+                family.add_sample(f"{name}_created", names, histogram.created)
+        return family
+
+
+class MemoryCollector:
+    """Exposes in-memory series, then ``gauge`` (name, help) read from ``value()``, at each scrape."""
+
+    def __init__(self, series: Iterable[MemorySeries], gauge: tuple[str, str], value: Callable[[], int]) -> None:
+        self.series = list(series)
+        self.gauge = gauge
+        self.value = value
+
+    def collect(self) -> list[Metric]:
+        created = created_series()
+        families = [series.collect(created) for series in self.series]
+        name, documentation = self.gauge
+        gauge = Metric(name, documentation, "gauge")
+        gauge.add_sample(name, {}, float(self.value()))
+        return [*families, gauge]
+
+
+class PrometheusSeries:
+    """A prometheus-client ``Counter`` or ``Histogram`` with its label children looked up once
+    (``labels()`` validates and locks: 4-5 µs)."""
+
+    def __init__(self, spec: Spec, registry: CollectorRegistry) -> None:
+        if spec.buckets:
+            self.metric: Any = Histogram(spec.name, spec.help, spec.labels, buckets=spec.buckets, registry=registry)
+        else:
+            self.metric = Counter(spec.name, spec.help, spec.labels, registry=registry)
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def child(self, labels: tuple[str, ...]) -> Any:
+        found = self.children.get(labels)
+        if found is None:
+            found = self.children[labels] = self.metric.labels(*labels)
+        return found
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        self.child(labels).inc(amount)
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        self.child(labels).observe(value)
