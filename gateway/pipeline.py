@@ -21,7 +21,16 @@ from gateway.endpoints import Endpoint
 from gateway.errors import InvalidRequestError, PayloadTooLargeError, UpstreamError
 from gateway.middleware import CLIENT_CLOSED, json_response, render_error
 from gateway.resilience import first_output
-from gateway.streaming import DONE, SSE_HEADERS, Watchdog, apply_filters, decode_items, encode_event, flush_filters
+from gateway.streaming import (
+    DONE,
+    SSE_HEADERS,
+    EventStreamResponse,
+    Watchdog,
+    apply_filters,
+    decode_items,
+    encode_event,
+    flush_filters,
+)
 
 REPLAY_TIMEOUT = 60.0  # a replayed response never waits; _stream just needs a watchdog
 
@@ -161,7 +170,8 @@ async def _stream(
     the output is counted for a usage estimate (``ctx.streamed_tokens``): a chunk dict's text, a
     pass-through block's ``data:`` events (one ``bytes.count``; see ``gateway.chat_format``)."""
     filters = ctx.generation.hooks.call("gateway_stream_filter", ctx=ctx)  # type: ignore[union-attr]
-    response = web.StreamResponse(headers=SSE_HEADERS)
+    # pass-through: the headers go with the first event; a filter may hold that back, so not then
+    response = (web.StreamResponse if filters else EventStreamResponse)(headers=SSE_HEADERS)
     await response.prepare(ctx.request)
     ctx.status = response.status
     write, loop, item = response.write, watchdog.loop, first

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 #: A stream filter (see ``gateway_stream_filter``): called with each chunk, then once with None.
 #: It returns the chunk to send, None to drop it, or a list of chunks.
@@ -19,6 +20,14 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 DONE = b"data: [DONE]\n\n"
+
+
+class EventStreamResponse(web.StreamResponse):
+    """A streamed response whose headers go out with its first write, in one packet: aiohttp's
+    ``StreamResponse`` sends them on their own at ``prepare()``, a syscall more per stream. The
+    pipeline prepares a stream once its first event is in hand, so nothing waits for them."""
+
+    _send_headers_immediately = False  # aiohttp's switch (its Response sets it so too)
 
 
 def encode_event(item: dict[str, Any] | bytes) -> bytes:

@@ -50,6 +50,32 @@ async def test_backend_bytes_reach_the_client_untouched(gateway: Any) -> None:
     assert await resp.read() == b"".join(BLOCKS) + b"data: [DONE]\n\n"
 
 
+async def test_a_pass_through_stream_s_headers_go_out_with_its_first_event(
+    gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A regression guard on cost: one write for the head and the first block, not one each."""
+    from aiohttp import http_writer
+
+    writes: list[bytes] = []
+    real_write, real_writelines = http_writer.StreamWriter._write, http_writer.StreamWriter._writelines
+
+    def write(self: Any, chunk: Any) -> None:
+        writes.append(bytes(chunk))
+        real_write(self, chunk)
+
+    def writelines(self: Any, chunks: Any) -> None:
+        writes.append(b"".join(chunks))
+        real_writelines(self, chunks)
+
+    monkeypatch.setattr(http_writer.StreamWriter, "_write", write)
+    monkeypatch.setattr(http_writer.StreamWriter, "_writelines", writelines)
+    client = await gateway(CONFIG, plugins=[BytesPlugin()])
+    resp = await client.post("/v1/chat/completions", json=REQUEST)
+    assert await resp.read() == b"".join(BLOCKS) + b"data: [DONE]\n\n"
+    head = next(w for w in writes if w.startswith(b"HTTP/1.1 200"))
+    assert b"text/event-stream" in head and head.endswith(BLOCKS[0] + b"\r\n")
+
+
 async def test_bytes_are_decoded_when_a_filter_asks_for_chunks(gateway: Any) -> None:
     class Upper:
         @hookimpl
