@@ -368,7 +368,9 @@ def report(r: dict[str, Any]) -> str:
         "",
         "The floor, measured the same way: a bare aiohttp pass-through with uvloop and no features (bench/floor.py): "
         f"{r['floor_non_stream']['cpu_us']:.0f} CPU µs per request ({r['floor_non_stream']['rps']:,.0f} req/s), "
-        f"{r['floor_stream']['cpu_us']:.0f} per stream ({r['floor_stream']['rps']:,.0f} req/s).",
+        f"{r['floor_stream']['cpu_us']:.0f} per stream ({r['floor_stream']['rps']:,.0f} req/s). The gateway costs "
+        f"{r['gateway_non_stream']['cpu_us'] / r['floor_non_stream']['cpu_us']:.2f} times that per request and "
+        f"{r['gateway_stream']['cpu_us'] / r['floor_stream']['cpu_us']:.2f} times per stream.",
         "",
         f"Resident memory: {r['rss_idle_mb']:.0f} MB idle, {r['rss_streams_mb']:.0f} MB holding "
         f"{r['streams']:,} open streams to the slow upstream.",
