@@ -72,7 +72,7 @@ class HttpClient:
             userinfo = f"{url.user}:{url.password or ''}".encode()
             fixed["Authorization"] = "Basic " + base64.b64encode(userinfo).decode()
         self.headers = fixed
-        self._head = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode()  # as aiohttp: UTF-8
         self._idle: collections.deque[_Connection] = collections.deque()  # the newest on the right
         self._slots = asyncio.Semaphore(max_connections) if max_connections else None
         self._closed = False
@@ -92,9 +92,9 @@ class HttpClient:
             if self._slots is not None:
                 self._slots.release()
             raise
-        head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), self._head]
+        head = [f"{method} {target} HTTP/1.1\r\n".encode(), self._head]
         if headers:
-            head.append("".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1"))
+            head.append("".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode())
         if body is not None or method == "POST":
             head.append(b"Content-Length: %d\r\n" % len(body or b""))
         head.append(b"\r\n")

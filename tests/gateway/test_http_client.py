@@ -181,6 +181,13 @@ async def test_sequential_requests_share_one_connection_and_go_out_byte_exact(se
     assert server.requests[4] == b"POST /empty HTTP/1.1\r\n" + fixed + b"Content-Length: 0\r\n\r\n"
 
 
+async def test_header_values_go_out_in_utf_8_as_aiohttp_sends_them(serve: Any, connect: Any) -> None:
+    server = await serve(answering(OK))
+    client = connect(server.url, headers={"X-Team": "équipe"})
+    assert await fetch(client, "GET", "/") == b"ok"
+    assert "X-Team: équipe\r\n".encode() in server.requests[0]
+
+
 @pytest.mark.parametrize(
     ("url", "host"),
     [
