@@ -75,14 +75,14 @@ class HttpClient:
         self._head = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode()  # as aiohttp: UTF-8
         self._idle: collections.deque[_Connection] = collections.deque()  # the newest on the right
         self._slots = asyncio.Semaphore(max_connections) if max_connections else None
-        self._closed = False
+        self.closed = False
 
     async def request(
         self, method: str, target: str, body: bytes | None = None, headers: Mapping[str, str] | None = None
     ) -> Response:
         """Send ``method target`` (a path with its query) and return the answer once its head has
         arrived; the caller reads the body, then ``release``s the response."""
-        if self._closed:
+        if self.closed:
             raise ClientOSError(0, "the client is closed")
         if self._slots is not None:
             await self._slots.acquire()
@@ -122,7 +122,7 @@ class HttpClient:
                     ssl=self.ssl,
                     server_hostname=self.host if self.ssl is not None else None,
                 )
-        except (TimeoutError, asyncio.CancelledError):
+        except TimeoutError:  # an OSError too, but not a refused connection
             raise
         except OSError as exc:
             raise UpstreamConnectError(exc) from None
@@ -133,7 +133,7 @@ class HttpClient:
         expired), or closed."""
         if self._slots is not None:
             self._slots.release()
-        if not reusable or self._closed:
+        if not reusable or self.closed:
             connection.close()
             return
         idle = self._idle
@@ -142,13 +142,9 @@ class HttpClient:
             idle.popleft().close()
         idle.append(connection)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     async def close(self) -> None:
         """Close every idle connection; connections in use close when their answer is released."""
-        self._closed = True
+        self.closed = True
         while self._idle:
             self._idle.pop().close()
 
