@@ -50,10 +50,10 @@ class Backend(ABC):
       returns the OpenAI ``list`` of ``embedding`` objects with its ``usage``, honouring
       ``encoding_format`` (base64: little-endian float32) and ``dimensions``. Never streamed.
 
-    ``gateway.completions_format`` and ``gateway.embeddings_format`` build these objects.
+    ``gateway.formats.completions`` and ``gateway.formats.embeddings`` build these objects.
 
     When a response ends with ``ctx.usage`` still None, the pipeline estimates it (see
-    ``gateway.chat_format``), counting a stream's output as it passes. A backend that sets
+    ``gateway.formats.chat``), counting a stream's output as it passes. A backend that sets
     ``ctx.usage`` for every response, also for a stream cut short, says so with ``reports_usage``:
     its streams are then not counted.
     """

@@ -14,10 +14,11 @@ import structlog
 from aiohttp import web
 
 from gateway import __version__
-from gateway.app import RUNNER_OPTIONS, create_app, load
+from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.config import ConfigError, dotenv_file
 from gateway.generation import reload_on_sighup
 from gateway.lifecycle import AIOHTTP_MARGIN
+from gateway.loading import load
 from gateway.log import setup_logging
 from gateway.plugin_manager import describe
 from gateway.workers import supervise

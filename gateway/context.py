@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from gateway.backend import Backend
     from gateway.config import GatewayConfig
     from gateway.generation import Generation
-    from gateway.health import DeploymentStats
     from gateway.model_table import ModelRoute
+    from gateway.resilience.stats import DeploymentStats
 
 
 @dataclass(slots=True, eq=False)

@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway import chat_format, completions_format, embeddings_format
-from gateway.schemas import validate_chat_request, validate_completion_request, validate_embedding_request
+from gateway.formats import chat as chat_format
+from gateway.formats import completions as completions_format
+from gateway.formats import embeddings as embeddings_format
+from gateway.formats.requests import validate_chat_request, validate_completion_request, validate_embedding_request
 
 if TYPE_CHECKING:
     from gateway.backend import Backend

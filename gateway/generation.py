@@ -20,7 +20,7 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 import structlog
@@ -30,9 +30,7 @@ from gateway.backend import Backend, BackendRegistry
 from gateway.config import ConfigError, GatewayConfig
 from gateway.hookcall import Hooks
 from gateway.keys import generations_key
-
-if TYPE_CHECKING:
-    from gateway.app import ConfigSource, Loaded
+from gateway.loading import ConfigSource, Loaded, load
 
 log = structlog.get_logger("gateway")
 
@@ -95,7 +93,6 @@ class Generations:
     async def reload(self, source: ConfigSource | None = None) -> bool:
         """Validate ``source`` (default: the config this app started from) and, if it is valid, make
         it current. False, with the reason logged, when it is not; the current config stays."""
-        from gateway.app import load  # app imports this module
 
         async with self._lock:
             try:

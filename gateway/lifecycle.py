@@ -9,6 +9,7 @@ from aiohttp import web
 
 #: What aiohttp waits beyond the grace period for the requests the gateway has just ended.
 AIOHTTP_MARGIN = 2.0
+SHUTTING_DOWN = "The server is shutting down; retry the request."
 
 
 class Lifecycle:

@@ -6,21 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 
 from gateway.context import RequestContext
-from gateway.errors import GatewayError, InternalError, ServiceUnavailableError
+from gateway.errors import ServiceUnavailableError
 from gateway.keys import ctx_key, generations_key, lifecycle_key
-
-log = structlog.get_logger("gateway")
+from gateway.lifecycle import SHUTTING_DOWN
+from gateway.replies import CLIENT_CLOSED, error_response, render_error
 
 MAX_REQUEST_ID = 200  # a longer X-Request-ID from a client is replaced by a new one
-CLIENT_CLOSED = 499  # nginx's status for a client that left before the response was complete
-SHUTTING_DOWN = "The server is shutting down; retry the request."
 OVERHEAD_HEADER = "X-Gateway-Overhead-Ms"
 
 
@@ -114,24 +110,3 @@ async def add_response_headers(request: web.Request, response: web.StreamRespons
             headers.update(ctx.response_headers)
             if "X-Request-ID" in request.headers:  # a request id the client sent is echoed, whatever else
                 headers["X-Request-ID"] = ctx.request_id
-
-
-async def render_error(ctx: RequestContext, exc: BaseException) -> GatewayError:
-    """The ``GatewayError`` a client sees for ``exc`` (``gateway_handle_error``; a 500 if that fails)."""
-    try:
-        error = await ctx.generation.hooks.first_result("gateway_handle_error", ctx=ctx, error=exc)  # type: ignore[union-attr]
-    except Exception:
-        log.exception("gateway_handle_error failed", error=repr(exc))
-        error = None
-    if isinstance(error, GatewayError):
-        return error
-    return InternalError("The server had an error processing your request.")
-
-
-async def error_response(ctx: RequestContext, exc: BaseException) -> web.Response:
-    error = await render_error(ctx, exc)
-    return json_response(error.to_dict(), status=error.status, headers=error.headers)
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)

@@ -2,9 +2,9 @@
 
 Every route handler describes itself with ``@operation(...)`` (core and plugin routes alike), so the
 document lists every route the app has; request bodies are the pydantic models that validate them
-(``gateway.schemas``), responses the models in ``gateway.api_models``. A route whose handler has no
-description still appears, with a placeholder summary; ``hidden=True`` leaves out a route that is
-not an API endpoint (a page's assets).
+(``gateway.formats.requests``), responses the models in ``gateway.formats.response_models``. A
+route whose handler has no description still appears, with a placeholder summary; ``hidden=True``
+leaves out a route that is not an API endpoint (a page's assets).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
-from gateway.api_models import ErrorResponse
+from gateway.formats.response_models import ErrorResponse
 
 OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{model}"

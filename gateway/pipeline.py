@@ -14,18 +14,18 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.attempts import backend_failure, interrupted
-from gateway.chat_format import include_usage, streamed_chars, usage
 from gateway.context import Deployment, RequestContext
 from gateway.endpoints import Endpoint
 from gateway.errors import InvalidRequestError, PayloadTooLargeError, UpstreamError
-from gateway.middleware import CLIENT_CLOSED, json_response, render_error
-from gateway.resilience import first_output
+from gateway.formats.chat import include_usage, streamed_chars, usage
+from gateway.replies import CLIENT_CLOSED, json_response, render_error
+from gateway.resilience.attempts import backend_failure, interrupted
+from gateway.resilience.first_output import first_output
+from gateway.resilience.watchdog import Watchdog
 from gateway.streaming import (
     DONE,
     SSE_HEADERS,
     EventStreamResponse,
-    Watchdog,
     apply_filters,
     decode_items,
     encode_event,
@@ -122,7 +122,7 @@ async def model_endpoint(ctx: RequestContext, endpoint: Endpoint) -> web.StreamR
 
 
 def _estimate_usage(ctx: RequestContext, endpoint: Endpoint, response: Any) -> None:
-    """Set ``ctx.usage`` to an estimate (see ``gateway.chat_format``): the prompt from the request,
+    """Set ``ctx.usage`` to an estimate (see ``gateway.formats.chat``): the prompt from the request,
     the completion from the response, or for a stream from what ``_stream`` counted. The response the
     client gets is left as the backend made it."""
     if ctx.stream:
@@ -168,7 +168,7 @@ async def _stream(
     """Write the backend's first output and the chunks after it as SSE events as they arrive; a
     failure ends the stream with one error event, no [DONE]. Unless the backend ``reports_usage``,
     the output is counted for a usage estimate (``ctx.streamed_tokens``): a chunk dict's text, a
-    pass-through block's ``data:`` events (one ``bytes.count``; see ``gateway.chat_format``)."""
+    pass-through block's ``data:`` events (one ``bytes.count``; see ``gateway.formats.chat``)."""
     filters = ctx.generation.hooks.call("gateway_stream_filter", ctx=ctx)  # type: ignore[union-attr]
     # pass-through: the headers go with the first event; a filter may hold that back, so not then
     response = (web.StreamResponse if filters else EventStreamResponse)(headers=SSE_HEADERS)

@@ -12,29 +12,29 @@ import pluggy
 from gateway import hookspecs
 from gateway.config import ConfigError
 
-#: Built-in plugins by dotted path; each is registered under the path without ``plugins.``.
+#: Built-in plugins by dotted path; each is registered under the path without ``gateway_plugins.``.
 DEFAULT_PLUGINS = (
-    "plugins.error_renderer",
-    "plugins.routing",
-    "plugins.request_logging",
-    "plugins.metrics",
-    "plugins.docs",
-    "plugins.cors",
-    "plugins.transforms",
-    "plugins.backends.mock",
-    "plugins.backends.openai_compat",
-    "plugins.backends.http_template",
-    "plugins.backends.sourcegraph",
-    "plugins.backends.anthropic",
-    "plugins.auth_api_keys",
-    "plugins.rate_limit",
+    "gateway_plugins.error_renderer",
+    "gateway_plugins.routing",
+    "gateway_plugins.request_logging",
+    "gateway_plugins.metrics",
+    "gateway_plugins.docs",
+    "gateway_plugins.cors",
+    "gateway_plugins.transforms",
+    "gateway_plugins.backends.mock",
+    "gateway_plugins.backends.openai_compat",
+    "gateway_plugins.backends.http_template",
+    "gateway_plugins.backends.sourcegraph",
+    "gateway_plugins.backends.anthropic",
+    "gateway_plugins.auth_api_keys",
+    "gateway_plugins.rate_limit",
 )
 #: Built-ins that cannot be disabled.
 ESSENTIAL_PLUGINS = frozenset({"error_renderer"})
 
 
 def builtin_name(path: str) -> str:
-    return path.removeprefix("plugins.")
+    return path.removeprefix("gateway_plugins.")
 
 
 def build_plugin_manager(

@@ -10,7 +10,12 @@ import structlog
 from aiohttp import web
 
 from gateway import __version__
-from gateway.api_models import (
+from gateway.backend import Backend, model_object
+from gateway.context import RequestContext
+from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
+from gateway.errors import ModelNotFoundError
+from gateway.formats.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.formats.response_models import (
     ChatCompletion,
     ChatCompletionChunk,
     EmbeddingList,
@@ -20,18 +25,13 @@ from gateway.api_models import (
     ModelList,
     TextCompletion,
 )
-from gateway.backend import Backend, model_object
-from gateway.context import RequestContext
-from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
-from gateway.errors import ModelNotFoundError
 from gateway.generation import Generation
 from gateway.keys import ctx_key
-from gateway.middleware import json_response
 from gateway.openapi import operation
 from gateway.pipeline import json_endpoint, model_endpoint
 from gateway.plugin_manager import describe
-from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from gateway.upstream import MODELS_TIMEOUT
+from gateway.replies import json_response
+from gateway.upstream.errors import MODELS_TIMEOUT
 
 NAME = "llm-gateway"
 #: Seconds a backend's ``list_models()`` may take for ``/v1/models``; one that takes longer is skipped

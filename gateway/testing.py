@@ -27,9 +27,10 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import Field
 
-from gateway.app import RUNNER_OPTIONS, ConfigSource, create_app
+from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.backend import Backend, BackendConfig
-from gateway.chat_format import (
+from gateway.context import Principal, RequestContext
+from gateway.formats.chat import (
     chat_completion,
     chunk,
     chunk_choice,
@@ -40,9 +41,9 @@ from gateway.chat_format import (
     usage,
     usage_chunk,
 )
-from gateway.context import Principal, RequestContext
 from gateway.hookspecs import hookimpl
 from gateway.keys import backends_key
+from gateway.loading import ConfigSource
 
 MOCK_MODEL = "mock-gpt-model"
 

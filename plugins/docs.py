@@ -17,8 +17,8 @@ from gateway import __version__, hookimpl
 from gateway.config import GatewayConfig
 from gateway.errors import NotFoundError
 from gateway.keys import ctx_key
-from gateway.middleware import json_response
 from gateway.openapi import build_document, operation
+from gateway.replies import json_response
 
 TITLE = "llm-gateway"
 DESCRIPTION = (

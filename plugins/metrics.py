@@ -28,7 +28,7 @@ from gateway.config import GatewayConfig
 from gateway.context import RequestContext
 from gateway.keys import backends_key, ctx_key, lifecycle_key
 from gateway.openapi import operation
-from plugins.metrics_series import MemoryCollector, MemorySeries, PrometheusSeries, Series, Spec
+from gateway_plugins.metrics_series import MemoryCollector, MemorySeries, PrometheusSeries, Series, Spec
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CIRCUIT_STATES = ("closed", "half_open", "open")

@@ -10,9 +10,9 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from gateway import hookimpl
-from gateway.attempts import ATTEMPTS_HEADER
 from gateway.context import RequestContext
 from gateway.log import REDACTED, is_secret_key, redact, write_event
+from gateway.resilience.attempts import ATTEMPTS_HEADER
 from gateway.streaming import ChunkFilter
 
 STATE = "request_logging.response"  # ctx.state: the response body (a dict, or a stream's collector)

@@ -31,9 +31,9 @@ from gateway.backend import Backend, BackendRegistry
 from gateway.config import GatewayConfig
 from gateway.context import Attempt, RequestContext
 from gateway.errors import ServiceUnavailableError
-from gateway.health import DeploymentStats
 from gateway.model_table import DeploymentConfig, ModelIndex, ModelRoute
-from gateway.retry import RetryBudget, verdict
+from gateway.resilience.retry import RetryBudget, verdict
+from gateway.resilience.stats import DeploymentStats
 
 NAME = "routing"
 EXPLORE_EVERY = 20  # lowest_latency: every Nth request goes to the next deployment in turn

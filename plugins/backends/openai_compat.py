@@ -24,14 +24,13 @@ import structlog
 import yarl
 from pydantic import Field
 
-from gateway import completions_format
 from gateway.backend import Backend, BackendConfig
-from gateway.chat_format import completion_to_chunks, include_usage
 from gateway.context import RequestContext
 from gateway.errors import ModelNotFoundError, UpstreamError
+from gateway.formats import completions as completions_format
+from gateway.formats.chat import completion_to_chunks, include_usage
 from gateway.hookspecs import hookimpl
-from gateway.http_client import HttpClient, Response
-from gateway.upstream import (
+from gateway.upstream.errors import (
     BaseUrl,
     Credential,
     HeaderValue,
@@ -47,6 +46,7 @@ from gateway.upstream import (
     transport_errors,
     url_secrets,
 )
+from gateway.upstream.http_client import HttpClient, Response
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _MODEL = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')

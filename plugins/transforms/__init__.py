@@ -20,9 +20,9 @@ from gateway import hookimpl, model_object
 from gateway.context import RequestContext
 from gateway.keys import backends_key
 from gateway.streaming import ChunkFilter
-from plugins.transforms.config import Rule, TransformsConfig
-from plugins.transforms.patterns import CONTENT_FILTER, Patterns, ResponseFilter, TextChain, text_slot
-from plugins.transforms.requests import apply_rule
+from gateway_plugins.transforms.config import Rule, TransformsConfig
+from gateway_plugins.transforms.patterns import CONTENT_FILTER, Patterns, ResponseFilter, TextChain, text_slot
+from gateway_plugins.transforms.requests import apply_rule
 
 SECTION = "transforms"
 FILTERS = "transforms.filters"  # ctx.state: the response filters of the rules that matched

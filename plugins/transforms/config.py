@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from gateway.context import Principal
-from plugins.transforms.patterns import Patterns
+from gateway_plugins.transforms.patterns import Patterns
 
 #: Fields that defaults and caps may not set: the gateway has read them already.
 RESERVED_FIELDS = frozenset({"model", "messages", "stream", "prompt", "input"})

@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.context import RequestContext
 from gateway.errors import ContentPolicyError
-from plugins.transforms.config import Rule
+from gateway_plugins.transforms.config import Rule
 
 REFUSED = "This request was refused by the gateway's content policy."
 SYSTEM_ROLES = ("system", "developer")

@@ -13,7 +13,7 @@ from openai import OpenAI
 
 from gateway.app import create_app
 from gateway.testing import ServerThread
-from plugins.rate_limit import MemoryStore, store_key
+from gateway_plugins.rate_limit import MemoryStore, store_key
 
 CONFIG = Path(__file__).parents[2] / "config" / "examples" / "auth.yaml"
 API_KEY = "gw-example-admin-5d1c9e7a"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from gateway.backend import Backend
-from gateway.circuit import CircuitBreaker
-from gateway.health import DeploymentStats
-from gateway.latency import LatencyTracker
 from gateway.model_table import CircuitConfig
-from plugins.backends.mock import MockBackend
+from gateway.resilience.circuit import CircuitBreaker
+from gateway.resilience.latency import LatencyTracker
+from gateway.resilience.stats import DeploymentStats
+from gateway_plugins.backends.mock import MockBackend
 
 
 class Clock:

@@ -13,8 +13,8 @@ import pytest
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from gateway import Backend, BackendConfig, hookimpl
-from gateway.app import load
 from gateway.config import ConfigError, interpolate, read_config
+from gateway.loading import load
 
 # Variables these tests set, directly or through .env files.
 VARS = (

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 
 from gateway import Backend, RequestContext, hookimpl
-from gateway.chat_format import (
+from gateway.formats.chat import (
     chat_completion,
     chunk,
     chunk_choice,

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from gateway import Backend, hookimpl
-from gateway.chat_format import chunk, chunk_choice
+from gateway.formats.chat import chunk, chunk_choice
 from gateway.testing import mock_config
 
 CHAT = "/v1/chat/completions"

@@ -1,4 +1,4 @@
-"""gateway.http_client against real servers on 127.0.0.1: raw asyncio servers where the exact bytes
+"""gateway.upstream.http_client against real servers on 127.0.0.1: raw asyncio servers where the exact bytes
 matter (framing, keep-alive, broken answers), aiohttp.web where a real HTTP server is enough."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pytest
 import trustme
 from aiohttp import web
 
-from gateway import http_client
 from gateway.errors import UpstreamError
-from gateway.http_client import HttpClient, Response, UpstreamConnectError
-from gateway.upstream import transport_errors
+from gateway.upstream import http_client
+from gateway.upstream.errors import transport_errors
+from gateway.upstream.http_client import HttpClient, Response, UpstreamConnectError
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n"

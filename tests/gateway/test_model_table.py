@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.app import load
 from gateway.config import ConfigError
+from gateway.loading import load
 
 BACKENDS = [{"name": "one", "type": "mock"}, {"name": "two", "type": "mock"}]
 

@@ -11,10 +11,11 @@ from aiohttp import web
 from openapi_spec_validator import validate
 from pydantic import BaseModel
 
-from gateway import api_models, hookimpl
+from gateway import hookimpl
 from gateway.config import GatewayConfig
+from gateway.formats import response_models as api_models
+from gateway.formats.requests import ChatCompletionRequest
 from gateway.openapi import REF, UNDOCUMENTED_METHODS, build_document, described, operation, schema_ref
-from gateway.schemas import ChatCompletionRequest
 from gateway.testing import make_app, mock_config
 
 
@@ -114,7 +115,7 @@ def test_a_plugin_route_without_a_description_is_still_listed() -> None:
 
 
 def test_two_different_schemas_with_one_name_are_refused() -> None:
-    class Usage(BaseModel):  # not gateway.api_models.Usage
+    class Usage(BaseModel):  # not gateway.formats.response_models.Usage
         tokens: str
 
     schemas: dict[str, Any] = {}

@@ -16,11 +16,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import GatewayError, Principal, hookimpl, hookspecs
-from gateway.app import load
 from gateway.backend import Backend, BackendConfig
 from gateway.config import ConfigError
 from gateway.errors import AuthenticationError, PermissionDeniedError
 from gateway.hookcall import Hooks
+from gateway.loading import load
 from gateway.plugin_manager import (
     DEFAULT_PLUGINS,
     ESSENTIAL_PLUGINS,
@@ -29,7 +29,7 @@ from gateway.plugin_manager import (
 )
 from gateway.testing import MOCK_MODEL, make_app, mock_config
 
-BUILTINS = [p.removeprefix("plugins.") for p in DEFAULT_PLUGINS]
+BUILTINS = [p.removeprefix("gateway_plugins.") for p in DEFAULT_PLUGINS]
 USER = [{"role": "user", "content": "hello there"}]
 TEST_MODULES = ("gw_test_upper", "gw_test_broken_import", "fakeplug_mod", "gw_test_wrong_argument")
 

@@ -15,8 +15,8 @@ from gateway.errors import (
     UpstreamTimeoutError,
 )
 from gateway.model_table import RetryConfig
-from gateway.retry import RetryBudget, backoff, retry_after, verdict
-from gateway.upstream import UpstreamClientError
+from gateway.resilience.retry import RetryBudget, backoff, retry_after, verdict
+from gateway.upstream.errors import UpstreamClientError
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,10 @@ import orjson
 import pytest
 
 from gateway import Backend, hookimpl
-from gateway.chat_format import chunk, chunk_choice
-from gateway.streaming import Watchdog, apply_filters, decode_items, encode_event, flush_filters, iter_sse
+from gateway.formats.chat import chunk, chunk_choice
+from gateway.resilience.watchdog import Watchdog
+from gateway.streaming import apply_filters, decode_items, encode_event, flush_filters
+from gateway.upstream.sse import iter_sse
 
 
 def text_chunk(text: str, finish: str | None = None) -> dict[str, Any]:

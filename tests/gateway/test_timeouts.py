@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.app import load
 from gateway.context import Deployment
 from gateway.errors import InvalidRequestError
-from gateway.timeouts import client_limits, silence
+from gateway.loading import load
+from gateway.resilience.timeouts import client_limits, silence
 
 
 def test_client_limits() -> None:

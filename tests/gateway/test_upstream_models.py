@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from gateway import upstream
 from gateway.errors import UpstreamError
-from gateway.upstream import ModelCache
+from gateway.upstream import errors as upstream
+from gateway.upstream.errors import ModelCache
 
 
 class Upstream:

@@ -1,4 +1,4 @@
-"""gateway.upstream on Anthropic's error bodies and the statuses a backend names "overloaded"."""
+"""gateway.upstream.errors on Anthropic's error bodies and the statuses a backend names "overloaded"."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from gateway.errors import UpstreamError
-from gateway.upstream import UpstreamClientError, UpstreamOverloadedError, error_details, http_error
+from gateway.upstream.errors import UpstreamClientError, UpstreamOverloadedError, error_details, http_error
 
 
 def anthropic_error(type_: str, message: str) -> bytes:

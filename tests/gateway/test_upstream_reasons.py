@@ -1,4 +1,4 @@
-"""Why an upstream was unreachable, as gateway.upstream words it for the client."""
+"""Why an upstream was unreachable, as gateway.upstream.errors words it for the client."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from gateway.upstream import unreachable_reason
+from gateway.upstream.errors import unreachable_reason
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """Usage accounting: every response's usage is the upstream's, stream or not; when an upstream reports
-none, the gateway estimates it (``gateway.chat_format``'s method) and marks it in the access line.
+none, the gateway estimates it (``gateway.formats.chat``'s method) and marks it in the access line.
 
 openai_compat against the fake OpenAI API (tests/upstreams/openai_text.py), whose ``report_usage=False``
 answers without any usage; a dict-yielding backend of a test plugin; the mock and recording backends."""
@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import hookimpl
 from gateway.backend import Backend
-from gateway.chat_format import chat_completion, completion_id, completion_to_chunks, message_choice
 from gateway.context import RequestContext
+from gateway.formats.chat import chat_completion, completion_id, completion_to_chunks, message_choice
 from gateway.log import setup_logging
 from gateway.testing import MOCK_MODEL, Finished, RecordingPlugin, mock_config, recording_config
 from tests.upstreams.openai import Reply

@@ -19,10 +19,10 @@ from aiohttp.test_utils import TestClient
 from openai import AsyncOpenAI, OpenAI
 
 from gateway import hookimpl
-from gateway.app import load
 from gateway.config import ConfigError
 from gateway.context import RequestContext
 from gateway.keys import ctx_key, generations_key
+from gateway.loading import load
 from gateway.log import setup_logging
 from gateway.testing import MOCK_MODEL, Finished, ServerThread, make_app, mock_config
 from tests.upstreams.openai import OpenAIUpstream

@@ -22,7 +22,7 @@ from gateway import hookimpl
 from gateway.context import Principal, RequestContext
 from gateway.keys import backends_key
 from gateway.testing import MOCK_MODEL, mock_config
-from plugins.metrics import metrics_key
+from gateway_plugins.metrics import metrics_key
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT = "chat.completions"

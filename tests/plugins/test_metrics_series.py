@@ -16,7 +16,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.values import MutexValue
 
 from gateway.testing import MOCK_MODEL, mock_config
-from plugins.metrics import Metrics
+from gateway_plugins.metrics import Metrics
 
 # values on, between, below and above the bounds (a value on a bound belongs to that bucket)
 DURATIONS = (0.0, 0.005, 0.0051, 0.1, 1, 2.4999, 600, 601.5, 1e-9)

@@ -18,11 +18,11 @@ from aiohttp.test_utils import TestClient
 from openai import AsyncOpenAI, OpenAI
 
 from gateway import hookimpl
-from gateway.app import load
 from gateway.config import ConfigError
 from gateway.context import RequestContext
+from gateway.loading import load
 from gateway.testing import MOCK_MODEL, Finished, ServerThread, make_app, mock_config
-from plugins.rate_limit import Charge, MemoryStore, duration, store_key
+from gateway_plugins.rate_limit import Charge, MemoryStore, duration, store_key
 from tests.upstreams.openai import OpenAIUpstream, Reply
 
 LARGE = "mock-gpt-large"

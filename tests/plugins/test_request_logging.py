@@ -601,7 +601,7 @@ def test_a_bad_body_redaction_pattern_is_a_config_error() -> None:
 
 
 def test_the_stream_collector_keeps_only_what_it_may_log() -> None:
-    from plugins.request_logging import StreamCollector
+    from gateway_plugins.request_logging import StreamCollector
 
     collector = StreamCollector(limit=10)
     chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m"}

@@ -24,7 +24,7 @@ from gateway.testing import (
     recording_config,
     run_in_thread,
 )
-from plugins.transforms.patterns import Patterns, ResponseFilter, TextChain
+from gateway_plugins.transforms.patterns import Patterns, ResponseFilter, TextChain
 from tests.upstreams.openai import OpenAIUpstream, Reply
 
 CHAT = "/v1/chat/completions"

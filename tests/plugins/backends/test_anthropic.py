@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway import upstream as gateway_upstream
 from gateway.config import ConfigError
 from gateway.testing import make_app
-from plugins.backends import anthropic as anthropic_backend
-from plugins.backends.anthropic_messages import StreamTranslator
+from gateway.upstream import errors as gateway_upstream
+from gateway_plugins.backends import anthropic as anthropic_backend
+from gateway_plugins.backends.anthropic.messages import StreamTranslator
 from tests.upstreams.anthropic import API_KEY, AnthropicUpstream, Reply, text, tool_use
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from plugins.backends.json_template import Template, compile_path, root_fields
+from gateway_plugins.backends.http_template.json_template import Template, compile_path, root_fields
 
 VARIABLES = ("messages", "history", "last", "params", "model")
 VALUES: dict[str, Any] = {

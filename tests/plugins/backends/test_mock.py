@@ -16,9 +16,9 @@ from gateway import hookspecs
 from gateway.backend import BackendConfig
 from gateway.context import Deployment, RequestContext
 from gateway.errors import InvalidRequestError, ModelNotFoundError, RateLimitError, UpstreamError
-from gateway.json_schema import example_value
-from plugins.backends import mock
-from plugins.backends.mock import NO_USER_MESSAGE_REPLY, MockBackend
+from gateway.formats.json_schema import example_value
+from gateway_plugins.backends import mock
+from gateway_plugins.backends.mock import NO_USER_MESSAGE_REPLY, MockBackend
 
 MODEL = "mock-gpt-model"
 WEATHER = {

@@ -339,7 +339,7 @@ async def test_the_pass_through_path_parses_no_json_per_chunk(
 ) -> None:
     """A regression guard on cost that does not depend on timing: orjson.loads calls are counted."""
     import gateway.streaming as streaming
-    import plugins.backends.openai_compat as compat
+    import gateway_plugins.backends.openai_compat as compat
 
     calls = []
 
@@ -363,7 +363,7 @@ async def test_the_pass_through_path_parses_no_json_per_chunk(
 
 def test_a_block_is_read_event_by_event_only_from_its_usage_event_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """A regression guard on cost: the events before the usage event of a block go through unsplit."""
-    import plugins.backends.openai_compat as compat
+    import gateway_plugins.backends.openai_compat as compat
 
     read = []
     monkeypatch.setattr(compat, "_data", lambda event, real=compat._data: read.append(event) or real(event))
@@ -578,7 +578,7 @@ async def test_a_hanging_listing_is_bounded_by_models_timeout(
 
     from aiohttp import web
 
-    from gateway import upstream as gateway_upstream
+    from gateway.upstream import errors as gateway_upstream
 
     async def silent(request: web.Request) -> web.Response:
         while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110

@@ -12,10 +12,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway import hookimpl
-from gateway import upstream as gateway_upstream
 from gateway.config import ConfigError
 from gateway.context import RequestContext
 from gateway.testing import make_app
+from gateway.upstream import errors as gateway_upstream
 from tests.upstreams.sourcegraph import MODELS, TOKEN, Reply, SourcegraphUpstream
 
 SONNET, HAIKU, GPT4O = MODELS

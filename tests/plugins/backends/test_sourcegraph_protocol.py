@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import InvalidRequestError
-from plugins.backends import sourcegraph_protocol as sg
+from gateway_plugins.backends.sourcegraph import protocol as sg
 
 WRAPPED = (
     "failed to forward request to apiHandler: handler returned unexpected status code: got 400 want 200, "

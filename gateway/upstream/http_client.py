@@ -8,7 +8,7 @@ proxies), at a fraction of ``aiohttp.ClientSession``'s cost per request.
 - ``gzip`` and ``deflate`` answers are decoded; a ``Connection: close`` answer, an HTTP/1.0 one, an
   unfinished or cancelled one closes its connection instead of returning it to the pool.
 - Failures are aiohttp's exception types (``ServerDisconnectedError``, ``ClientPayloadError``...), and
-  ``UpstreamConnectError`` for a connection that could not be made, so ``gateway.upstream``'s mapping
+  ``UpstreamConnectError`` for a connection that could not be made, so ``gateway.upstream.errors``'s mapping
   to gateway errors and its helpers (``raise_for_status``, ``json_object``) take either client.
 """
 

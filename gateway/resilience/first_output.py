@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.attempts import Call, Select, Served, attempt, sequential
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, ModelNotFoundError
-from gateway.hedging import hedged
-from gateway.streaming import Watchdog
-from gateway.timeouts import TIMEOUT_HEADER, client_limits, request_deadline, silence
+from gateway.resilience.attempts import Call, Select, Served, attempt, sequential
+from gateway.resilience.hedging import hedged
+from gateway.resilience.timeouts import TIMEOUT_HEADER, client_limits, request_deadline, silence
+from gateway.resilience.watchdog import Watchdog
 
 
 async def first_output(ctx: RequestContext, call: Call, select: Select) -> Served:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from plugins.backends.json_template import compile_path
+from gateway_plugins.backends.http_template.json_template import compile_path
 
 #: Values JMESPath treats as false: a ``done`` or ``error`` path that finds one of these found nothing.
 FALSE_VALUES: tuple[Any, ...] = (None, False, "", [], {})

@@ -10,7 +10,10 @@ import dataclasses
 import time
 from typing import Any
 
-from gateway.attempts import (
+from gateway.context import Attempt, Deployment, RequestContext
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
+from gateway.model_table import HedgeConfig
+from gateway.resilience.attempts import (
     ATTEMPTS_HEADER,
     BACKEND_HEADER,
     Call,
@@ -24,12 +27,9 @@ from gateway.attempts import (
     same,
     unused,
 )
-from gateway.context import Attempt, Deployment, RequestContext
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
-from gateway.model_table import HedgeConfig
-from gateway.retry import verdict
-from gateway.streaming import Watchdog
-from gateway.timeouts import retry_deadline, silence
+from gateway.resilience.retry import verdict
+from gateway.resilience.timeouts import retry_deadline, silence
+from gateway.resilience.watchdog import Watchdog
 
 
 @dataclasses.dataclass(slots=True, eq=False)

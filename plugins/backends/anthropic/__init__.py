@@ -2,7 +2,7 @@
 (``POST {base_url}/v1/messages``), for OpenAI clients.
 
 Requests, replies and streams are translated by ``anthropic_messages`` (its docstring says what
-becomes of each request field). Upstream errors map like every backend's (``gateway.upstream``):
+becomes of each request field). Upstream errors map like every backend's (``gateway.upstream.errors``):
 a 4xx keeps its status, message and Anthropic's error type; 429 keeps ``Retry-After``; 529
 (overloaded) -> 503 ``upstream_overloaded``; other 5xx -> 502. An ``error`` event in the middle of a
 stream ends the client's stream with the same error as a final event. Models are the configured
@@ -20,12 +20,11 @@ import orjson
 from pydantic import Field, field_validator
 
 from gateway.backend import Backend, BackendConfig, model_object
-from gateway.chat_format import completion_to_chunks, include_usage
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamError
+from gateway.formats.chat import completion_to_chunks, include_usage
 from gateway.hookspecs import hookimpl
-from gateway.streaming import iter_sse
-from gateway.upstream import (
+from gateway.upstream.errors import (
     BaseUrl,
     Credential,
     HeaderValue,
@@ -40,7 +39,13 @@ from gateway.upstream import (
     transport_errors,
     url_secrets,
 )
-from plugins.backends.anthropic_messages import SAMPLING_REMOVED_IN, StreamTranslator, completion, messages_request
+from gateway.upstream.sse import iter_sse
+from gateway_plugins.backends.anthropic.messages import (
+    SAMPLING_REMOVED_IN,
+    StreamTranslator,
+    completion,
+    messages_request,
+)
 
 #: Anthropic's error types and the HTTP status each comes with (for ``error`` events in a stream).
 ERROR_STATUS = {

@@ -2,7 +2,7 @@
 
 Responses are built as dicts (``chat_format`` and friends) and never validated against these; the
 models describe them for ``/openapi.json``. Request bodies are described by the models in
-``gateway.schemas`` that validate them.
+``gateway.formats.requests`` that validate them.
 """
 
 from __future__ import annotations

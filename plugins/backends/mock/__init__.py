@@ -27,7 +27,15 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.backend import Backend, BackendConfig
-from gateway.chat_format import (
+from gateway.context import RequestContext
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    RateLimitError,
+    UpstreamError,
+)
+from gateway.formats.chat import (
     chat_completion,
     chunk,
     chunk_choice,
@@ -41,7 +49,7 @@ from gateway.chat_format import (
     usage,
     usage_chunk,
 )
-from gateway.completions_format import (
+from gateway.formats.completions import (
     estimate_input_tokens,
     split_inputs,
     text_choice,
@@ -49,18 +57,10 @@ from gateway.completions_format import (
     text_completion_id,
     text_usage_chunk,
 )
-from gateway.completions_format import estimate_prompt_tokens as estimate_text_prompt_tokens
-from gateway.context import RequestContext
-from gateway.embeddings_format import embedding, embedding_list, embedding_usage, encode_base64, float32
-from gateway.errors import (
-    GatewayError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    RateLimitError,
-    UpstreamError,
-)
+from gateway.formats.completions import estimate_prompt_tokens as estimate_text_prompt_tokens
+from gateway.formats.embeddings import embedding, embedding_list, embedding_usage, encode_base64, float32
+from gateway.formats.json_schema import SchemaTooComplexError, example_value
 from gateway.hookspecs import hookimpl
-from gateway.json_schema import SchemaTooComplexError, example_value
 
 NO_USER_MESSAGE_REPLY = "Hello! I am the mock backend: send a user message and I will echo it."
 NO_PROMPT_REPLY = "Hello! I am the mock backend: send a prompt and I will echo it."

@@ -31,8 +31,8 @@ import yarl
 from pydantic import AfterValidator, BeforeValidator, SecretStr
 
 from gateway.errors import GatewayError, RateLimitError, UpstreamError, UpstreamTimeoutError
-from gateway.http_client import UpstreamConnectError
 from gateway.log import is_secret_key
+from gateway.upstream.http_client import UpstreamConnectError
 
 #: Most of an error body read from an upstream, and of its message shown to the client.
 MAX_ERROR_BODY = 64 * 1024
@@ -211,7 +211,7 @@ async def raise_for_status(
 
 
 class transport_errors:  # a context manager used as a function: ``with transport_errors(name):``
-    """Map the connection and transport failures inside the block (aiohttp's, ``gateway.http_client``'s)
+    """Map the connection and transport failures inside the block (aiohttp's, ``gateway.upstream.http_client``'s)
     to gateway errors. (A class: a generator-based context manager costs microseconds per call.)"""
 
     __slots__ = ("backend", "secrets")

@@ -15,9 +15,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from gateway.chat_format import content_text
-from gateway.chat_format import finish_reason as finish_reason  # Sourcegraph's stop reasons are among its names
 from gateway.errors import InvalidRequestError
+from gateway.formats.chat import content_text
+from gateway.formats.chat import finish_reason as finish_reason  # Sourcegraph's stop reasons are among its names
 
 Capability = Literal["stream", "system", "n"]
 

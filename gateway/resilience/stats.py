@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gateway.circuit import CircuitBreaker
-from gateway.latency import LatencyTracker
 from gateway.model_table import CircuitConfig
+from gateway.resilience.circuit import CircuitBreaker
+from gateway.resilience.latency import LatencyTracker
 
 if TYPE_CHECKING:
     from gateway.backend import Backend

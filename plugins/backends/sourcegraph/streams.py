@@ -16,7 +16,9 @@ from typing import Any
 
 import orjson
 
-from gateway.chat_format import (
+from gateway.context import RequestContext
+from gateway.errors import UpstreamError
+from gateway.formats.chat import (
     chat_completion,
     chunk,
     chunk_choice,
@@ -30,11 +32,8 @@ from gateway.chat_format import (
     usage,
     usage_chunk,
 )
-from gateway.context import RequestContext
-from gateway.errors import UpstreamError
-from gateway.upstream import error_details
-
-from . import sourcegraph_protocol as sg
+from gateway.upstream.errors import error_details
+from gateway_plugins.backends.sourcegraph import protocol as sg
 
 #: Raised for an error the instance reports in a stream: its message -> the exception.
 OnError = Callable[[str], Exception]

@@ -13,7 +13,7 @@ from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gateway.completions_format import estimate_input_tokens, split_inputs
+from gateway.formats.completions import estimate_input_tokens, split_inputs
 
 
 def embedding(index: int, vector: Sequence[float] | str) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from typing import Any
 
 import orjson
 
-from gateway.chat_format import (
+from gateway.errors import InvalidRequestError
+from gateway.formats.chat import (
     chat_completion,
     chunk,
     chunk_choice,
@@ -37,7 +38,6 @@ from gateway.chat_format import (
     usage,
     usage_chunk,
 )
-from gateway.errors import InvalidRequestError
 
 #: Anthropic's ``stop_reason`` -> OpenAI's ``finish_reason`` (anything else: ``stop``).
 FINISH_REASONS = {

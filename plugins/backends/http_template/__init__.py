@@ -33,7 +33,9 @@ import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.backend import Backend, BackendConfig
-from gateway.chat_format import (
+from gateway.context import RequestContext
+from gateway.errors import InvalidRequestError, UpstreamError
+from gateway.formats.chat import (
     chat_completion,
     chunk,
     chunk_choice,
@@ -48,11 +50,8 @@ from gateway.chat_format import (
     usage,
     usage_chunk,
 )
-from gateway.context import RequestContext
-from gateway.errors import InvalidRequestError, UpstreamError
 from gateway.hookspecs import hookimpl
-from gateway.streaming import iter_sse
-from gateway.upstream import (
+from gateway.upstream.errors import (
     MAX_ERROR_MESSAGE,
     Credential,
     HeaderValue,
@@ -65,8 +64,16 @@ from gateway.upstream import (
     transport_errors,
     url_secrets,
 )
-from plugins.backends.answer_mapping import AnswerMapping, Mapping, Mismatch, Reading, Reported, StreamMapping
-from plugins.backends.json_template import Template, text_of
+from gateway.upstream.sse import iter_sse
+from gateway_plugins.backends.http_template.answer_mapping import (
+    AnswerMapping,
+    Mapping,
+    Mismatch,
+    Reading,
+    Reported,
+    StreamMapping,
+)
+from gateway_plugins.backends.http_template.json_template import Template, text_of
 
 #: The variables a body template can use (see the module docstring).
 VARIABLES = ("messages", "history", "last_user_message", "system", "model", "parameters", "stream", "request")

@@ -15,7 +15,7 @@
   completion events carry the whole text so far (``deltaText`` from ``legacy_api_version`` 2 on).
 - Errors: plain-text and JSON bodies alike; a 500 wrapping an inner answer is unwrapped; a 401/403
   means the gateway's own token is refused: 502, never the client's fault. The rest as in
-  ``gateway.upstream``.
+  ``gateway.upstream.errors``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ from gateway.backend import Backend, BackendConfig, model_object
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError, RateLimitError, UpstreamError
 from gateway.hookspecs import hookimpl
-from gateway.streaming import iter_sse
-from gateway.upstream import (
+from gateway.upstream.errors import (
     MAX_ERROR_BODY,
     MAX_ERROR_MESSAGE,
     BaseUrl,
@@ -50,9 +49,9 @@ from gateway.upstream import (
     transport_errors,
     url_secrets,
 )
-
-from . import sourcegraph_protocol as sg
-from . import sourcegraph_streams as streams
+from gateway.upstream.sse import iter_sse
+from gateway_plugins.backends.sourcegraph import protocol as sg
+from gateway_plugins.backends.sourcegraph import streams
 
 MODELS_PATH = "/.api/llm/models"
 CHAT_PATH = "/.api/llm/chat/completions"

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.chat_format import _MISSING, estimate_tokens, stream_object, usage
+from gateway.formats.chat import _MISSING, estimate_tokens, stream_object, usage
 
 
 def text_completion_id() -> str:

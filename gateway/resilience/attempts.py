@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from gateway.context import Attempt, Deployment, RequestContext
 from gateway.errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from gateway.keys import lifecycle_key
-from gateway.middleware import SHUTTING_DOWN
+from gateway.lifecycle import SHUTTING_DOWN
 from gateway.model_table import RetryConfig
-from gateway.retry import backoff, retry_after, verdict
-from gateway.streaming import Watchdog
-from gateway.timeouts import retry_deadline, silence
+from gateway.resilience.retry import backoff, retry_after, verdict
+from gateway.resilience.timeouts import retry_deadline, silence
+from gateway.resilience.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from gateway.backend import Backend

@@ -1,0 +1,1 @@
+"""The OpenAI wire formats: request schemas, and builders of the answers the gateway makes itself."""
