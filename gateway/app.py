@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from aiohttp import web
 
 from gateway.generation import Generations, watching
-from gateway.keys import backends_key, config_key, generations_key, hooks_key, lifecycle_key, plugin_manager_key
+from gateway.keys import backends_key, generations_key, lifecycle_key
 from gateway.lifecycle import Lifecycle
 from gateway.loading import ConfigSource, Loaded, load
 from gateway.middleware import add_response_headers, context_middleware
@@ -30,9 +30,6 @@ def create_app(source: ConfigSource | Loaded, *, plugins: Iterable[object] = ())
     app[generations_key] = generations = Generations(
         loaded, config.source if isinstance(source, Loaded) else source, plugins
     )
-    app[config_key] = config
-    app[plugin_manager_key] = pm
-    app[hooks_key] = generations.current.hooks
     app[backends_key] = generations.live
     app[lifecycle_key] = lifecycle = Lifecycle(config.server.shutdown_timeout)
     setup_routes(app)

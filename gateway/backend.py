@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -108,11 +107,10 @@ def model_object(model_id: str, owned_by: str, created: int = 0) -> dict[str, An
 
 
 class BackendRegistry(Mapping[str, Backend]):
-    """The configured backends by name; entered and closed with the application."""
+    """The configured backends of one config generation, by name (``gateway.generation`` opens and closes them)."""
 
     def __init__(self, backends: list[Backend]) -> None:
         self._backends = {b.name: b for b in backends}
-        self._stack: contextlib.AsyncExitStack | None = None
 
     def __getitem__(self, name: str) -> Backend:
         return self._backends[name]
@@ -122,15 +120,3 @@ class BackendRegistry(Mapping[str, Backend]):
 
     def __len__(self) -> int:
         return len(self._backends)
-
-    async def __aenter__(self) -> BackendRegistry:
-        async with contextlib.AsyncExitStack() as stack:
-            for backend in self._backends.values():
-                await stack.enter_async_context(backend)
-            self._stack = stack.pop_all()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._stack is not None:
-            await self._stack.aclose()
-            self._stack = None

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import orjson
 import structlog
@@ -15,7 +13,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.app import RUNNER_OPTIONS, create_app
-from gateway.config import ConfigError, dotenv_file
+from gateway.config import ConfigError, environment
 from gateway.generation import reload_on_sighup
 from gateway.lifecycle import AIOHTTP_MARGIN
 from gateway.loading import load
@@ -30,9 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="An OpenAI-compatible LLM gateway.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command")
-    for key, value in dotenv_file(Path.cwd() / ".env").items():  # ./.env may set PORT, HOST, GATEWAY_CONFIG
-        os.environ.setdefault(key, value)
-    default_config = os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG)
+    env = environment()  # the process environment over ./.env (which may set PORT, HOST, GATEWAY_CONFIG)
+    default_config = env.get("GATEWAY_CONFIG", DEFAULT_CONFIG)
 
     serve = commands.add_parser("serve", help="serve the gateway (the default command)")
     serve.add_argument(
@@ -43,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument(
         "--workers",
         type=int,
-        default=int(os.environ.get("WORKERS") or 1),
+        default=int(env.get("WORKERS") or 1),
         help="processes sharing the port, one per core (default: $WORKERS or 1)",
     )
 
@@ -93,9 +90,10 @@ def run(path: str, host: str | None, port: int | None, workers: int = 1) -> int:
     loaded = load(path)
     config = loaded.config
     setup_logging(config.logging.format, config.logging.level)
-    host = host or os.environ.get("HOST") or config.server.host
+    env = environment()
+    host = host or env.get("HOST") or config.server.host
     if port is None:
-        port = _env_port()
+        port = _env_port(env.get("PORT"))
     if port is None:
         port = config.server.port
     if workers < 1 or (workers > 1 and port == 0):
@@ -143,9 +141,8 @@ def _raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536), hard))
 
 
-def _env_port() -> int | None:
+def _env_port(value: str | None) -> int | None:
     """``$PORT`` as a port number, or None when unset."""
-    value = os.environ.get("PORT")
     if not value:
         return None
     if not value.isdigit() or not 0 <= int(value) <= 65535:

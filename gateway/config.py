@@ -79,11 +79,16 @@ class GatewayConfig(_Section):
         """The validated config of a plugin section registered with ``gateway_register_config``."""
         return self.plugin_sections[section]
 
-    def find_route(self, model: str) -> ModelRoute | None:
-        """The route of ``model``: an exact name or alias, else the first pattern that matches it."""
+    @property
+    def model_index(self) -> ModelIndex:
+        """The ``models`` table indexed by name, alias and pattern (built once, on first use)."""
         if self._index is None:
             self._index = ModelIndex(self.models)
-        return self._index.find(model)
+        return self._index
+
+    def find_route(self, model: str) -> ModelRoute | None:
+        """The route of ``model``: an exact name or alias, else the first pattern that matches it."""
+        return self.model_index.find(model)
 
 
 # Loading ---------------------------------------------------------------------------------------

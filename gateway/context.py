@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
-from gateway.keys import config_key
 from gateway.log import CurrentLogger
 
 if TYPE_CHECKING:
@@ -70,6 +69,7 @@ class RequestContext:
 
     request: web.Request
     request_id: str
+    generation: Generation  # the config generation the request is pinned to
     endpoint: str = ""
     body: dict[str, Any] | None = None  # the parsed JSON body, unknown fields included; editable
     model: str | None = None  # the model the client asked for, after `default` resolution
@@ -99,15 +99,13 @@ class RequestContext:
     fallbacks: int = 0  # of those, the attempts that went to a fallback model
     state: dict[str, Any] = field(default_factory=dict)
     error: BaseException | None = None  # the exception that ended the request, if any
-    generation: Generation | None = None  # the config generation the request is pinned to
 
     log: ClassVar[structlog.typing.FilteringBoundLogger] = CurrentLogger("gateway")  # type: ignore[assignment]
 
     @property
     def config(self) -> GatewayConfig:
         """The gateway's validated config (the generation this request started on)."""
-        generation = self.generation
-        return generation.config if generation is not None else self.request.app[config_key]
+        return self.generation.config
 
     @property
     def backend(self) -> Backend | None:

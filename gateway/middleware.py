@@ -70,9 +70,9 @@ async def context_middleware(
     finally:
         lifecycle.tasks.discard(task)  # type: ignore[arg-type]
         try:
-            await ctx.generation.hooks.notify("gateway_request_finished", ctx=ctx, error=ctx.error)  # type: ignore[union-attr]
+            await ctx.generation.hooks.notify("gateway_request_finished", ctx=ctx, error=ctx.error)
         finally:
-            generations.unpin(ctx.generation)  # type: ignore[arg-type]
+            generations.unpin(ctx.generation)
     return response
 
 

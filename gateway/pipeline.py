@@ -57,7 +57,7 @@ async def read_json(request: web.Request) -> Any:
 
 async def admit(ctx: RequestContext) -> None:
     """Authenticate (``gateway_authenticate``), then pre-process (``gateway_process_request``)."""
-    hooks = ctx.generation.hooks  # type: ignore[union-attr]
+    hooks = ctx.generation.hooks
     ctx.principal = await hooks.first_result("gateway_authenticate", ctx=ctx)
     await hooks.call_all("gateway_process_request", ctx=ctx)
 
@@ -74,7 +74,7 @@ async def json_endpoint(
 
 async def respond(ctx: RequestContext, response: dict[str, Any]) -> web.Response:
     """A non-streamed answer: ``gateway_process_response``, then JSON."""
-    await ctx.generation.hooks.call_all("gateway_process_response", ctx=ctx, response=response)  # type: ignore[union-attr]
+    await ctx.generation.hooks.call_all("gateway_process_response", ctx=ctx, response=response)
     return json_response(response)
 
 
@@ -135,7 +135,7 @@ def _estimate_usage(ctx: RequestContext, endpoint: Endpoint, response: Any) -> N
 def select_backend(ctx: RequestContext) -> Deployment | None:
     """``gateway_select_backend`` of the request's generation: the deployment for the next attempt."""
     generation = ctx.generation
-    return generation.hooks.call("gateway_select_backend", ctx=ctx, backends=generation.backends)  # type: ignore[union-attr]
+    return generation.hooks.call("gateway_select_backend", ctx=ctx, backends=generation.backends)
 
 
 def _failure(ctx: RequestContext, watchdog: Watchdog, exc: BaseException) -> BaseException:
@@ -169,7 +169,7 @@ async def _stream(
     failure ends the stream with one error event, no [DONE]. Unless the backend ``reports_usage``,
     the output is counted for a usage estimate (``ctx.streamed_tokens``): a chunk dict's text, a
     pass-through block's ``data:`` events (one ``bytes.count``; see ``gateway.formats.chat``)."""
-    filters = ctx.generation.hooks.call("gateway_stream_filter", ctx=ctx)  # type: ignore[union-attr]
+    filters = ctx.generation.hooks.call("gateway_stream_filter", ctx=ctx)
     # pass-through: the headers go with the first event; a filter may hold that back, so not then
     response = (web.StreamResponse if filters else EventStreamResponse)(headers=SSE_HEADERS)
     await response.prepare(ctx.request)

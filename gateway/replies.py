@@ -19,7 +19,7 @@ CLIENT_CLOSED = 499  # nginx's status for a client that left before the response
 async def render_error(ctx: RequestContext, exc: BaseException) -> GatewayError:
     """The ``GatewayError`` a client sees for ``exc`` (``gateway_handle_error``; a 500 if that fails)."""
     try:
-        error = await ctx.generation.hooks.first_result("gateway_handle_error", ctx=ctx, error=exc)  # type: ignore[union-attr]
+        error = await ctx.generation.hooks.first_result("gateway_handle_error", ctx=ctx, error=exc)
     except Exception:
         log.exception("gateway_handle_error failed", error=repr(exc))
         error = None

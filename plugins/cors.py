@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
 import aiohttp_cors
@@ -27,8 +26,8 @@ class CorsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     allow_origins: Names = Field(
-        default_factory=lambda: _split(os.environ.get("ALLOW_ORIGINS") or "*"),
-        description="origins allowed; `*` for any; [] turns CORS off (default: $ALLOW_ORIGINS, else `*`)",
+        default_factory=lambda: ["*"],
+        description="origins allowed; `*` for any; [] turns CORS off (the shipped configs: `${ALLOW_ORIGINS:-*}`)",
     )
     allow_methods: Names = Field(default_factory=lambda: ["*"], description="methods allowed in preflight")
     allow_headers: Names = Field(default_factory=lambda: ["*"], description="request headers allowed")

@@ -128,6 +128,6 @@ def test_a_dotenv_file_configures_it(tmp_path: Path, monkeypatch: pytest.MonkeyP
         monkeypatch.delenv(name, raising=False)
     (tmp_path / ".env").write_text("OPENAI_API_KEY=sk-REPLACE_ME\nOPENAI_MODEL=gpt-4o\n")
     app = make_app(EXAMPLE)  # the tests run in tmp_path (conftest): ./.env is read
-    from gateway.keys import config_key
+    from gateway.keys import generations_key
 
-    assert app[config_key].default_model == "gpt-4o"
+    assert app[generations_key].current.config.default_model == "gpt-4o"

@@ -56,7 +56,13 @@ def backend(**config: Any) -> MockBackend:
 
 def context(b: MockBackend, body: dict[str, Any], *, stream: bool = False, served: str = MODEL) -> RequestContext:
     return RequestContext(
-        request=None, request_id="t", body=body, model="client-model", stream=stream, deployment=Deployment(b, served)
+        request=None,
+        request_id="t",
+        generation=None,
+        body=body,
+        model="client-model",
+        stream=stream,
+        deployment=Deployment(b, served),
     )
 
 

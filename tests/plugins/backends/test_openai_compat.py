@@ -370,7 +370,7 @@ def test_a_block_is_read_event_by_event_only_from_its_usage_event_on(monkeypatch
     backend = compat.OpenAICompatBackend(
         compat.OpenAICompatConfig(name="up", type="openai_compat", base_url="http://h/v1")
     )
-    ctx = RequestContext(request=None, request_id="t", stream=True)  # type: ignore[arg-type]
+    ctx = RequestContext(request=None, request_id="t", generation=None, stream=True)  # type: ignore[arg-type]
     content = b"".join(b'data: {"choices":[{"delta":{"content":"w%d"}}],"usage":null}\n\n' % i for i in range(40))
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":40,"total_tokens":43}}\n\n'
     events = compat._Events(backend, ctx, True, None, ())

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import ConfigError
-from gateway.keys import plugin_manager_key
+from gateway.keys import generations_key
 from gateway.testing import (
     RecordingPlugin,
     SeenFilters,
@@ -167,8 +167,8 @@ async def test_the_entry_point_is_declared_and_loads_the_plugin(aiohttp_client: 
     assert entry.load() is gateway_example_plugin
 
     app = create_app(settings(mock_config(), banned_words=["password"]))
-    assert app[plugin_manager_key].get_plugin("example_plugin") is gateway_example_plugin
+    assert app[generations_key].current.pm.get_plugin("example_plugin") is gateway_example_plugin
     resp = await (await aiohttp_client(app)).post(CHAT, json=ask("password"))
     assert resp.headers["X-Masked-Words"] == "1"
     disabled = create_app({**mock_config(), "plugins": {"disabled": ["example_plugin"]}})
-    assert disabled[plugin_manager_key].get_plugin("example_plugin") is None
+    assert disabled[generations_key].current.pm.get_plugin("example_plugin") is None
