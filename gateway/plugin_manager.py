@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = (
     "gateway_plugins.backends.http_template",
     "gateway_plugins.backends.sourcegraph",
     "gateway_plugins.backends.anthropic",
+    "gateway_plugins.backends.replay",
     "gateway_plugins.auth_api_keys",
     "gateway_plugins.rate_limit",
 )
