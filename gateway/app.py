@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from aiohttp import web
 
 from gateway.generation import Generations, watching
-from gateway.keys import backends_key, generations_key, lifecycle_key
+from gateway.keys import backends_key, generations_key, lifecycle_key, state_store_key
 from gateway.lifecycle import Lifecycle
 from gateway.loading import ConfigSource, Loaded, load
 from gateway.middleware import add_response_headers, context_middleware
 from gateway.routes import setup_routes
+from gateway.state import open_store, store_ctx
 
 #: How every server of the app runs (``gateway serve`` and the test servers): a client that
 #: disconnects cancels its handler (and so the backend call); aiohttp's access log is replaced by
@@ -44,6 +45,8 @@ def create_app(source: ConfigSource | Loaded, *, plugins: Iterable[object] = ())
             await generations.close()
 
     app.cleanup_ctx.append(backends_ctx)
+    app[state_store_key] = store = open_store(config.state)
+    app.cleanup_ctx.append(lambda app: store_ctx(app, store))
     if config.server.watch_config and not isinstance(generations.source, Mapping):
         app.cleanup_ctx.append(watching(generations, str(generations.source), config.server.watch_config))
     pm.hook.gateway_setup_app(app=app, config=config)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from gateway.backend import BackendConfig
 from gateway.model_table import ModelIndex, ModelRoute, table_problems
+from gateway.state.config import StateConfig
 
 if TYPE_CHECKING:
     from gateway.backend import Backend
@@ -70,6 +71,7 @@ class GatewayConfig(_Section):
     default_model: str | None = Field(None, description="model that answers requests for the model `default`")
     require_model: bool = Field(True, description="false: a request that names no model gets default_model")
     info: dict[str, Any] = Field(default_factory=dict, description="extra fields shown on /info (never secrets)")
+    state: StateConfig = Field(default_factory=StateConfig, description="where shared state lives (gateway.state)")
 
     source: str = Field("<config>", exclude=True)
     plugin_sections: dict[str, BaseModel] = Field(default_factory=dict, exclude=True)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
+from gateway.keys import state_store_key
 from gateway.log import CurrentLogger
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from gateway.generation import Generation
     from gateway.model_table import ModelRoute
     from gateway.resilience.stats import DeploymentStats
+    from gateway.state import Store
 
 
 @dataclass(slots=True, eq=False)
@@ -106,6 +108,11 @@ class RequestContext:
     def config(self) -> GatewayConfig:
         """The gateway's validated config (the generation this request started on)."""
         return self.generation.config
+
+    @property
+    def state_store(self) -> Store:
+        """The gateway's shared state store (``gateway.state``: memory, or Redis shared by every instance)."""
+        return self.request.app[state_store_key]
 
     @property
     def backend(self) -> Backend | None:

@@ -10,4 +10,6 @@ from aiohttp import web
 backends_key = web.AppKey("backends", "LiveBackends")
 lifecycle_key = web.AppKey("lifecycle", "Lifecycle")
 generations_key = web.AppKey("generations", "Generations")
+#: The shared state store (``gateway.state``): plugins use ``ctx.state_store`` or ``gateway.state.store_of(app)``.
+state_store_key = web.AppKey("state_store", "Store")
 ctx_key = web.RequestKey("ctx", "RequestContext")

@@ -166,5 +166,6 @@ async def _info(ctx: RequestContext) -> dict[str, Any]:
         "backends": [backend.describe() for backend in generation.backends.values()],
         "models": [route.model_dump(exclude_defaults=True) for route in config.models],
         "default_model": config.default_model,
+        "state": ctx.state_store.describe(),
         **config.info,
     }

@@ -38,3 +38,20 @@ def gateway(aiohttp_client: Any) -> GatewayClient:
         return await aiohttp_client(make_app(config, plugins=plugins))
 
     return start
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterable[Any]:
+    """One real redis-server for the test session (tests that stop it use ``RedisServer`` of their own)."""
+    from tests.upstreams.redis_server import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_session: Any) -> str:
+    """The session's Redis, emptied for this test."""
+    redis_session.flush()
+    return redis_session.url

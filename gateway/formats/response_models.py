@@ -96,7 +96,7 @@ class Health(_Doc):
 
 
 class Info(_Doc):
-    """The gateway's name, version, plugins, backends (secrets masked) and models."""
+    """The gateway's name, version, plugins, backends (secrets masked), models and state store."""
 
     name: str
     version: str
@@ -104,6 +104,7 @@ class Info(_Doc):
     backends: list[dict[str, Any]]
     models: list[dict[str, Any]]
     default_model: str | None = None
+    state: dict[str, Any] = {}
 
 
 class TextCompletionChoice(_Doc):

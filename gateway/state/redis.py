@@ -1,0 +1,178 @@
+"""The Redis store: redis-py's asyncio client, one connection pool per process, every call bounded
+by ``timeout_ms`` and guarded by a breaker, so that a dead Redis costs one timeout per
+``breaker_s`` rather than one per request, and the gateway recovers by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import structlog
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
+
+from gateway.state.config import StateConfig
+from gateway.state.script import Script, StoreUnavailable
+
+T = TypeVar("T")
+log = structlog.get_logger("gateway.state")
+
+#: Round-trip latency buckets (seconds) of the histogram on /info and /metrics.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+_UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+class Breaker:
+    """Open after a failed call for ``period`` seconds; then one call is let through (half-open):
+    success closes it, failure opens it again. ``outage`` is True from the first failure until a
+    success (so an outage is logged once, at its start, and once at its end)."""
+
+    __slots__ = ("_clock", "_probing", "open_until", "outage", "period")
+
+    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self.open_until = 0.0
+        self.outage = False
+        self._probing = False
+        self._clock = clock
+
+    def allows(self) -> bool:
+        if not self.outage:
+            return True
+        if self._probing or self._clock() < self.open_until:
+            return False
+        self._probing = True
+        return True
+
+    def failed(self) -> bool:
+        """Record a failure; True when it starts an outage."""
+        started = not self.outage
+        self.outage, self._probing = True, False
+        self.open_until = self._clock() + self.period
+        return started
+
+    def succeeded(self) -> bool:
+        """Record a success; True when it ends an outage."""
+        ended = self.outage
+        self.outage = self._probing = False
+        return ended
+
+
+class RedisStore:
+    """``Store`` in Redis (see ``gateway.state``)."""
+
+    kind = "redis"
+
+    def __init__(self, config: StateConfig) -> None:
+        self.config = config
+        assert config.url is not None
+        timeout = config.timeout
+        self.client = aioredis.Redis.from_url(
+            config.url,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            health_check_interval=5,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            max_connections=config.max_connections,
+        )
+        self.breaker = Breaker(config.breaker_s)
+        self.errors = 0
+        self.calls = 0
+        self.latency = [0] * (len(BUCKETS) + 1)  # per bucket, the last is +Inf
+        self.latency_sum = 0.0
+        self.last_error: str | None = None
+
+    def key(self, key: str) -> str:
+        return self.config.key_prefix + key
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        if not self.breaker.allows():
+            raise StoreUnavailable()
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                result = await call()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.errors += 1
+            self.last_error = type(exc).__name__
+            if self.breaker.failed():
+                log.warning(
+                    "state store unavailable", store="redis", error=self.last_error, on_error=self.config.on_error
+                )
+            raise StoreUnavailable() from None
+        except BaseException:
+            self.breaker.succeeded()  # cancelled: not Redis's fault; let the next call probe
+            raise
+        elapsed = time.perf_counter() - started
+        self.calls += 1
+        self.latency_sum += elapsed
+        self.latency[next((i for i, bound in enumerate(BUCKETS) if elapsed <= bound), len(BUCKETS))] += 1
+        if self.breaker.succeeded():
+            log.warning("state store available again", store="redis")
+        return result
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._call(lambda: self.client.get(self.key(key)))
+
+    async def set(self, key: str, value: bytes | str, ttl: float | None = None, *, only_new: bool = False) -> bool:
+        px = None if ttl is None else max(1, int(ttl * 1000))
+        return bool(await self._call(lambda: self.client.set(self.key(key), value, px=px, nx=only_new)))
+
+    async def delete(self, key: str) -> None:
+        await self._call(lambda: self.client.delete(self.key(key)))
+
+    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        full = [self.key(k) for k in keys]
+        return await self._call(lambda: self._evalsha(script, full, args))
+
+    async def _evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a restarted or failed-over Redis: load it again, once
+            await self.client.script_load(script.lua)
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+    @asynccontextmanager
+    async def lock(self, key: str, ttl: float) -> AsyncIterator[bool]:
+        token = secrets.token_hex(8)
+        held = await self.set(key, token, ttl, only_new=True)
+        try:
+            yield held
+        finally:
+            if held:
+                full = self.key(key)
+                await self._call(lambda: self.client.eval(_UNLOCK, 1, full, token))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "store": self.kind,
+            "connected": not self.breaker.outage,
+            "on_error": self.config.on_error,
+            "calls": self.calls,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "latency_seconds": {
+                "buckets": dict(zip([*map(str, BUCKETS), "+Inf"], _cumulative(self.latency), strict=True)),
+                "sum": round(self.latency_sum, 6),
+                "count": self.calls,
+            },
+        }
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _cumulative(counts: list[int]) -> list[int]:
+    total, out = 0, []
+    for count in counts:
+        total += count
+        out.append(total)
+    return out

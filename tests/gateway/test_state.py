@@ -1,0 +1,194 @@
+"""The state store: one contract, kept by the memory store and by a real redis-server; the Redis
+store's faults (timeouts, breaker, recovery, NOSCRIPT) and the ``state:`` section's validation."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.config import ConfigError
+from gateway.loading import load
+from gateway.state import Script, StateConfig, StoreUnavailable, open_store
+from gateway.testing import mock_config
+from tests.conftest import GatewayClient
+from tests.upstreams.redis_server import RedisServer, free_port
+
+
+def _count(data: dict[str, Any], keys: list[str], args: list[Any], now: float) -> int:
+    data[keys[0]] = data.get(keys[0], 0) + int(args[0])
+    return data[keys[0]]
+
+
+COUNT = Script(
+    "test_count.v1",
+    "local t = redis.call('TIME') return redis.call('INCRBY', KEYS[1], ARGV[1])",
+    _count,
+)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> Any:
+    if request.param == "redis":
+        config = StateConfig(store="redis", url=request.getfixturevalue("redis_url"), timeout_ms=500)
+    else:
+        config = StateConfig()
+    store = open_store(config)
+    yield store
+    await store.close()
+
+
+async def test_get_set_ttl_delete(store: Any) -> None:
+    assert await store.get("a") is None
+    assert await store.set("a", "one")
+    assert await store.get("a") == b"one"
+    assert not await store.set("a", b"two", only_new=True)
+    assert await store.get("a") == b"one"
+    await store.set("short", b"x", ttl=0.05)
+    assert await store.get("short") == b"x"
+    await asyncio.sleep(0.08)
+    assert await store.get("short") is None
+    await store.delete("a")
+    assert await store.get("a") is None
+
+
+async def test_scripts_are_atomic_steps(store: Any) -> None:
+    results = await asyncio.gather(*(store.run(COUNT, ["{t}:n"], [2]) for _ in range(20)))
+    assert sorted(results) == list(range(2, 42, 2))
+
+
+async def test_lock_is_exclusive_and_released(store: Any) -> None:
+    async with store.lock("job", ttl=5) as held:
+        assert held
+        async with store.lock("job", ttl=5) as again:
+            assert not again
+    async with store.lock("job", ttl=5) as held:
+        assert held
+
+
+async def test_lock_expires_when_its_holder_never_releases(store: Any) -> None:
+    assert await store.set("lock:stale", b"someone", ttl=0.05, only_new=True)
+    await asyncio.sleep(0.08)
+    async with store.lock("lock:stale", ttl=5) as held:
+        assert held
+
+
+async def test_keys_carry_the_prefix(redis_url: str) -> None:
+    store = open_store(StateConfig(store="redis", url=redis_url, key_prefix="pre:"))
+    try:
+        await store.set("k", b"v")
+        assert await store.client.get("pre:k") == b"v"
+    finally:
+        await store.close()
+
+
+async def test_script_reloaded_after_a_flush() -> None:
+    server = RedisServer().start()
+    store = open_store(StateConfig(store="redis", url=server.url, timeout_ms=500))
+    try:
+        assert await store.run(COUNT, ["{t}:n"], [1]) == 1
+        await store.client.script_flush()
+        assert await store.run(COUNT, ["{t}:n"], [1]) == 2
+    finally:
+        await store.close()
+        server.stop()
+
+
+async def test_redis_down_costs_one_timeout_per_breaker_period_then_recovers() -> None:
+    server = RedisServer()
+    store = open_store(StateConfig(store="redis", url=server.url, timeout_ms=100, breaker_s=0.2))
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.get("k")
+        assert time.monotonic() - started < 1
+        started = time.monotonic()
+        for _ in range(100):  # the breaker is open: no call reaches the network
+            with pytest.raises(StoreUnavailable):
+                await store.get("k")
+        assert time.monotonic() - started < 0.05
+        assert store.describe()["connected"] is False
+        assert store.errors == 1
+        server.start()
+        await asyncio.sleep(0.25)
+        assert await store.set("k", b"v")
+        assert store.describe()["connected"] is True
+        server.stop()  # an established pool whose server dies
+        with pytest.raises(StoreUnavailable):
+            await store.get("k")
+        server.start()
+        await asyncio.sleep(0.25)
+        assert await store.get("k") is None  # a fresh server, no persistence
+    finally:
+        await store.close()
+        server.stop()
+
+
+SLOW = "local t = redis.call('TIME') while redis.call('TIME')[1] - t[1] < 2 do end return 1"
+
+
+async def test_a_slow_redis_times_out() -> None:
+    server = RedisServer().start()  # its own: the busy script blocks it
+    store = open_store(StateConfig(store="redis", url=server.url, timeout_ms=50))
+    slow = Script("test_slow.v1", SLOW, _count)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.run(slow, ["{t}:slow"], [])
+        assert time.monotonic() - started < 0.5
+    finally:
+        await store.close()
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("state", "path", "problem"),
+    [
+        ({"store": "redis"}, "state", "url is required"),
+        ({"store": "redis", "url": "http://localhost:6379"}, "state.url", "url must start with one of"),
+        ({"store": "redis", "url": "redis://localhost:port"}, "state.url", "invalid port"),
+        ({"store": "redis", "url": "redis://:6379"}, "state.url", "names no host"),
+        ({"store": "redis", "url": "redis://h", "timeout_ms": 0}, "state.timeout_ms", "greater than or equal to 1"),
+        ({"store": "memcached"}, "state.store", "'memory' or 'redis'"),
+        ({"on_error": "ignore"}, "state.on_error", "'allow' or 'deny'"),
+    ],
+)
+def test_bad_state_config_fails_at_start_up(state: dict[str, Any], path: str, problem: str, tmp_path: Path) -> None:
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump({**mock_config(), "state": state}))
+    with pytest.raises(ConfigError) as exc_info:
+        load(config_file)
+    message = str(exc_info.value)
+    assert str(config_file) in message
+    assert f"{path}: " in message and problem in message, message
+
+
+async def test_starts_with_redis_down_health_up_info_shows_the_store(gateway: GatewayClient) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    client = await gateway({**mock_config(), "state": {"store": "redis", "url": "redis://u:hunter2@" + url[8:]}})
+    assert (await client.get("/health")).status == 200
+    info = await (await client.get("/info")).json()
+    assert info["state"]["store"] == "redis"
+    assert "hunter2" not in str(info)
+
+
+async def test_info_shows_redis_connected(gateway: GatewayClient, redis_url: str) -> None:
+    client = await gateway({**mock_config(), "state": {"store": "redis", "url": redis_url}})
+    info = await (await client.get("/info")).json()
+    assert info["state"]["connected"] is True
+    assert info["state"]["errors"] == 0
+
+
+def test_the_memory_store_needs_no_redis_package() -> None:
+    code = (
+        "import sys; from gateway.testing import make_app; app = make_app();"
+        "from gateway.keys import state_store_key; assert app[state_store_key].kind == 'memory';"
+        "assert 'redis' not in sys.modules, 'redis imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
