@@ -42,10 +42,10 @@ from gateway.upstream.errors import (
 from gateway.upstream.sse import iter_sse
 from gateway_plugins.backends.anthropic.messages import (
     SAMPLING_REMOVED_IN,
-    StreamTranslator,
     completion,
     messages_request,
 )
+from gateway_plugins.backends.anthropic.stream import StreamTranslator
 
 #: Anthropic's error types and the HTTP status each comes with (for ``error`` events in a stream).
 ERROR_STATUS = {

@@ -14,7 +14,7 @@ from gateway.config import ConfigError
 from gateway.testing import make_app
 from gateway.upstream import errors as gateway_upstream
 from gateway_plugins.backends import anthropic as anthropic_backend
-from gateway_plugins.backends.anthropic.messages import StreamTranslator
+from gateway_plugins.backends.anthropic.stream import StreamTranslator
 from tests.upstreams.anthropic import API_KEY, AnthropicUpstream, Reply, text, tool_use
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="

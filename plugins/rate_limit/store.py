@@ -1,0 +1,168 @@
+"""The rate limiter's counters: charges, quotas and grants, the ``LimitStore`` interface
+and the in-memory sliding-window store."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from aiohttp import web
+
+WINDOW = 60.0  # seconds: limits are per minute
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Take ``amount`` from ``bucket`` (capacity ``limit``): per sliding ``window`` of seconds, or
+    with no window a concurrency slot, held until released."""
+
+    bucket: str
+    limit: int
+    amount: int = 1
+    window: float | None = WINDOW
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A bucket as a charge found it: ``remaining`` after the charge if granted, ``reset`` seconds
+    until the bucket is full again, ``wait`` seconds until the charge fits (0: it did; ``math.inf``:
+    never, it exceeds the limit; None: unknown, when a request in progress ends)."""
+
+    limit: int
+    remaining: int
+    reset: float
+    wait: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The outcome of ``acquire``: all charges taken, or none. ``receipts[i]`` (granted only) is
+    what ``settle``/``release`` take for ``charges[i]``."""
+
+    granted: bool
+    quotas: list[Quota]
+    receipts: list[Any] = field(default_factory=list)
+
+
+class LimitStore(Protocol):
+    """Where rate-limit counters live; every method is atomic."""
+
+    async def acquire(self, charges: Sequence[Charge]) -> Grant:
+        """Take every charge if all fit, else none."""
+
+    async def settle(self, receipt: Any, amount: int) -> None:
+        """Correct the amount of a window charge (the estimated tokens -> the actual ones)."""
+
+    async def release(self, receipt: Any) -> None:
+        """Give back a concurrency slot."""
+
+
+class _Window:
+    """The charges of one bucket in the last ``length`` seconds, oldest first, and their sum."""
+
+    __slots__ = ("entries", "length", "total")
+
+    def __init__(self, length: float) -> None:
+        self.entries: deque[list[float]] = deque()  # [time, amount]
+        self.length = length
+        self.total = 0.0
+
+    def expire(self, now: float) -> None:
+        entries = self.entries
+        while entries and entries[0][0] <= now - self.length:
+            self.total -= entries.popleft()[1]
+
+    def wait(self, amount: int, limit: int, now: float) -> float:
+        excess = self.total + amount - limit
+        if excess <= 0:
+            return 0.0
+        if amount > limit:
+            return math.inf
+        for at, taken in self.entries:
+            excess -= taken
+            if excess <= 0:
+                return at + self.length - now
+        return math.inf  # not reached: the entries sum to the total
+
+    def reset(self, now: float) -> float:
+        return self.entries[-1][0] + self.length - now if self.entries else 0.0
+
+
+class MemoryStore:
+    """A ``LimitStore`` in this process's memory (exact sliding windows); ``clock`` is injectable."""
+
+    SWEEP_EVERY = 1000  # acquisitions between two sweeps of empty windows
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._windows: dict[str, _Window] = {}
+        self._slots: dict[str, int] = {}
+        self._calls = 0
+
+    async def acquire(self, charges: Sequence[Charge]) -> Grant:
+        now = self.clock()
+        self._calls += 1
+        if self._calls % self.SWEEP_EVERY == 0:
+            self._sweep(now)
+        quotas = [self._quota(charge, now) for charge in charges]
+        if any(quota.wait != 0 for quota in quotas):
+            return Grant(False, quotas)
+        receipts: list[Any] = []
+        for charge in charges:
+            if charge.window is None:
+                self._slots[charge.bucket] = self._slots.get(charge.bucket, 0) + charge.amount
+                receipts.append((charge.bucket, charge.amount))
+            else:
+                window = self._windows[charge.bucket]
+                entry = [now, float(charge.amount)]
+                window.entries.append(entry)
+                window.total += charge.amount
+                receipts.append((window, entry))
+        return Grant(True, quotas, receipts)
+
+    def _quota(self, charge: Charge, now: float) -> Quota:
+        if charge.window is None:
+            used = self._slots.get(charge.bucket, 0)
+            fits = used + charge.amount <= charge.limit
+            return Quota(charge.limit, charge.limit - used - (charge.amount if fits else 0), 0.0, 0.0 if fits else None)
+        window = self._windows.get(charge.bucket)
+        if window is None:
+            window = self._windows[charge.bucket] = _Window(charge.window)
+        window.expire(now)
+        wait = window.wait(charge.amount, charge.limit, now)
+        taken = charge.amount if wait == 0 else 0
+        remaining = max(0, math.floor(charge.limit - window.total - taken))
+        reset = charge.window if taken else window.reset(now)
+        return Quota(charge.limit, remaining, reset, wait)
+
+    async def settle(self, receipt: Any, amount: int) -> None:
+        window, entry = receipt
+        if entry[0] > self.clock() - window.length:  # still counted (else it left the window as it was)
+            window.total += amount - entry[1]
+            entry[1] = float(amount)
+
+    async def release(self, receipt: Any) -> None:
+        bucket, amount = receipt
+        left = self._slots.get(bucket, 0) - amount
+        if left > 0:
+            self._slots[bucket] = left
+        else:
+            self._slots.pop(bucket, None)
+
+    def _sweep(self, now: float) -> None:
+        for bucket, window in list(self._windows.items()):
+            window.expire(now)
+            if not window.entries:
+                del self._windows[bucket]
+
+
+store_key = web.AppKey("rate_limit_store", LimitStore)
+
+
+# The plugin -----------------------------------------------------------------------------------
+
+Kind = Literal["requests", "tokens", "concurrent"]
