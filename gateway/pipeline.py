@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.context import Deployment, RequestContext
 from gateway.endpoints import Endpoint
-from gateway.errors import InvalidRequestError, PayloadTooLargeError, UpstreamError
+from gateway.errors import InvalidRequestError, PayloadTooLargeError
 from gateway.formats.chat import include_usage, streamed_chars, usage
 from gateway.replies import CLIENT_CLOSED, json_response, render_error
 from gateway.resilience.attempts import backend_failure, interrupted
@@ -147,21 +147,6 @@ def _failure(ctx: RequestContext, watchdog: Watchdog, exc: BaseException) -> Bas
     return backend_failure(ctx, exc) if isinstance(exc, Exception) else exc
 
 
-async def _first(ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watchdog) -> Any:
-    """The backend's first output, within its timeout."""
-    watchdog.waiting()
-    try:
-        item = await anext(chunks)
-    except StopAsyncIteration:
-        raise UpstreamError(f"Backend {ctx.backend.name!r} returned no response.") from None
-    except BaseException as exc:
-        raise _failure(ctx, watchdog, exc) from None
-    ctx.upstream_wait += watchdog.loop.time() - watchdog.since  # type: ignore[operator]
-    watchdog.idle()
-    ctx.first_byte = time.perf_counter()
-    return item
-
-
 async def _stream(
     ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watchdog, first: Any
 ) -> web.StreamResponse:
@@ -231,15 +216,15 @@ async def _answer_directly(ctx: RequestContext, endpoint: Endpoint, completion: 
     ctx.usage = completion["usage"]
     if not ctx.stream or endpoint.to_chunks is None:
         return await respond(ctx, completion)
-    chunks = endpoint.to_chunks(completion, include_usage(ctx.body or {}))
+    first, *rest = endpoint.to_chunks(completion, include_usage(ctx.body or {}))
 
     async def replay() -> AsyncIterator[dict[str, Any]]:
-        for chunk in chunks:
+        for chunk in rest:
             yield chunk
 
     watchdog = Watchdog(REPLAY_TIMEOUT)
-    items = replay()
+    ctx.first_byte = time.perf_counter()
     try:
-        return await _stream(ctx, items, watchdog, await _first(ctx, items, watchdog))
+        return await _stream(ctx, replay(), watchdog, first)
     finally:
         watchdog.stop()

@@ -14,7 +14,7 @@ from gateway.context import Attempt, Deployment, RequestContext
 from gateway.errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from gateway.keys import lifecycle_key
 from gateway.lifecycle import SHUTTING_DOWN
-from gateway.model_table import RetryConfig
+from gateway.model_table import ModelRoute, RetryConfig
 from gateway.resilience.retry import backoff, retry_after, verdict
 from gateway.resilience.timeouts import retry_deadline, silence
 from gateway.resilience.watchdog import Watchdog
@@ -103,28 +103,84 @@ async def sequential(
     watchdog: Watchdog,
     limits: dict[str, float] | None,
 ) -> Served:
+    """Attempts one after the other (a resilient model without hedging) until one gives a first output."""
     route = deployment.route
-    resilient = route is not None and route.resilient
-    base_headers = dict(ctx.response_headers) if resilient else None
+    base_headers = dict(ctx.response_headers)
     last_call = retry_deadline(ctx, route.retry if route else None, watchdog.deadline, watchdog.loop.time())
     while True:
         result = await attempt(ctx, call, deployment, watchdog)
         if isinstance(result, Served):
             return result
-        error = result
-        if not resilient or verdict(error) == "final":
-            raise error
-        ctx.attempts.append(Attempt(deployment, error))
-        nxt = await next_deployment(ctx, select, watchdog, last_call)
-        if nxt is None:
-            raise error
+        ctx.attempts.append(Attempt(deployment, result))
+        nxt = await next_attempt(ctx, select, watchdog, last_call, result, deployment.route)
         ctx.response_headers.clear()
-        ctx.response_headers.update(base_headers)  # type: ignore[arg-type]
-        if nxt.route is not deployment.route:
-            ctx.fallbacks += 1
-        ctx.retries += 1
+        ctx.response_headers.update(base_headers)
         watchdog.limit(*silence(nxt, limits))
         deployment = nxt
+
+
+async def next_attempt(
+    ctx: RequestContext,
+    select: Select,
+    watchdog: Watchdog,
+    last_call: float | None,
+    error: GatewayError,
+    route: ModelRoute | None,
+) -> Deployment:
+    """The deployment to try after ``error``, counted as a retry (and as a fallback when it serves
+    another model than ``route``); raise ``error`` when it is final or nothing is left to try."""
+    if verdict(error) == "final":
+        raise error
+    nxt = await next_deployment(ctx, select, watchdog, last_call)
+    if nxt is None:
+        raise error
+    if nxt.route is not route:
+        ctx.fallbacks += 1
+    ctx.retries += 1
+    return nxt
+
+
+async def first_of(
+    ctx: RequestContext, call: Call, deployment: Deployment
+) -> tuple[AsyncIterator[Any], Any, None] | tuple[None, None, GatewayError]:
+    """Call ``deployment``'s backend and await its first output: ``(chunks, first, None)``, or
+    ``(None, None, error)`` when it failed or returned nothing (its iterator closed). A cancellation
+    closes the iterator and propagates."""
+    try:
+        chunks = call(deployment.backend, ctx)
+    except Exception as exc:
+        return None, None, backend_failure(ctx, exc)
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        error: GatewayError = UpstreamError(f"Backend {deployment.backend.name!r} returned no response.")
+    except Exception as exc:
+        error = backend_failure(ctx, exc)
+    except BaseException:
+        await close(chunks)
+        raise
+    else:
+        return chunks, first, None
+    await close(chunks)
+    return None, None, error
+
+
+def served(
+    ctx: RequestContext,
+    deployment: Deployment,
+    chunks: AsyncIterator[Any],
+    first: Any,
+    watchdog: Watchdog,
+    waited: float,
+    leg: RequestContext,
+) -> Served:
+    """The attempt that gave the first output after ``waited`` seconds: recorded, and the stream's
+    watchdog switched from the first-byte timeout to the gaps between chunks."""
+    watchdog.started()
+    ctx.first_byte = time.perf_counter()
+    if deployment.stats is not None:
+        deployment.stats.succeeded(waited)
+    return Served(deployment, chunks, first, watchdog, leg)
 
 
 async def attempt(ctx: RequestContext, call: Call, deployment: Deployment, watchdog: Watchdog) -> Served | GatewayError:
@@ -137,45 +193,31 @@ async def attempt(ctx: RequestContext, call: Call, deployment: Deployment, watch
     stats = deployment.stats
     if stats is not None:
         stats.begin()
-    try:
-        chunks = call(deployment.backend, ctx)
-    except Exception as exc:
-        error = backend_failure(ctx, exc)
-        report(deployment, error)
-        return error
     loop = watchdog.loop
-    watchdog.waiting()
-    since: float = watchdog.since  # type: ignore[assignment]
+    since = loop.time()
+    watchdog.since = since  # waiting
     try:
-        first = await anext(chunks)
-    except BaseException as exc:
+        chunks, first, error = await first_of(ctx, call, deployment)
+    except BaseException as exc:  # the iterator is closed
         ctx.upstream_wait += loop.time() - since
         watchdog.idle()
-        if isinstance(exc, StopAsyncIteration):
-            error = UpstreamError(f"Backend {deployment.backend.name!r} returned no response.")
-        elif isinstance(exc, Exception):
-            error = backend_failure(ctx, exc)
-        else:
-            silent = watchdog.fired and watchdog.reason == "silence"
-            gateway_error = interrupted(ctx, watchdog) if isinstance(exc, asyncio.CancelledError) else None
-            if gateway_error is None or not silent:  # the client left, a limit or shutdown: no retry
-                if stats is not None:
-                    stats.dropped()
-                await close(chunks)
-                if gateway_error is not None:
-                    raise gateway_error from None
-                raise
-            error = gateway_error
-        await close(chunks)
-        report(deployment, error)
-        return error
-    waited = loop.time() - since
-    ctx.upstream_wait += waited
-    watchdog.started()
-    ctx.first_byte = time.perf_counter()
-    if stats is not None:
-        stats.succeeded(waited)
-    return Served(deployment, chunks, first, watchdog, ctx)
+        silent = watchdog.fired and watchdog.reason == "silence"
+        gateway_error = interrupted(ctx, watchdog) if isinstance(exc, asyncio.CancelledError) else None
+        if gateway_error is None or not silent:  # the client left, a limit or shutdown: no retry
+            if stats is not None:
+                stats.dropped()
+            if gateway_error is not None:
+                raise gateway_error from None
+            raise
+        error = gateway_error
+    else:
+        waited = loop.time() - since
+        ctx.upstream_wait += waited
+        if error is None:
+            return served(ctx, deployment, chunks, first, watchdog, waited, ctx)
+        watchdog.idle()
+    report(deployment, error)
+    return error
 
 
 async def next_deployment(

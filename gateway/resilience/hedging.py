@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from typing import Any
 
 from gateway.context import Attempt, Deployment, RequestContext
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
+from gateway.errors import GatewayError, UpstreamTimeoutError
 from gateway.model_table import HedgeConfig
 from gateway.resilience.attempts import (
     ATTEMPTS_HEADER,
@@ -19,15 +18,15 @@ from gateway.resilience.attempts import (
     Call,
     Select,
     Served,
-    backend_failure,
     close,
+    first_of,
     interrupted,
-    next_deployment,
+    next_attempt,
     report,
     same,
+    served,
     unused,
 )
-from gateway.resilience.retry import verdict
 from gateway.resilience.timeouts import retry_deadline, silence
 from gateway.resilience.watchdog import Watchdog
 
@@ -44,26 +43,13 @@ async def _lead(call: Call, deployment: Deployment, ctx: RequestContext, limit: 
     loop = asyncio.get_running_loop()
     start = loop.time()
     try:
-        chunks = call(deployment.backend, ctx)
-    except Exception as exc:
-        return None, None, backend_failure(ctx, exc), 0.0
-    try:
         async with asyncio.timeout(limit):
-            first = await anext(chunks)
-    except StopAsyncIteration:
-        error: GatewayError = UpstreamError(f"Backend {deployment.backend.name!r} returned no response.")
+            chunks, first, error = await first_of(ctx, call, deployment)
     except TimeoutError:
         ctx.upstream_errors.append(UpstreamTimeoutError.__name__)
+        chunks, first = None, None
         error = UpstreamTimeoutError(f"Backend {deployment.backend.name!r} did not respond within {limit:g} seconds.")
-    except Exception as exc:
-        error = backend_failure(ctx, exc)
-    except BaseException:
-        await close(chunks)
-        raise
-    else:
-        return chunks, first, None, loop.time() - start
-    await close(chunks)
-    return None, None, error, loop.time() - start
+    return chunks, first, error, loop.time() - start
 
 
 def _hedge_delay(deployment: Deployment, hedge: HedgeConfig) -> float:
@@ -144,14 +130,7 @@ async def hedged(
             if legs:
                 continue
             assert last is not None
-            if verdict(last) == "final":
-                raise last
-            nxt = await next_deployment(ctx, select, watchdog, last_call)
-            if nxt is None:
-                raise last
-            if nxt.route is not deployment.route:
-                ctx.fallbacks += 1
-            ctx.retries += 1
+            nxt = await next_attempt(ctx, select, watchdog, last_call, last, deployment.route)
             launch(nxt, _leg_context(ctx, base_headers))
             if hedge_at is not None:  # not hedged yet: the new leg may be
                 hedge_at = loop.time() + _hedge_delay(nxt, hedge)
@@ -185,11 +164,7 @@ def _won(
         ctx.response_headers.update(leg.ctx.response_headers)
     ctx.response_headers[BACKEND_HEADER] = leg.deployment.name
     watchdog.limit(*silence(leg.deployment, limits))
-    watchdog.started()
-    ctx.first_byte = time.perf_counter()
-    if leg.deployment.stats is not None:
-        leg.deployment.stats.succeeded(waited)
-    return Served(leg.deployment, chunks, first, watchdog, leg.ctx)
+    return served(ctx, leg.deployment, chunks, first, watchdog, waited, leg.ctx)
 
 
 async def _abandon(legs: dict[asyncio.Task[tuple[Any, Any, Any, float]], _Leg]) -> None:
