@@ -16,9 +16,8 @@ from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.config import ConfigError, environment
 from gateway.generation import reload_on_sighup
 from gateway.lifecycle import AIOHTTP_MARGIN
-from gateway.loading import load
+from gateway.loading import load, plugin_overview
 from gateway.log import setup_logging
-from gateway.plugin_manager import describe
 from gateway.workers import supervise
 
 DEFAULT_CONFIG = "config/gateway.yaml"
@@ -45,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     check = commands.add_parser("check-config", help="validate a config file without serving")
-    check.add_argument("path", nargs="?", default=default_config)
+    check.add_argument("path", nargs="?", help="config file (or --config)")
+    check.add_argument(
+        "--config", dest="config_option", help=f"config file (default: $GATEWAY_CONFIG or {DEFAULT_CONFIG})"
+    )
 
     plugins = commands.add_parser("plugins", help="list the loaded plugins and the hooks each implements")
     plugins.add_argument("--config", default=default_config)
@@ -54,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
-            return check_config(args.path)
+            return check_config(args.path or args.config_option or default_config)
         if args.command == "plugins":
             return list_plugins(args.config, args.json)
         if args.command is None:
@@ -68,18 +70,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 def check_config(path: str) -> int:
     loaded = load(path)
     config = loaded.config
-    counts = f"{len(config.backends)} backends, {len(config.models)} models, {len(loaded.pm.get_plugins())} plugins"
+    counts = ", ".join(
+        _count(n, word)
+        for n, word in (
+            (len(config.backends), "backend"),
+            (len(config.models), "model"),
+            (len(loaded.pm.get_plugins()), "plugin"),
+        )
+    )
     print(f"{path}: OK ({counts})")
     return 0
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def list_plugins(path: str, as_json: bool) -> int:
-    plugins = describe(load(path).pm)
+    plugins = plugin_overview(path)
     if as_json:
         print(orjson.dumps(plugins, option=orjson.OPT_INDENT_2).decode())
         return 0
     for plugin in plugins:
-        print(f"{plugin['name']}: {', '.join(plugin['hooks'])}")  # type: ignore[arg-type]
+        sections = ", ".join(f"plugins.{s}" for s in plugin["sections"])  # type: ignore[attr-defined]
+        owns = f" [config: {sections}]" if sections else ""
+        print(f"{plugin['name']}: {', '.join(plugin['hooks'])}{owns}")  # type: ignore[arg-type]
     return 0
 
 

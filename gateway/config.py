@@ -7,11 +7,12 @@ names the file, the key path (``backends[1].base_url``) and what is wrong.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
 from dotenv import dotenv_values
@@ -96,6 +97,7 @@ class GatewayConfig(_Section):
 # Loading ---------------------------------------------------------------------------------------
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -107,16 +109,47 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(source, [("", f"cannot read config file: {exc.strerror or exc}")]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise ConfigError(source, [(exc.path, f"line {exc.line}: duplicate key {exc.key!r}")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(source, [("", f"invalid YAML: {where}{getattr(exc, 'problem', None) or exc}")]) from None
     if raw is None:
-        raw = {}
+        raise ConfigError(source, [("", "the config file is empty (write at least `backends:` and `models:`)")])
     if not isinstance(raw, dict):
         raise ConfigError(source, [("", "the top level must be a mapping of sections")])
+    if "model_list" in raw:
+        raise ConfigError(
+            source,
+            [
+                (
+                    "model_list",
+                    "this is LiteLLM's key: declare upstreams under `backends:` and routes under `models:`"
+                    " (README, 'Coming from LiteLLM')",
+                )
+            ],
+        )
     return raw
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int) -> None:
+        self.key, self.line, self.path = key, line, ""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def environment(config_dir: Path | None = None) -> dict[str, str]:
@@ -138,9 +171,26 @@ def dotenv_file(path: Path) -> dict[str, str]:
     return {key: value for key, value in dotenv_values(path).items() if value is not None}
 
 
-def interpolate(value: Any, source: str, env: Mapping[str, str], path: str = "") -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` from ``env`` in every string of a parsed YAML tree."""
+_LITELLM_ENV = "os.environ/"
+
+
+def interpolate(
+    value: Any, source: str, env: Mapping[str, str], path: str = "", unset: list[tuple[str, str]] | None = None
+) -> Any:
+    """Replace ``${VAR}``, ``${VAR:-default}`` and LiteLLM's ``os.environ/VAR`` (a whole value) from
+    ``env`` in every string of a parsed YAML tree. Every unset variable is named: appended to
+    ``unset`` when given (its value reads ""), else raised together in one ConfigError."""
+    missing: list[tuple[str, str]] = [] if unset is None else unset
+    out = _interpolate(value, env, path, missing)
+    if missing and unset is None:
+        raise ConfigError(source, missing)
+    return out
+
+
+def _interpolate(value: Any, env: Mapping[str, str], path: str, missing: list[tuple[str, str]]) -> Any:
     if isinstance(value, str):
+        if value.startswith(_LITELLM_ENV) and _VAR_NAME.fullmatch(value[len(_LITELLM_ENV) :]):
+            value = f"${{{value[len(_LITELLM_ENV) :]}}}"
         if "${" not in value:
             return value
 
@@ -151,15 +201,14 @@ def interpolate(value: Any, source: str, env: Mapping[str, str], path: str = "")
                 return found
             if default is not None:
                 return default
-            raise ConfigError(
-                source, [(path, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)")]
-            )
+            missing.append((path, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)"))
+            return ""
 
         return _VAR.sub(substitute, value)
     if isinstance(value, dict):
-        return {k: interpolate(v, source, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {k: _interpolate(v, env, f"{path}.{k}" if path else str(k), missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, source, env, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_interpolate(v, env, f"{path}[{i}]", missing) for i, v in enumerate(value)]
     return value
 
 
@@ -171,14 +220,47 @@ def key_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def validation_problems(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+def validation_problems(
+    exc: ValidationError, prefix: tuple[Any, ...] = (), model: type[BaseModel] | None = None
+) -> list[tuple[str, str]]:
+    """(key path, message) of each error; an unknown key of ``model`` gets a "did you mean"."""
     problems = []
     for err in exc.errors(include_url=False):
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden" and model is not None:
+            msg += _did_you_mean(str(err["loc"][-1]), _keys_at(model, err["loc"][:-1]))
         if _shows_input(err):
             msg += f" (got {err['input']!r})"
         problems.append((key_path(prefix + tuple(err["loc"])), msg))
     return problems
+
+
+def _did_you_mean(key: str, known: Any) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _keys_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
+    """The keys the pydantic model nested at ``loc`` accepts (none when the path leaves the models)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = next(
+            (
+                a
+                for a in (field.annotation, *get_args(field.annotation))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ),
+            None,
+        )
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return [name for name, f in model.model_fields.items() if not f.exclude] + [
+        f.alias for f in model.model_fields.values() if f.alias
+    ]
 
 
 _SECRET_WORDS = ("key", "token", "secret", "password", "auth")
@@ -203,20 +285,32 @@ def validate_config(
     raw = dict(raw)
     raw_backends = raw.pop("backends", None) or []
     problems: list[tuple[str, str]] = []
+    config: GatewayConfig | None = None
     try:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, validation_problems(exc)) from None
-    config.source = source
+        problems.extend(validation_problems(exc, model=GatewayConfig))  # go on: backends and sections are reported too
 
     backends = _validate_backends(raw_backends, backend_types, problems)
+    try:
+        plugins = config.plugins if config else PluginsConfig.model_validate(raw.get("plugins") or {})
+    except ValidationError:
+        plugins = PluginsConfig()  # already reported above
+    plugin_sections = _validate_sections(plugins, sections, problems)
+    if config is None:
+        raise ConfigError(source, problems)
+    config.source = source
     config.backends = backends
-    config.plugin_sections = _validate_sections(config.plugins, sections, problems)
+    config.plugin_sections = plugin_sections
 
     if not config.models:
         config.models = _implicit_routes(backends)
     elif "models" in raw:
-        problems.extend(table_problems(config.models, {b.name for b in backends}))
+        # a backend that failed validation is still declared: no false "no backend named" for it
+        declared = {b.name for b in backends} | {
+            e["name"] for e in raw_backends if isinstance(e, dict) and isinstance(e.get("name"), str)
+        }
+        problems.extend(table_problems(config.models, declared))
     if config.default_model and config.find_route(config.default_model) is None:
         problems.append(("default_model", f"no entry in models serves {config.default_model!r}"))
     if problems:
@@ -250,7 +344,7 @@ def _validate_backends(
         try:
             backend = backend_types[kind].Config.model_validate(entry)
         except ValidationError as exc:
-            problems.extend(validation_problems(exc, ("backends", i)))
+            problems.extend(validation_problems(exc, ("backends", i), backend_types[kind].Config))
             continue
         if backend.name in seen:
             problems.append((f"{where}.name", f"duplicate backend name {backend.name!r}"))
@@ -268,10 +362,14 @@ def _validate_sections(
         try:
             validated[section] = model.model_validate(given.pop(section, None) or {})
         except ValidationError as exc:
-            problems.extend(validation_problems(exc, ("plugins", section)))
+            problems.extend(validation_problems(exc, ("plugins", section), model))
     for section in given:
         problems.append(
-            (f"plugins.{section}", "no loaded plugin declares this section (is the plugin disabled or not installed?)")
+            (
+                f"plugins.{section}",
+                "no loaded plugin declares this section (is the plugin disabled or not installed?)"
+                + _did_you_mean(section, sections),
+            )
         )
     return validated
 

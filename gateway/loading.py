@@ -23,7 +23,7 @@ from gateway.config import (
     validate_config,
     validation_problems,
 )
-from gateway.plugin_manager import build_plugin_manager
+from gateway.plugin_manager import build_plugin_manager, describe
 
 ConfigSource = str | os.PathLike[str] | Mapping[str, Any]
 
@@ -37,18 +37,41 @@ class Loaded:
     backends: list[Backend]
 
 
+def plugin_overview(source: str | os.PathLike[str]) -> list[dict[str, object]]:
+    """Each plugin the config loads, the hooks it implements and the config sections it owns, without
+    validating the rest: ``gateway plugins`` works with ``${VAR}``s unset."""
+    name = str(source)
+    raw = interpolate(read_config(source), name, environment(Path(source).resolve().parent), unset=[])
+    try:
+        settings = PluginsConfig.model_validate(raw.get("plugins") or {})
+    except ValidationError as exc:
+        raise ConfigError(name, validation_problems(exc, ("plugins",))) from None
+    pm = build_plugin_manager(settings.enabled, settings.disabled, (), source=name)
+    owned: dict[str, list[str]] = {}
+    for impl in pm.hook.gateway_register_config.get_hookimpls():
+        register = lambda section, _model, _name=impl.plugin_name: owned.setdefault(_name, []).append(section)  # noqa: E731
+        impl.function(**{arg: register for arg in impl.argnames})
+    enabled = set(settings.enabled)
+    return [
+        {**plugin, "sections": owned.get(str(plugin["name"]), []), "enabled_by_config": plugin["name"] in enabled}
+        for plugin in describe(pm)
+    ]
+
+
 def load(source: ConfigSource, plugins: Iterable[object] = ()) -> Loaded:
     """Read (a path) or take (a mapping) a config, load the plugins it names plus ``plugins``, and
     validate everything; raise ``ConfigError`` naming the file, the key path and the problem."""
     if isinstance(source, Mapping):
-        name, raw = "<config>", interpolate(dict(source), "<config>", environment())
+        name, tree, env = "<config>", dict(source), environment()
     else:
         name = str(source)
-        raw = interpolate(read_config(source), name, environment(Path(source).resolve().parent))
+        tree, env = read_config(source), environment(Path(source).resolve().parent)
+    unset: list[tuple[str, str]] = []  # every unset variable, reported with the other problems
+    raw = interpolate(tree, name, env, unset=unset)
     try:
         plugin_settings = PluginsConfig.model_validate(raw.get("plugins") or {})
     except ValidationError as exc:
-        raise ConfigError(name, validation_problems(exc, ("plugins",))) from None
+        raise ConfigError(name, unset + validation_problems(exc, ("plugins",))) from None
     pm = build_plugin_manager(plugin_settings.enabled, plugin_settings.disabled, plugins, source=name)
 
     sections: dict[str, type[BaseModel]] = {}
@@ -68,7 +91,13 @@ def load(source: ConfigSource, plugins: Iterable[object] = ()) -> Loaded:
     pm.hook.gateway_register_config(register=register_section)
     pm.hook.gateway_register_backends(register=register_backend)
     if problems:
-        raise ConfigError(name, problems)
-    config = validate_config(raw, source=name, sections=sections, backend_types=backend_types)
+        raise ConfigError(name, unset + problems)
+    try:
+        config = validate_config(raw, source=name, sections=sections, backend_types=backend_types)
+    except ConfigError as exc:
+        unset_paths = {path for path, _ in unset}  # an unset value's own follow-on errors say nothing new
+        raise ConfigError(name, unset + [p for p in exc.problems if p[0] not in unset_paths]) from None
+    if unset:
+        raise ConfigError(name, unset)
     backends = [backend_types[b.type](b) for b in config.backends]
     return Loaded(config, pm, backends)

@@ -124,7 +124,7 @@ def test_check_config_ok() -> None:
     result = cli("check-config", CONFIG)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{CONFIG}: OK")
-    assert "1 backends" in result.stdout
+    assert "1 backend, 1 model," in result.stdout
 
 
 BAD = """\
@@ -164,7 +164,7 @@ def test_plugins_lists_the_builtins_with_their_hooks() -> None:
     assert builtins[:3] == ["error_renderer", "routing", "request_logging"] and "backends.mock" in builtins
     assert lines["error_renderer"] == "gateway_handle_error"
     assert "gateway_select_backend" in lines["routing"]
-    assert lines["cors"] == "gateway_register_config, gateway_setup_app"
+    assert lines["cors"] == "gateway_register_config, gateway_setup_app [config: plugins.cors]"
     assert lines["backends.mock"] == "gateway_register_backends"
 
     as_json = cli("plugins", "--json", "--config", CONFIG)
@@ -283,7 +283,7 @@ def test_dotenv_in_the_cwd_names_the_config(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"{config}: OK (1 backends, 1 models")
+    assert result.stdout.startswith(f"{config}: OK (1 backend, 1 model,")
 
 
 LONG_STREAM = """\

@@ -114,10 +114,9 @@ def test_the_shipped_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.plugin_config("cors").allow_origins == ["*"]
 
 
-def test_an_empty_file_is_the_defaults(tmp_path: Path) -> None:
-    config = load(write(tmp_path, "")).config
-    assert config.backends == [] and config.models == []
-    assert config.server.port == 8000
+def test_an_empty_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="the config file is empty"):
+        load(write(tmp_path, ""))
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -365,7 +364,7 @@ def test_unknown_key_in_a_core_section(tmp_path: Path) -> None:
     path = write(tmp_path, MOCK + "server: {port: 1, prot: 2}\n")
     with pytest.raises(ConfigError) as exc_info:
         load(path)
-    assert errors_of(exc_info) == [f"{path}: server.prot: unknown key"]
+    assert errors_of(exc_info) == [f"{path}: server.prot: unknown key (did you mean 'port'?)"]
 
 
 def test_unknown_key_inside_a_backend(tmp_path: Path) -> None:
