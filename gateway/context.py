@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import structlog
 
 from gateway.keys import state_store_key
+from gateway.limits import Limits
 from gateway.log import CurrentLogger
 
 if TYPE_CHECKING:
@@ -24,10 +25,12 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True, eq=False)
 class Principal:
-    """Who is calling, as established by ``gateway_authenticate`` (never the key itself)."""
+    """Who is calling, as established by ``gateway_authenticate`` (never the key itself); ``limits``
+    are the caller's own rate limits (``gateway.limits.Limits``), which a rate limiter applies."""
 
     name: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    limits: Limits | None = None
 
 
 @dataclass(slots=True, eq=False)

@@ -13,9 +13,9 @@ constant time against the sha256 of every configured key.
 The API (every endpoint that calls ``gateway_authenticate`` but ``/info``) is guarded; the paths in
 ``protect`` (default ``/info`` and ``/metrics``) are guarded by a middleware, whatever serves them,
 and need one of the ``keys`` in every mode (with no keys they stay open); ``/`` and ``/health`` stay
-open, and CORS preflights need no key. The caller becomes
-``ctx.principal`` (key name and metadata, the key's ``limits`` under ``metadata["limits"]``, for a
-rate limiter); in ``required``/``optional`` mode a gateway key is taken off ``ctx.client_key`` so it
+open, and CORS preflights need no key. The caller becomes ``ctx.principal`` (key name, metadata,
+and the key's ``limits`` as ``Principal.limits``, a ``gateway.limits.Limits``, for a rate
+limiter); in ``required``/``optional`` mode a gateway key is taken off ``ctx.client_key`` so it
 never goes upstream.
 """
 
@@ -36,6 +36,7 @@ from gateway.config import GatewayConfig
 from gateway.context import Principal, RequestContext
 from gateway.errors import AuthenticationError, ModelNotFoundError, PermissionDeniedError
 from gateway.keys import ctx_key
+from gateway.limits import Limits
 
 SECTION = "auth_api_keys"
 #: Endpoints that ask ``gateway_authenticate`` but are guarded only when their path is in ``protect``.
@@ -50,16 +51,6 @@ MISSING_KEY = (
 INCORRECT_KEY = "Incorrect API key provided: {key}. You can obtain an API key from the administrator of this gateway."
 
 
-class KeyLimits(BaseModel):
-    """A key's own rate limits, handed to a rate limiter as ``Principal.metadata["limits"]``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
-    concurrent_requests: int | None = Field(None, ge=1)
-
-
 class ApiKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -70,9 +61,7 @@ class ApiKey(BaseModel):
         None, min_length=1, description="models the key may use (globs such as `gpt-*`); default: all"
     )
     metadata: dict[str, Any] = Field(default_factory=dict, description="handed to later plugins on ctx.principal")
-    limits: KeyLimits | None = Field(None, description="this key's rate limits (read by the rate_limit plugin)")
-
-    _metadata: dict[str, Any] = PrivateAttr(default_factory=dict)  # the principal's: metadata and limits
+    limits: Limits | None = Field(None, description="this key's rate limits (read by the rate_limit plugin)")
 
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKey:
@@ -82,9 +71,6 @@ class ApiKey(BaseModel):
             raise ValueError("`key` is empty")
         if "limits" in self.metadata:
             raise ValueError("`metadata.limits` is reserved: write the key's `limits` beside `metadata`")
-        self._metadata = dict(self.metadata)
-        if self.limits is not None:
-            self._metadata["limits"] = self.limits.model_dump(exclude_none=True)
         return self
 
     @property
@@ -99,7 +85,7 @@ class ApiKey(BaseModel):
 
     def principal(self) -> Principal:
         """A new principal per request (later plugins may edit its metadata)."""
-        return Principal(self.name, copy.deepcopy(self._metadata))
+        return Principal(self.name, copy.deepcopy(self.metadata), self.limits)
 
 
 class AuthConfig(BaseModel):

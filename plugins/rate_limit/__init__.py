@@ -1,13 +1,13 @@
 """Rate limits per key and per model: requests and tokens per minute, and concurrent requests.
 
-A key's limits come from ``ctx.principal.metadata["limits"]`` (``requests_per_minute``,
-``tokens_per_minute``, ``concurrent_requests``; the ``auth_api_keys`` plugin puts a key's ``limits``
-there), field by field over this section's ``default``, which also applies to each key without
-limits of its own; callers without a key share one budget. ``models`` gives a model (exact name or
-glob) a budget shared by every caller, charged whether the model is asked for by its name or by an
-alias that sends the request to it (``ctx.body["model"]`` after pre-processing). Only calls with a
-body count (chat completions, completions, embeddings): not ``GET /v1/models``, nor requests refused
-before pre-processing (by auth).
+A key's limits come from ``ctx.principal.limits`` (a ``gateway.limits.Limits``:
+``requests_per_minute``, ``tokens_per_minute``, ``concurrent_requests``; the ``auth_api_keys``
+plugin puts a key's ``limits`` there), field by field over this section's ``default``, which also
+applies to each key without limits of its own; callers without a key share one budget. ``models``
+gives a model (exact name or glob) a budget shared by every caller, charged whether the model is
+asked for by its name or by an alias that sends the request to it (``ctx.body["model"]`` after
+pre-processing). Only calls with a body count (chat completions, completions, embeddings): not
+``GET /v1/models``, nor requests refused before pre-processing (by auth).
 
 Windows slide over the last 60 seconds. Tokens are charged with the prompt's estimate before the
 call and corrected with the actual usage when the request finishes; a concurrency slot is held until
@@ -21,81 +21,31 @@ the same interface), stored on the app under ``store_key``.
 
 from __future__ import annotations
 
-import functools
-import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from gateway import hookimpl
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
-from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
-from gateway.errors import RateLimitError
 from gateway.keys import ctx_key
-from gateway_plugins.rate_limit.store import (
-    Charge,
-    Kind,
-    LimitStore,
-    MemoryStore,
-    Quota,
-    store_key,
-)
 
-SECTION = "rate_limit"
-LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "concurrent_requests")
-#: Each model endpoint's usage estimate: its ``prompt_tokens`` (messages, ``prompt`` or ``input``) is the charge.
-ESTIMATES = {endpoint.name: endpoint.estimate_usage for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS)}
+from .config import SECTION, RateLimitConfig
+from .plan import duration, headers_of, plan, refusal
+from .store import WINDOW, Charge, Grant, LimitStore, MemoryStore, Quota, store_key
 
-
-class Limits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1, description="prompt estimated before, corrected after")
-    concurrent_requests: int | None = Field(None, ge=1, description="requests (streams included) in progress")
-
-
-class RateLimitConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    default: Limits = Field(default_factory=Limits, description="each key's limits unless the key sets its own")
-    models: dict[str, Limits] = Field(
-        default_factory=dict, description="model name or glob -> a budget shared by every caller"
-    )
-
-    _default: dict[str, int] = PrivateAttr(default_factory=dict)
-    _models: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
-
-    def model_post_init(self, context: Any) -> None:
-        """The limits as plain dicts, once: requests only read them."""
-        self._default = self.default.model_dump(exclude_none=True)
-        self._models = {name: limits.model_dump(exclude_none=True) for name, limits in self.models.items()}
-
-    @functools.cached_property
-    def limits_anything(self) -> bool:
-        """Whether any limit is set here (a key's own limits aside): when not, and the caller's key
-        sets none, a request needs no planning at all."""
-        return bool(self._default or self._models)
-
-    def for_model(self, model: str) -> dict[str, int] | None:
-        """The limits of ``model``: its exact entry, else the first pattern that matches."""
-        if model in self._models:
-            return self._models[model]
-        return next((limits for pattern, limits in self._models.items() if fnmatchcase(model, pattern)), None)
-
-
-@dataclass(frozen=True, slots=True)
-class _Planned:
-    """A charge and what it means: which limit, and for whom (for messages)."""
-
-    charge: Charge
-    kind: Kind
-    scope: str
+__all__ = [
+    "WINDOW",
+    "Charge",
+    "Grant",
+    "LimitStore",
+    "MemoryStore",
+    "Quota",
+    "RateLimitConfig",
+    "duration",
+    "store_key",
+]
 
 
 @dataclass(slots=True)
@@ -138,16 +88,16 @@ async def gateway_process_request(ctx: RequestContext) -> None:
         return
     settings: RateLimitConfig = ctx.config.plugin_config(SECTION)
     principal = ctx.principal
-    if not settings.limits_anything and (principal is None or "limits" not in principal.metadata):
+    if not settings.limits_anything and (principal is None or principal.limits is None):
         return
-    planned = _plan(ctx, settings)
+    planned = plan(ctx, settings)
     if not planned:
         return
     store = ctx.request.app[store_key]
     grant = await store.acquire([p.charge for p in planned])
-    headers = _headers(planned, grant.quotas)
+    headers = headers_of(planned, grant.quotas)
     if not grant.granted:
-        raise _refusal(planned, grant.quotas, headers)
+        raise refusal(planned, grant.quotas, headers)
     held = _Held(store, headers)
     for p, receipt in zip(planned, grant.receipts, strict=True):
         if p.kind == "tokens":
@@ -172,98 +122,3 @@ async def gateway_request_finished(ctx: RequestContext, error: BaseException | N
             total = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
         for receipt in held.tokens:
             await held.store.settle(receipt, total)
-
-
-def _plan(ctx: RequestContext, settings: RateLimitConfig) -> list[_Planned]:
-    principal = ctx.principal
-    key_limits = settings._default
-    own = principal.metadata.get("limits") if principal is not None else None
-    if isinstance(own, Mapping):
-        key_limits = {**key_limits, **{name: own[name] for name in LIMIT_FIELDS if own.get(name) is not None}}
-    scopes: list[tuple[str, str, Mapping[str, Any]]] = []
-    if key_limits:
-        name = principal.name if principal is not None else ""
-        who = f"key `{name}`" if principal is not None else "callers without a key"
-        scopes.append((f"key:{name}", f"{ctx.model} for {who}", key_limits))
-    upstream = ctx.body.get("model") if ctx.body is not None else None  # an alias's model (transforms)
-    for model in dict.fromkeys(m for m in (ctx.model, upstream) if isinstance(m, str) and m):
-        model_limits = settings.for_model(model)
-        if model_limits is not None:
-            scopes.append((f"model:{model}", model, model_limits))
-    planned: list[_Planned] = []
-    tokens: int | None = None
-    for bucket, scope, limits in scopes:
-        if "requests_per_minute" in limits:
-            planned.append(_Planned(Charge(f"{bucket}:requests", limits["requests_per_minute"]), "requests", scope))
-        if "tokens_per_minute" in limits:
-            if tokens is None:
-                tokens = _estimate(ctx)
-            charge = Charge(f"{bucket}:tokens", limits["tokens_per_minute"], tokens)
-            planned.append(_Planned(charge, "tokens", scope))
-        if "concurrent_requests" in limits:
-            charge = Charge(f"{bucket}:concurrent", limits["concurrent_requests"], window=None)
-            planned.append(_Planned(charge, "concurrent", scope))
-    return planned
-
-
-def _estimate(ctx: RequestContext) -> int:
-    """The request's prompt tokens, estimated from what its endpoint reads (0 for an unknown endpoint)."""
-    estimate = ESTIMATES.get(ctx.endpoint)
-    return estimate(ctx.body, {})["prompt_tokens"] if estimate is not None else 0
-
-
-def _headers(planned: Sequence[_Planned], quotas: Sequence[Quota]) -> dict[str, str]:
-    """OpenAI's ``x-ratelimit-*`` headers, for requests and tokens: the bucket with the least left."""
-    headers: dict[str, str] = {}
-    for kind in ("requests", "tokens"):
-        found = [q for p, q in zip(planned, quotas, strict=True) if p.kind == kind]
-        if found:
-            quota = min(found, key=lambda q: q.remaining)
-            headers[f"x-ratelimit-limit-{kind}"] = str(quota.limit)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(quota.remaining)
-            headers[f"x-ratelimit-reset-{kind}"] = duration(quota.reset)
-    return headers
-
-
-def _refusal(planned: Sequence[_Planned], quotas: Sequence[Quota], headers: dict[str, str]) -> RateLimitError:
-    """The 429 for the first limit the request broke; ``Retry-After`` when all of them will let it in."""
-    refused = [(p, q) for p, q in zip(planned, quotas, strict=True) if q.wait != 0]
-    too_large = [(p, q) for p, q in refused if q.wait == math.inf]
-    p, q = too_large[0] if too_large else refused[0]
-    if too_large:
-        message = (
-            f"Request too large for {p.scope} on tokens per min (TPM): Limit {q.limit}, Requested {p.charge.amount}. "
-            "The input or output tokens must be reduced in order to run successfully."
-        )
-    else:
-        wait = max((w for _, quota in refused if (w := quota.wait) is not None), default=1.0)
-        headers["Retry-After"] = str(max(1, math.ceil(wait)))
-        if p.kind == "concurrent":
-            message = f"Too many concurrent requests for {p.scope}: Limit {q.limit}. Please try again when one ends."
-        else:
-            label = "requests per min (RPM)" if p.kind == "requests" else "tokens per min (TPM)"
-            message = (
-                f"Rate limit reached for {p.scope} on {label}: Limit {q.limit}, Used {q.limit - q.remaining}, "
-                f"Requested {p.charge.amount}. Please try again in {duration(wait)}."
-            )
-    error = RateLimitError(message, headers=headers)
-    if p.kind == "tokens":
-        error.type = "tokens"  # type: ignore[misc]  # OpenAI's type names the limit
-    return error
-
-
-def duration(seconds: float) -> str:
-    """A duration as OpenAI's reset headers write it (Go's format): ``17ms``, ``1s``, ``6m0s``, ``1h2m3.5s``."""
-    if seconds <= 0:
-        return "0s"
-    if seconds < 1:
-        return f"{max(1, round(seconds * 1000))}ms"
-    milliseconds = round(seconds * 1000)
-    hours, rest = divmod(milliseconds, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"

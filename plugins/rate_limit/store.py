@@ -1,5 +1,5 @@
-"""The rate limiter's counters: charges, quotas and grants, the ``LimitStore`` interface
-and the in-memory sliding-window store."""
+"""Where rate-limit counters live: the ``LimitStore`` interface, its charges and answers, and the
+in-memory ``MemoryStore`` (exact sliding windows); the app holds the store under ``store_key``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -161,8 +161,3 @@ class MemoryStore:
 
 
 store_key = web.AppKey("rate_limit_store", LimitStore)
-
-
-# The plugin -----------------------------------------------------------------------------------
-
-Kind = Literal["requests", "tokens", "concurrent"]

@@ -22,6 +22,7 @@ from gateway import hookimpl
 from gateway.config import ConfigError
 from gateway.context import RequestContext
 from gateway.keys import ctx_key, generations_key
+from gateway.limits import Limits
 from gateway.loading import load
 from gateway.log import setup_logging
 from gateway.testing import MOCK_MODEL, Finished, ServerThread, make_app, mock_config
@@ -67,11 +68,13 @@ class Spy:
 
     def __init__(self) -> None:
         self.seen: list[tuple[Any, str | None]] = []
+        self.limits: Limits | None = None
 
     @hookimpl
     def gateway_process_request(self, ctx: RequestContext) -> None:
         principal = ctx.principal
         self.seen.append(((principal.name, principal.metadata) if principal else None, ctx.client_key))
+        self.limits = principal.limits if principal else None
 
 
 def error_of(body: dict[str, Any]) -> dict[str, Any]:
@@ -173,7 +176,8 @@ async def test_the_principal_carries_name_metadata_and_limits(gateway: Any) -> N
     ]
     client = await gateway(keys_config(keys=keys), [spy])
     assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer(TEAM_KEY))).status == 200
-    assert spy.seen == [(("team", {"team": "search", "tier": 2, "limits": {"tokens_per_minute": 9}}), None)]
+    assert spy.seen == [(("team", {"team": "search", "tier": 2}), None)]
+    assert spy.limits == Limits(tokens_per_minute=9)
 
 
 # Allowlists -------------------------------------------------------------------------------------

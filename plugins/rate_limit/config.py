@@ -1,0 +1,42 @@
+"""The ``rate_limit`` section: the default limits of each key, and per-model budgets."""
+
+from __future__ import annotations
+
+import functools
+from fnmatch import fnmatchcase
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from gateway.limits import Limits
+
+SECTION = "rate_limit"
+
+
+class RateLimitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default: Limits = Field(default_factory=Limits, description="each key's limits unless the key sets its own")
+    models: dict[str, Limits] = Field(
+        default_factory=dict, description="model name or glob -> a budget shared by every caller"
+    )
+
+    _default: dict[str, int] = PrivateAttr(default_factory=dict)
+    _models: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any) -> None:
+        """The limits as plain dicts, once: requests only read them."""
+        self._default = self.default.set()
+        self._models = {name: limits.set() for name, limits in self.models.items()}
+
+    @functools.cached_property
+    def limits_anything(self) -> bool:
+        """Whether any limit is set here (a key's own limits aside): when not, and the caller's key
+        sets none, a request needs no planning at all."""
+        return bool(self._default or self._models)
+
+    def for_model(self, model: str) -> dict[str, int] | None:
+        """The limits of ``model``: its exact entry, else the first pattern that matches."""
+        if model in self._models:
+            return self._models[model]
+        return next((limits for pattern, limits in self._models.items() if fnmatchcase(model, pattern)), None)
