@@ -85,6 +85,7 @@ class RequestContext:
     client_key: str | None = None
     deployment: Deployment | None = None  # chosen by gateway_select_backend
     attempts: list[Attempt] = field(default_factory=list)  # deployments tried before this one (retries)
+    attempt_count: int = 1  # attempts made for the response (what ``X-Gateway-Attempts`` tells the client)
     usage: dict[str, Any] | None = None  # the response's token usage, once known
     usage_estimated: bool = False  # ``usage`` is the gateway's estimate: the backend reported none
     response: dict[str, Any] | None = None  # set in gateway_process_request to answer directly
@@ -116,6 +117,13 @@ class RequestContext:
     def state_store(self) -> Store:
         """The gateway's shared state store (``gateway.state``: memory, or Redis shared by every instance)."""
         return self.request.app[state_store_key]
+
+    @property
+    def generation_state(self) -> dict[str, Any]:
+        """Per-generation plugin state: a dict that lives as long as the config generation the request
+        is pinned to (a reload starts an empty one). Plugins cache what they build from the config
+        here (a router, compiled rules), keyed by their own name; per-request scratch goes in ``state``."""
+        return self.generation.state
 
     @property
     def backend(self) -> Backend | None:

@@ -32,6 +32,13 @@ class Endpoint:
     to_chunks: Callable[[Mapping[str, Any], bool], list[dict[str, Any]]] | None = None  # None: never streams
 
 
+#: ``ctx.endpoint`` of the other routes the core serves (the model endpoints' are ``CHAT.name`` and so on).
+MODELS_LIST = "models.list"
+MODELS_RETRIEVE = "models.retrieve"
+HEALTH = "health"
+INFO = "info"
+
+
 async def _one(result: Awaitable[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
     """An awaited result as a one-item iterator, so it takes the same path as a completion."""
     yield await result

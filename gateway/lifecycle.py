@@ -7,9 +7,16 @@ import asyncio
 
 from aiohttp import web
 
+from gateway.keys import lifecycle_key
+
 #: What aiohttp waits beyond the grace period for the requests the gateway has just ended.
 AIOHTTP_MARGIN = 2.0
 SHUTTING_DOWN = "The server is shutting down; retry the request."
+
+
+def in_flight(app: web.Application) -> int:
+    """The requests the app is handling now (each handler task in flight, a scrape of /metrics too)."""
+    return len(app[lifecycle_key].tasks)
 
 
 class Lifecycle:

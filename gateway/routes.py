@@ -12,7 +12,7 @@ from aiohttp import web
 from gateway import __version__
 from gateway.backend import Backend, model_object
 from gateway.context import RequestContext
-from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
+from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, HEALTH, INFO, MODELS_LIST, MODELS_RETRIEVE
 from gateway.errors import ModelNotFoundError
 from gateway.formats.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.formats.response_models import (
@@ -86,28 +86,28 @@ async def handle_embeddings(request: web.Request) -> web.StreamResponse:
 @operation("List models", tag="models", response=ModelList)
 async def list_models(request: web.Request) -> web.Response:
     ctx = request[ctx_key]
-    ctx.endpoint = "models.list"
+    ctx.endpoint = MODELS_LIST
     return await json_endpoint(ctx, _model_list)
 
 
 @operation("Retrieve a model", tag="models", response=Model)
 async def retrieve_model(request: web.Request) -> web.Response:
     ctx = request[ctx_key]
-    ctx.endpoint = "models.retrieve"
+    ctx.endpoint = MODELS_RETRIEVE
     ctx.model = request.match_info["model_id"]
     return await json_endpoint(ctx, _one_model)
 
 
 @operation("Health check", tag="operations", response=Health)
 async def health(request: web.Request) -> web.Response:
-    request[ctx_key].endpoint = "health"
+    request[ctx_key].endpoint = HEALTH
     return json_response({"status": "ok"})
 
 
 @operation("Gateway info", tag="operations", response=Info)
 async def info(request: web.Request) -> web.Response:
     ctx = request[ctx_key]
-    ctx.endpoint = "info"
+    ctx.endpoint = INFO
     return await json_endpoint(ctx, _info)
 
 

@@ -34,13 +34,14 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model
 from gateway import hookimpl
 from gateway.config import GatewayConfig
 from gateway.context import Principal, RequestContext
+from gateway.endpoints import HEALTH, INFO, MODELS_LIST, MODELS_RETRIEVE
 from gateway.errors import AuthenticationError, ModelNotFoundError, PermissionDeniedError
 from gateway.keys import ctx_key
 from gateway.limits import Limits
 
 SECTION = "auth_api_keys"
 #: Endpoints that ask ``gateway_authenticate`` but are guarded only when their path is in ``protect``.
-OPEN_ENDPOINTS = frozenset({"health", "info"})
+OPEN_ENDPOINTS = frozenset({HEALTH, INFO})
 ALWAYS_OPEN_PATHS = frozenset({"/", "/health"})
 
 MISSING_KEY = (
@@ -211,7 +212,7 @@ def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> N
     entry: ApiKey | None = ctx.state.get(SECTION)
     if entry is None or entry.models is None:
         return
-    if ctx.endpoint == "models.list":
+    if ctx.endpoint == MODELS_LIST:
         response["data"] = [model for model in response.get("data", ()) if entry.allows(model.get("id", ""))]
-    elif ctx.endpoint == "models.retrieve" and not entry.allows(str(response.get("id", ""))):
+    elif ctx.endpoint == MODELS_RETRIEVE and not entry.allows(str(response.get("id", ""))):
         raise ModelNotFoundError(ctx.model or "")

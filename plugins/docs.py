@@ -20,6 +20,8 @@ from gateway.keys import ctx_key
 from gateway.openapi import build_document, operation
 from gateway.replies import json_response
 
+DOCS = "docs"  # ctx.endpoint of the documentation pages
+OPENAPI = "openapi"  # ctx.endpoint of GET /openapi.json
 TITLE = "llm-gateway"
 DESCRIPTION = (
     "An OpenAI-compatible LLM gateway: point any OpenAI client at it. Streaming responses "
@@ -99,7 +101,7 @@ def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
 
     @operation("The OpenAPI document of this gateway", tag="docs", content_type="application/json")
     async def openapi_json(request: web.Request) -> web.Response:
-        request[ctx_key].endpoint = "openapi"
+        request[ctx_key].endpoint = OPENAPI
         if not document:
             built = build_document(request.app.router, title=TITLE, version=__version__, description=DESCRIPTION)
             document.append(orjson.dumps(built))
@@ -107,13 +109,13 @@ def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
 
     @operation("Swagger UI: browse and try the API", tag="docs", content_type="text/html")
     async def docs_page(request: web.Request) -> web.Response:
-        request[ctx_key].endpoint = "docs"
+        request[ctx_key].endpoint = DOCS
         return web.Response(text=PAGE, content_type="text/html")
 
     @operation("A file of the Swagger UI page", hidden=True)
     async def docs_asset(request: web.Request) -> web.StreamResponse:
         ctx = request[ctx_key]
-        ctx.endpoint = "docs"
+        ctx.endpoint = DOCS
         name = request.match_info["name"]
         if name not in ASSETS:
             raise NotFoundError(f"Unknown documentation asset: {name!r}.")
@@ -123,7 +125,7 @@ def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
 
     @operation("Streaming uses Server-Sent Events, not WebSockets", tag="docs", response=WebSocketNote)
     async def websocket_note(request: web.Request) -> web.Response:
-        request[ctx_key].endpoint = "docs"
+        request[ctx_key].endpoint = DOCS
         return json_response(WEBSOCKET_NOTE)
 
     router = app.router

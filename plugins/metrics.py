@@ -22,14 +22,15 @@ from prometheus_client import CollectorRegistry, Gauge, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
-from gateway import hookimpl
+from gateway import hookimpl, in_flight
 from gateway.backend import BackendRegistry
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
-from gateway.keys import backends_key, ctx_key, lifecycle_key
+from gateway.keys import backends_key, ctx_key
 from gateway.openapi import operation
 from gateway_plugins.metrics_series import MemoryCollector, MemorySeries, PrometheusSeries, Series, Spec
 
+ENDPOINT = "metrics"  # ctx.endpoint of GET /metrics
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CIRCUIT_STATES = ("closed", "half_open", "open")
 
@@ -172,8 +173,7 @@ def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
         scrape = _multiprocess_registry(circuits)
         app.middlewares.append(_in_flight_middleware(metrics))
     else:
-        lifecycle = app[lifecycle_key]
-        app[metrics_key] = Metrics(registry, in_flight=lambda: len(lifecycle.tasks))
+        app[metrics_key] = Metrics(registry, in_flight=lambda: in_flight(app))
         registry.register(circuits)
 
         def scrape() -> CollectorRegistry:
@@ -181,7 +181,7 @@ def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
 
     @operation("Prometheus metrics", tag="operations", content_type="text/plain")
     async def serve_metrics(request: web.Request) -> web.Response:
-        request[ctx_key].endpoint = "metrics"
+        request[ctx_key].endpoint = ENDPOINT
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encoder(scrape()), headers={"Content-Type": content_type})
 

@@ -9,14 +9,13 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from gateway import hookimpl
+from gateway import ChunkFilter, hookimpl
 from gateway.context import RequestContext
+from gateway.endpoints import CHAT, COMPLETIONS
 from gateway.log import REDACTED, is_secret_key, redact, write_event
-from gateway.resilience.attempts import ATTEMPTS_HEADER
-from gateway.streaming import ChunkFilter
 
 STATE = "request_logging.response"  # ctx.state: the response body (a dict, or a stream's collector)
-STREAMING = ("chat.completions", "completions")  # the endpoints whose access line says `stream`
+STREAMING = (CHAT.name, COMPLETIONS.name)  # the endpoints whose access line says `stream`
 
 
 class BodyLoggingConfig(BaseModel):
@@ -126,9 +125,8 @@ async def gateway_request_finished(ctx: RequestContext, error: BaseException | N
         fields["backend"] = name = deployment.backend.name
         if deployment.name != name:
             fields["deployment"] = deployment.name
-        attempts = ctx.response_headers.get(ATTEMPTS_HEADER, "1")  # what the client was told
-        if attempts != "1":
-            fields["attempts"] = int(attempts)
+        if ctx.attempt_count != 1:
+            fields["attempts"] = ctx.attempt_count
     if ctx.endpoint in STREAMING:
         fields["stream"] = ctx.stream
     if ctx.first_byte is not None:

@@ -30,6 +30,7 @@ from gateway import Deployment, hookimpl
 from gateway.backend import Backend, BackendRegistry
 from gateway.config import GatewayConfig
 from gateway.context import Attempt, RequestContext
+from gateway.endpoints import INFO
 from gateway.errors import ServiceUnavailableError
 from gateway.model_table import DeploymentConfig, ModelRoute
 from gateway.resilience.retry import RetryBudget, verdict
@@ -232,15 +233,15 @@ def gateway_select_backend(ctx: RequestContext, backends: BackendRegistry) -> De
 @hookimpl
 def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> None:
     """/info: each tracked deployment's requests in flight, time to first byte and circuit state."""
-    if ctx.endpoint == "info":
+    if ctx.endpoint == INFO:
         router = _router(ctx, ctx.generation.backends)
         response["deployments"] = {stats.name: stats.describe() for stats in router.health}
 
 
 def _router(ctx: RequestContext, backends: BackendRegistry) -> Router:
     """The router of the request's config generation, built on first use."""
-    generation = ctx.generation
-    router = generation.state.get(NAME)
+    state = ctx.generation_state
+    router = state.get(NAME)
     if router is None:
-        router = generation.state[NAME] = Router(generation.config, backends, ctx.request.app[health_key])
+        router = state[NAME] = Router(ctx.config, backends, ctx.request.app[health_key])
     return router

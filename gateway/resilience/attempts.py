@@ -189,7 +189,8 @@ async def attempt(ctx: RequestContext, call: Call, deployment: Deployment, watch
     ctx.deployment = deployment
     headers = ctx.response_headers
     headers[BACKEND_HEADER] = deployment.name
-    headers[ATTEMPTS_HEADER] = str(len(ctx.attempts) + 1)
+    ctx.attempt_count = len(ctx.attempts) + 1
+    headers[ATTEMPTS_HEADER] = str(ctx.attempt_count)
     stats = deployment.stats
     if stats is not None:
         stats.begin()

@@ -141,6 +141,7 @@ async def hedged(
         raise
     finally:
         ctx.upstream_wait += loop.time() - started
+        ctx.attempt_count = launched
         ctx.response_headers[ATTEMPTS_HEADER] = str(launched)
         await _abandon(legs)
 

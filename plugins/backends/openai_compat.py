@@ -24,12 +24,12 @@ import structlog
 import yarl
 from pydantic import Field
 
+from gateway import hookimpl
 from gateway.backend import Backend, BackendConfig
 from gateway.context import RequestContext
 from gateway.errors import ModelNotFoundError, UpstreamError
 from gateway.formats import completions as completions_format
 from gateway.formats.chat import completion_to_chunks, include_usage
-from gateway.hookspecs import hookimpl
 from gateway.upstream.errors import (
     BaseUrl,
     Credential,

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import hookimpl, model_object
+from gateway import ChunkFilter, hookimpl, model_object
 from gateway.context import RequestContext
+from gateway.endpoints import MODELS_LIST, MODELS_RETRIEVE
 from gateway.keys import backends_key
-from gateway.streaming import ChunkFilter
 from gateway_plugins.transforms.config import Rule, TransformsConfig
 from gateway_plugins.transforms.patterns import CONTENT_FILTER, Patterns, ResponseFilter, TextChain, text_slot
 from gateway_plugins.transforms.requests import apply_rule
@@ -46,7 +46,7 @@ def gateway_process_request(ctx: RequestContext) -> None:
         return
     body = ctx.body
     if body is None:
-        if ctx.endpoint == "models.retrieve" and ctx.model:
+        if ctx.endpoint == MODELS_RETRIEVE and ctx.model:
             _retrieve_alias(ctx, rules, ctx.model)
         return
     filters: list[Patterns] = []
@@ -79,7 +79,7 @@ def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> N
                 holder[field] = state.feed(text, final=True)
                 if state.blocked:
                     choice["finish_reason"] = CONTENT_FILTER
-    elif ctx.endpoint == "models.list" and _rules(ctx):
+    elif ctx.endpoint == MODELS_LIST and _rules(ctx):
         _list_aliases(ctx, response)
 
 

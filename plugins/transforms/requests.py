@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from gateway.context import RequestContext
+from gateway.endpoints import CHAT, COMPLETIONS
 from gateway.errors import ContentPolicyError
 from gateway_plugins.transforms.config import Rule
 
@@ -87,9 +88,9 @@ def _cap(body: dict[str, Any], field: str, cap: float, endpoint: str) -> None:
     """Lower ``field`` to ``cap``. A cap on ``max_tokens`` or ``max_completion_tokens`` caps whichever
     of the two the client sent, and sets the capped one when it sent neither (a chat or completion
     request): an output-token ceiling holds whatever the client sends."""
-    if field in TOKEN_LIMITS and endpoint in ("chat.completions", "completions"):
+    if field in TOKEN_LIMITS and endpoint in (CHAT.name, COMPLETIONS.name):
         sent = [f for f in TOKEN_LIMITS if _is_number(body.get(f))]
-        for name in sent or ["max_tokens" if endpoint == "completions" else field]:
+        for name in sent or ["max_tokens" if endpoint == COMPLETIONS.name else field]:
             if not _is_number(body.get(name)) or body[name] > cap:
                 body[name] = cap
     elif _is_number(body.get(field)) and body[field] > cap:

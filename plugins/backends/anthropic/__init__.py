@@ -19,11 +19,11 @@ import aiohttp
 import orjson
 from pydantic import Field, field_validator
 
+from gateway import hookimpl
 from gateway.backend import Backend, BackendConfig, model_object
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamError
 from gateway.formats.chat import completion_to_chunks, include_usage
-from gateway.hookspecs import hookimpl
 from gateway.upstream.errors import (
     BaseUrl,
     Credential,

@@ -32,6 +32,7 @@ import aiohttp
 import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from gateway import hookimpl
 from gateway.backend import Backend, BackendConfig
 from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError, UpstreamError
@@ -50,7 +51,6 @@ from gateway.formats.chat import (
     usage,
     usage_chunk,
 )
-from gateway.hookspecs import hookimpl
 from gateway.upstream.errors import (
     MAX_ERROR_MESSAGE,
     Credential,

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway import hookimpl
 from gateway.backend import Backend, BackendConfig
 from gateway.context import RequestContext
 from gateway.errors import (
@@ -53,7 +54,6 @@ from gateway.formats.completions import (
 from gateway.formats.completions import estimate_prompt_tokens as estimate_text_prompt_tokens
 from gateway.formats.embeddings import embedding, embedding_list, embedding_usage, encode_base64
 from gateway.formats.json_schema import SchemaTooComplexError, example_value
-from gateway.hookspecs import hookimpl
 from gateway_plugins.backends.mock.answers import (
     _Answer,
     _cut_at_stop,

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from gateway import hookimpl
 from gateway.backend import Backend, BackendConfig
+from gateway.endpoints import CHAT
 from gateway.errors import NotFoundError
 from gateway.formats import chat as chat_format
 from gateway.formats import completions as completions_format
 from gateway.formats.chat import include_usage
 from gateway.formats.request_key import request_key
-from gateway.hookspecs import hookimpl
 from gateway_plugins.backends.replay.cassettes import Cassettes
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class ReplayBackend(Backend):
                     f"backend {self.name!r} is in replay mode). Record it with mode: record or auto."
                 )
         target = self._target(ctx)
-        method = target.chat if endpoint == "chat.completions" else target.completions
+        method = target.chat if endpoint == CHAT.name else target.completions
         secrets = _secrets(target, ctx)
         if not ctx.stream:
             async for item in method(ctx):

@@ -29,10 +29,10 @@ import aiohttp
 import orjson
 import structlog
 
+from gateway import hookimpl
 from gateway.backend import Backend, BackendConfig, model_object
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError, RateLimitError, UpstreamError
-from gateway.hookspecs import hookimpl
 from gateway.upstream.errors import (
     MAX_ERROR_BODY,
     MAX_ERROR_MESSAGE,

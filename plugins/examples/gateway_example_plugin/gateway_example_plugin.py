@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import ChunkFilter, RequestContext, hookimpl
+from gateway.endpoints import CHAT
 
 SECTION = "example_plugin"
 HEADER = "X-Masked-Words"
@@ -47,7 +48,7 @@ def _settings(ctx: RequestContext) -> Settings:
 def gateway_process_request(ctx: RequestContext) -> None:
     """Mask banned words in user messages; count them in a response header."""
     words = _settings(ctx).banned_words
-    if ctx.endpoint != "chat.completions" or not words:
+    if ctx.endpoint != CHAT.name or not words:
         return
     pattern = re.compile("|".join(re.escape(w) for w in words), re.IGNORECASE)
     masked = 0
@@ -81,14 +82,14 @@ class Signer:
 def gateway_stream_filter(ctx: RequestContext) -> ChunkFilter | None:
     """A signer for each stream (None when no signature is configured: the stream passes untouched)."""
     signature = _settings(ctx).signature
-    return Signer(signature) if signature and ctx.endpoint == "chat.completions" else None
+    return Signer(signature) if signature and ctx.endpoint == CHAT.name else None
 
 
 @hookimpl
 def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> None:
     """Non-streamed replies: append the signature to each choice's content."""
     signature = _settings(ctx).signature
-    if ctx.endpoint == "chat.completions" and signature:
+    if ctx.endpoint == CHAT.name and signature:
         for choice in response["choices"]:
             if choice["message"].get("content") is not None:
                 choice["message"]["content"] += signature
