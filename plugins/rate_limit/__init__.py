@@ -30,6 +30,7 @@ from gateway import hookimpl
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
 from gateway.keys import ctx_key
+from gateway.state import store_of
 
 from .config import SECTION, RateLimitConfig
 from .plan import duration, headers_of, plan, refusal
@@ -68,7 +69,13 @@ def gateway_register_config(register):  # type: ignore[no-untyped-def]
 def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
     """The in-memory store (a test or another plugin may put a different one under ``store_key``),
     and the limits' headers on every response a limit counted."""
-    app[store_key] = MemoryStore()
+    shared = store_of(app)
+    if shared.config.store == "redis":  # counters shared by every instance (rate_limit.shared)
+        from gateway_plugins.rate_limit.shared import SharedStore
+
+        app[store_key] = SharedStore(shared)
+    else:
+        app[store_key] = MemoryStore()
     app.on_response_prepare.append(_add_headers)
 
 
