@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.app import RUNNER_OPTIONS, create_app
-from gateway.config import ConfigError, environment
+from gateway.config import ConfigError, GatewayConfig, environment
 from gateway.generation import reload_on_sighup
 from gateway.lifecycle import AIOHTTP_MARGIN
 from gateway.loading import load, plugin_overview
@@ -98,6 +98,21 @@ def list_plugins(path: str, as_json: bool) -> int:
     return 0
 
 
+def _check_shared_state(config: GatewayConfig) -> None:
+    """Several workers with the memory store would each count their own limits: refuse. A plugin
+    section says what it keeps that processes must share with a ``shared_state() -> str | None``."""
+    if config.state.store != "memory":
+        return
+    for section in config.plugin_sections.values():
+        reason = getattr(section, "shared_state", None)
+        if callable(reason) and (what := reason()):
+            problem = (
+                f"{what} would be counted by each worker on its own with state.store: memory; "
+                "set state.store: redis (README: Running more than one instance) or run one worker"
+            )
+            raise ConfigError(config.source, [("--workers", problem)])
+
+
 def run(path: str, host: str | None, port: int | None, workers: int = 1) -> int:
     """Serve until SIGINT/SIGTERM; in-flight requests get ``server.shutdown_timeout`` to finish.
     SIGHUP reloads the config file (``gateway.generation``).
@@ -113,6 +128,8 @@ def run(path: str, host: str | None, port: int | None, workers: int = 1) -> int:
         port = config.server.port
     if workers < 1 or (workers > 1 and port == 0):
         raise ConfigError("command line", [("--workers", "must be at least 1, and needs a fixed port when above 1")])
+    if workers > 1:
+        _check_shared_state(config)
     _raise_open_files_limit()
     structlog.get_logger("gateway").info(
         "gateway starting",

@@ -104,6 +104,11 @@ class AuthConfig(BaseModel):
 
     _digests: list[tuple[bytes, ApiKey]] = PrivateAttr(default_factory=list)
 
+    def shared_state(self) -> str | None:
+        """What of this section must be shared between processes (``gateway.state``): keys' limits."""
+        limited = [key.name for key in self.keys if key.limits is not None]
+        return f"the limits of keys {', '.join(limited)}" if limited else None
+
     @model_validator(mode="after")
     def _check(self) -> AuthConfig:
         if not self.keys and self.mode != "passthrough" and "mode" in self.model_fields_set:

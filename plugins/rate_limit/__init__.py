@@ -15,8 +15,8 @@ then (a stream's last byte, or the client leaving). Over a limit -> 429 ``rate_l
 ``Retry-After``; every counted response carries OpenAI's ``x-ratelimit-*`` headers (in place of an
 upstream's).
 
-The counters live in a ``LimitStore`` (``MemoryStore`` here; one shared by several instances fits
-the same interface), stored on the app under ``store_key``.
+The counters live in a ``LimitStore`` stored on the app under ``store_key``: ``MemoryStore`` here,
+or with ``state.store: redis`` ``rate_limit.shared.SharedStore`` over the gateway's state store.
 """
 
 from __future__ import annotations

@@ -29,6 +29,10 @@ class RateLimitConfig(BaseModel):
         self._default = self.default.set()
         self._models = {name: limits.set() for name, limits in self.models.items()}
 
+    def shared_state(self) -> str | None:
+        """What of this section must be shared between processes (``gateway.state``)."""
+        return "rate_limit's limits" if self.limits_anything else None
+
     @functools.cached_property
     def limits_anything(self) -> bool:
         """Whether any limit is set here (a key's own limits aside): when not, and the caller's key

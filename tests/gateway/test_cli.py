@@ -379,3 +379,24 @@ def test_workers_on_a_port_in_use_stop_at_once(servers: list[Server]) -> None:
         servers.append(server)
         assert server.wait(15) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in server.output
+
+
+def test_workers_with_limits_in_memory_refuse_to_start(servers: list[Server], tmp_path: Path) -> None:
+    auth = ROOT / "config" / "examples" / "auth.yaml"
+    env = {"GATEWAY_API_KEY": "sk-gw-admin-0123456789", "GATEWAY_LIMITED_KEY": "sk-gw-limited-0123456789"}
+    result = cli("serve", "--config", str(auth), "--port", str(free_port()), "--workers", "2", **env)
+    assert result.returncode == 2
+    assert f"{auth}: --workers: the limits of keys limited would be counted by each worker" in result.stderr
+    assert "set state.store: redis" in result.stderr
+    assert "Traceback" not in result.stderr
+    # limits in rate_limit's own section count too; with the redis store the workers start
+    config = tmp_path / "limits.yaml"
+    config.write_text("plugins:\n  rate_limit: {default: {requests_per_minute: 5}}\n")
+    result = cli("serve", "--config", str(config), "--port", str(free_port()), "--workers", "2")
+    assert result.returncode == 2 and "rate_limit's limits would be counted" in result.stderr
+    port = free_port()
+    config.write_text(config.read_text() + "state: {store: redis, url: 'redis://127.0.0.1:1/0'}\n")
+    server = Server(["--config", str(config), "--port", str(port), "--workers", "2"], {})
+    servers.append(server)
+    server.wait_up(port, timeout=30)
+    assert server.terminate_and_wait(10) == 0
