@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, multiprocess
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 from gateway import hookimpl, in_flight
@@ -28,6 +29,7 @@ from gateway.config import GatewayConfig
 from gateway.context import RequestContext
 from gateway.keys import backends_key, ctx_key
 from gateway.openapi import operation
+from gateway.state import store_of
 from gateway_plugins.metrics_series import MemoryCollector, MemorySeries, PrometheusSeries, Series, Spec
 
 ENDPOINT = "metrics"  # ctx.endpoint of GET /metrics
@@ -155,6 +157,34 @@ class CircuitCollector:
         return [family]
 
 
+class StateCollector:
+    """The state store (``gateway.state``) at scrape time: ``gateway_state_store_connected``,
+    ``gateway_state_store_errors_total`` and the Redis round-trip histogram
+    ``gateway_state_store_latency_seconds`` (in multiprocess mode: the scraped worker's)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def collect(self) -> list[Any]:
+        state = store_of(self.app).describe()
+        store = (state["store"],)
+        connected = GaugeMetricFamily(
+            "gateway_state_store_connected", "1 while the state store answers", labels=("store",)
+        )
+        connected.add_metric(store, 1.0 if state["connected"] else 0.0)
+        errors = CounterMetricFamily("gateway_state_store_errors", "Failed state store calls", labels=("store",))
+        errors.add_metric(store, float(state.get("errors", 0)))
+        families: list[Any] = [connected, errors]
+        latency = state.get("latency_seconds")
+        if latency is not None:
+            histogram = HistogramMetricFamily(
+                "gateway_state_store_latency_seconds", "State store round trips", labels=("store",)
+            )
+            histogram.add_metric(store, list(latency["buckets"].items()), latency["sum"])
+            families.append(histogram)
+        return families
+
+
 metrics_key = web.AppKey("metrics", Metrics)
 
 
@@ -168,13 +198,15 @@ def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
     the core's count of requests being handled; in multiprocess mode a middleware counts them."""
     registry = CollectorRegistry()
     circuits = CircuitCollector(app[backends_key])
+    state = StateCollector(app)
     if multiprocess_mode():
         app[metrics_key] = metrics = Metrics(registry)
-        scrape = _multiprocess_registry(circuits)
+        scrape = _multiprocess_registry(circuits, state)
         app.middlewares.append(_in_flight_middleware(metrics))
     else:
         app[metrics_key] = Metrics(registry, in_flight=lambda: in_flight(app))
         registry.register(circuits)
+        registry.register(state)
 
         def scrape() -> CollectorRegistry:
             return registry
@@ -206,13 +238,14 @@ def _in_flight_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.Strea
     return in_flight
 
 
-def _multiprocess_registry(circuits: CircuitCollector) -> Callable[[], CollectorRegistry]:
+def _multiprocess_registry(circuits: CircuitCollector, state: StateCollector) -> Callable[[], CollectorRegistry]:
     """A fresh registry per scrape that adds up every process's files (prometheus-client's recipe)."""
 
     def scrape() -> CollectorRegistry:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         registry.register(circuits)
+        registry.register(state)
         return registry
 
     return scrape

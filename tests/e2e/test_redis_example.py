@@ -55,10 +55,10 @@ def test_two_instances_share_one_limit_exactly(start: object) -> None:
 
 
 def test_racing_requests_over_both_instances_pass_exactly_the_limit(start: object, tmp_path: Path) -> None:
-    # timeout_ms 50 is too short for 16 new connections at once on a loaded 2-core test machine: a
-    # timed-out call is (rightly) served under on_error: allow, which is not what this test measures.
+    # 16 new connections at once on a loaded 2-core test machine can take longer than the example's
+    # timeout: a timed-out call is (rightly) served under on_error: allow, not what this test measures.
     config = tmp_path / "redis.yaml"
-    config.write_text(EXAMPLE.read_text().replace("timeout_ms: 50", "timeout_ms: 2000"))
+    config.write_text(EXAMPLE.read_text().replace("timeout_ms: 250", "timeout_ms: 2000"))
     urls = [start(10, config), start(10, config)]  # type: ignore[operator]
     with ThreadPoolExecutor(16) as pool:
         statuses = [a.status_code for a in pool.map(lambda i: chat(urls[i % 2]), range(40))]

@@ -192,3 +192,15 @@ def test_the_memory_store_needs_no_redis_package() -> None:
         "assert 'redis' not in sys.modules, 'redis imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_metrics_show_the_store(gateway: GatewayClient, redis_url: str) -> None:
+    chat = {"model": "mock-gpt-model", "messages": [{"role": "user", "content": "hi"}]}
+    limited = {**mock_config(), "state": {"store": "redis", "url": redis_url}}
+    limited["plugins"] = {"rate_limit": {"default": {"requests_per_minute": 5}}}
+    client = await gateway(limited)
+    assert (await client.post("/v1/chat/completions", json=chat)).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert 'gateway_state_store_connected{store="redis"} 1.0' in text
+    assert 'gateway_state_store_errors_total{store="redis"} 0.0' in text
+    assert 'gateway_state_store_latency_seconds_count{store="redis"} 1.0' in text
