@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.context import Deployment, RequestContext
 from gateway.endpoints import Endpoint
-from gateway.errors import InvalidRequestError, PayloadTooLargeError
+from gateway.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError
 from gateway.formats.chat import include_usage, streamed_chars, usage
 from gateway.replies import CLIENT_CLOSED, json_response, render_error
 from gateway.resilience.attempts import backend_failure, interrupted
@@ -43,6 +43,13 @@ INVALID_JSON = (
 # Steps shared by every API endpoint ------------------------------------------------------------
 
 
+#: orjson writes at most MAX_DEPTH levels (it reads 1024): a deeper body could not be sent upstream, so
+#: one deeper than ALLOWED_DEPTH (room for a backend's own envelope) is refused at the door.
+MAX_DEPTH = 254
+ALLOWED_DEPTH = 238
+TOO_DEEP = f"The request body is nested too deeply (the limit is {ALLOWED_DEPTH} levels)."
+
+
 async def read_json(request: web.Request) -> Any:
     """The parsed request body: 413 over the size limit, 400 when it is not JSON."""
     try:
@@ -50,14 +57,38 @@ async def read_json(request: web.Request) -> Any:
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLargeError(f"Request body too large: the limit is {request.client_max_size} bytes.") from None
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidRequestError(INVALID_JSON) from None
+    if raw.count(b"[") + raw.count(b"{") > ALLOWED_DEPTH:  # cheap: only a body with that many brackets
+        wrapped = body
+        for _ in range(MAX_DEPTH - ALLOWED_DEPTH):  # room for a backend that nests the body deeper
+            wrapped = [wrapped]
+        try:
+            orjson.dumps(wrapped)
+        except TypeError:
+            raise InvalidRequestError(TOO_DEEP) from None
+    return body
+
+
+NOT_UTF8_KEY = "Incorrect API key provided: it is not valid UTF-8."
+
+
+def refuse_unreadable_keys(ctx: RequestContext) -> None:
+    """401 for a key (``Authorization: Bearer`` or ``x-api-key``) that is not valid UTF-8: no plugin
+    could match it and no upstream could be sent it (aiohttp keeps such bytes as surrogates)."""
+    for key in (ctx.client_key, ctx.request.headers.get("x-api-key")):
+        if key is not None and not key.isascii():
+            try:
+                key.encode()
+            except UnicodeEncodeError:
+                raise AuthenticationError(NOT_UTF8_KEY) from None
 
 
 async def admit(ctx: RequestContext) -> None:
     """Authenticate (``gateway_authenticate``), then pre-process (``gateway_process_request``)."""
     hooks = ctx.generation.hooks
+    refuse_unreadable_keys(ctx)
     ctx.principal = await hooks.first_result("gateway_authenticate", ctx=ctx)
     await hooks.call_all("gateway_process_request", ctx=ctx)
 

@@ -135,7 +135,7 @@ class AuthConfig(BaseModel):
 
     def find(self, key: str) -> ApiKey | None:
         """The entry of ``key``: every configured digest is compared, in constant time, whatever matches."""
-        digest = hashlib.sha256(key.encode()).digest()
+        digest = hashlib.sha256(key.encode(errors="surrogateescape")).digest()  # not UTF-8: matches none
         found = None
         for candidate, entry in self._digests:
             if hmac.compare_digest(digest, candidate) and found is None:
@@ -157,7 +157,11 @@ def identify(ctx: RequestContext, settings: AuthConfig, mode: str | None = None)
     if mode == "passthrough":
         ctx.client_key = key  # the upstream gets the key as the client sent it
         if entry is None:
-            return Principal(f"passthrough-{hashlib.sha256(key.encode()).hexdigest()[:8]}") if key else None
+            return (
+                Principal(f"passthrough-{hashlib.sha256(key.encode(errors='surrogateescape')).hexdigest()[:8]}")
+                if key
+                else None
+            )
     elif key is None:
         if mode == "optional":
             return None

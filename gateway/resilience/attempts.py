@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.context import Attempt, Deployment, RequestContext
-from gateway.errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
+from gateway.errors import GatewayError, InternalError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from gateway.keys import lifecycle_key
 from gateway.lifecycle import SHUTTING_DOWN
 from gateway.model_table import ModelRoute, RetryConfig
@@ -31,6 +31,11 @@ Select = Callable[[RequestContext], Deployment | None]
 _DEFAULT_RETRY = RetryConfig()
 
 
+#: Exceptions that are the gateway's own fault (a bug, a body it cannot encode, memory), not the
+#: upstream's: 500, never retried, never counted against a deployment's health or circuit.
+OWN_FAULTS = (TypeError, AttributeError, NameError, ArithmeticError, AssertionError, RecursionError, MemoryError)
+
+
 def backend_failure(ctx: RequestContext, exc: Exception) -> GatewayError:
     """What the client sees for an exception out of a backend: a ``GatewayError`` as it is, a timeout
     as 504, anything else as 502 (the details go to the log, where secrets are redacted)."""
@@ -41,6 +46,8 @@ def backend_failure(ctx: RequestContext, exc: Exception) -> GatewayError:
     if isinstance(exc, TimeoutError):
         return UpstreamTimeoutError(f"Backend {name!r} timed out.")
     ctx.log.error("backend failed", backend=name, exc_info=exc)
+    if isinstance(exc, OWN_FAULTS):
+        return InternalError(f"The gateway failed while calling backend {name!r} ({type(exc).__name__}).")
     return UpstreamError(f"Backend {name!r} failed ({type(exc).__name__}).")
 
 
@@ -67,9 +74,17 @@ async def close(chunks: AsyncIterator[Any] | None) -> None:
 
 
 def report(deployment: Deployment, error: GatewayError) -> None:
+    """Count an attempt's failure: against the deployment when it is the upstream's; as neither a
+    success nor a failure when it is the gateway's own (``InternalError``)."""
     stats = deployment.stats
-    if stats is not None:
-        stats.failed() if verdict(error) == "retry" else stats.refused()
+    if stats is None:
+        return
+    if isinstance(error, InternalError):
+        stats.dropped()
+    elif verdict(error) == "retry":
+        stats.failed()
+    else:
+        stats.refused()
 
 
 @dataclasses.dataclass(slots=True, eq=False)

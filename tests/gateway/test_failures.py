@@ -202,3 +202,46 @@ async def test_a_plugin_route_may_answer_with_a_file(gateway: Any, tmp_path: Any
     for _ in range(2):
         resp = await client.get("/page")
         assert resp.status == 200 and await resp.text() == "a file from a plugin\n"
+
+
+class Buggy(Backend):
+    """Fails with the gateway's own kind of fault (a TypeError, as orjson's for a body nested too deep)."""
+
+    type_name = "buggy"
+
+    async def _fail(self) -> AsyncIterator[dict[str, Any]]:
+        raise TypeError("Recursion limit reached")
+        yield {}
+
+    def chat(self, ctx: Any) -> AsyncIterator[dict[str, Any]]:
+        return self._fail()
+
+
+class BuggyPlugin:
+    @hookimpl
+    def gateway_register_backends(self, register: Any) -> None:
+        register("buggy", Buggy)
+
+
+BUGGY = {
+    "backends": [{"name": "one", "type": "buggy"}, {"name": "two", "type": "buggy"}],
+    "models": [
+        {
+            "name": "buggy",
+            "deployments": [{"name": "one", "backend": "one"}, {"name": "two", "backend": "two"}],
+            "strategy": "failover",
+            "circuit": {"failures": 1, "window": 30, "cooldown": 30},
+        }
+    ],
+}
+
+
+async def test_the_gateways_own_fault_is_500_and_opens_no_circuit(gateway: Any) -> None:
+    client = await gateway(BUGGY, plugins=[BuggyPlugin()])
+    for _ in range(3):
+        resp = await client.post(CHAT, json={"model": "buggy", "messages": [{"role": "user", "content": "x"}]})
+        assert resp.status == 500
+        assert (await resp.json())["error"]["code"] == "internal_error"
+        assert resp.headers["X-Gateway-Backend"] == "one" and resp.headers["X-Gateway-Attempts"] == "1"
+    info = await (await client.get("/info")).json()
+    assert {d["circuit"]["state"] for d in info["deployments"].values()} == {"closed"}
