@@ -187,13 +187,17 @@ class CompletionRequest(_Open):
     user: str | None = None
 
 
+#: The longest embedding OpenAI's models give (text-embedding-3-large): a longer one is refused (400).
+MAX_DIMENSIONS = 3072
+
+
 class EmbeddingRequest(_Open):
     """The body of ``POST /v1/embeddings``: the fields the gateway checks; others pass through."""
 
     model: str | None = None
     input: TextInput
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=MAX_DIMENSIONS)
     user: str | None = None
 
 

@@ -4,6 +4,7 @@ per-request hooks with ``ctx.endpoint``."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import struct
@@ -363,3 +364,31 @@ async def test_a_plugin_answer_is_sent_with_estimated_usage_and_streamed_as_text
     body = orjson.loads(raw)  # embeddings never stream
     assert body["data"][0]["embedding"] == [1.0]
     assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+
+
+@pytest.mark.parametrize("dimensions", [3073, 1_000_000, 10**12])
+async def test_embeddings_dimensions_above_3072_are_400(gateway: Any, dimensions: int) -> None:
+    client = await gateway()
+    resp = await client.post(EMBEDDINGS, json={"model": MODEL, "input": ["a"] * 8, "dimensions": dimensions})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["param"] == "dimensions" and error["type"] == "invalid_request_error"
+
+
+async def test_a_large_embeddings_answer_does_not_stall_the_event_loop(gateway: Any) -> None:
+    client = await gateway()
+
+    async def big() -> Any:
+        body = {"model": MODEL, "input": [str(i) for i in range(600)], "dimensions": 3072}
+        async with client.post(EMBEDDINGS, json=body) as resp:
+            return resp.status, (await resp.read()).count(b'"embedding":')  # no slow parse on this loop
+
+    task = asyncio.ensure_future(big())
+    loop = asyncio.get_running_loop()
+    waited = 0.0
+    while not task.done():  # /health answers promptly all the while the big answer is built
+        start = loop.time()
+        assert (await client.get("/health")).status == 200
+        waited = max(waited, loop.time() - start)
+    assert await task == (200, 600)
+    assert waited < 0.45, waited  # built on the loop: 0.8 s and more (the JSON encoding stays on it)

@@ -67,6 +67,15 @@ from gateway_plugins.backends.mock.answers import (
     hash_vector,
 )
 
+#: Embedding values computed on the event loop at most (about 0.2 ms); a larger answer is built in a thread.
+_ON_LOOP_VALUES = 1024
+
+
+def _vectors(inputs: list[Any], size: int, encode: Callable[[list[float]], Any] | None) -> list[dict[str, Any]]:
+    vectors = (hash_vector(item, size) for item in inputs)
+    return [embedding(i, encode(v) if encode else v) for i, v in enumerate(vectors)]
+
+
 NO_USER_MESSAGE_REPLY = "Hello! I am the mock backend: send a user message and I will echo it."
 NO_PROMPT_REPLY = "Hello! I am the mock backend: send a prompt and I will echo it."
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default `max_tokens` for legacy completions
@@ -109,7 +118,9 @@ class MockBackend(Backend):
             None, ge=1, description="split the reply into exactly this many content chunks (default: by word)"
         )
         failure: FailureConfig | None = Field(None, description="simulate an upstream failure")
-        dimensions: int = Field(8, ge=1, description="embedding length when a request sets no `dimensions`")
+        dimensions: int = Field(
+            8, ge=1, le=3072, description="embedding length when a request sets no `dimensions` (at most 3072)"
+        )
 
     config: Config
 
@@ -178,11 +189,11 @@ class MockBackend(Backend):
         body = ctx.body
         inputs = split_inputs(body["input"])
         size = body.get("dimensions") or self.config.dimensions
-        vectors = (hash_vector(item, size) for item in inputs)
-        if body.get("encoding_format") == "base64":
-            data = [embedding(i, encode_base64(v)) for i, v in enumerate(vectors)]
+        encode = encode_base64 if body.get("encoding_format") == "base64" else None
+        if len(inputs) * size > _ON_LOOP_VALUES:  # milliseconds of CPU or more: off the event loop
+            data = await asyncio.to_thread(_vectors, inputs, size, encode)
         else:
-            data = [embedding(i, v) for i, v in enumerate(vectors)]
+            data = _vectors(inputs, size, encode)
         ctx.usage = embedding_usage(sum(estimate_input_tokens(item) for item in inputs))
         return embedding_list(data, _model(ctx), ctx.usage)
 
