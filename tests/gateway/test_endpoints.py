@@ -385,10 +385,11 @@ async def test_a_large_embeddings_answer_does_not_stall_the_event_loop(gateway: 
 
     task = asyncio.ensure_future(big())
     loop = asyncio.get_running_loop()
-    waited = 0.0
+    began, waited = loop.time(), 0.0
     while not task.done():  # /health answers promptly all the while the big answer is built
         start = loop.time()
         assert (await client.get("/health")).status == 200
         waited = max(waited, loop.time() - start)
     assert await task == (200, 600)
-    assert waited < 0.45, waited  # built on the loop: 0.8 s and more (the JSON encoding stays on it)
+    took = loop.time() - began
+    assert waited < took / 2, (waited, took)  # built on the loop: /health waits for most of it
