@@ -1,4 +1,5 @@
-"""The model endpoints (chat completions, legacy completions, embeddings): what differs between them.
+"""The model endpoints (chat completions, legacy completions, embeddings, Anthropic messages): what
+differs between them.
 
 The path through the pipeline is the same for all three (``pipeline.model_endpoint``); an
 ``Endpoint`` names the operation, validates the body, calls the backend's method, and knows how to
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.formats import chat as chat_format
 from gateway.formats import completions as completions_format
 from gateway.formats import embeddings as embeddings_format
+from gateway.formats import messages as messages_format
 from gateway.formats.requests import validate_chat_request, validate_completion_request, validate_embedding_request
 
 if TYPE_CHECKING:
@@ -30,6 +32,11 @@ class Endpoint:
     call: Callable[[Backend, RequestContext], AsyncIterator[Any]]  # the backend's output, as an iterator
     estimate_usage: Callable[[Mapping[str, Any] | None, Mapping[str, Any]], dict[str, int]]
     to_chunks: Callable[[Mapping[str, Any], bool], list[dict[str, Any]]] | None = None  # None: never streams
+    # A front door in another dialect (``/v1/messages``): the client's body -> the chat form, the
+    # ``chat.completion`` -> the client's answer, and the stream's encoder (``formats.messages``).
+    translate_in: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    translate_out: Callable[[Mapping[str, Any], str], dict[str, Any]] | None = None
+    stream_encoder: Callable[[str, Mapping[str, Any]], Any] | None = None
 
 
 #: ``ctx.endpoint`` of the other routes the core serves (the model endpoints' are ``CHAT.name`` and so on).
@@ -63,4 +70,14 @@ EMBEDDINGS = Endpoint(
     validate_embedding_request,
     lambda backend, ctx: _one(backend.embeddings(ctx)),
     embeddings_format.estimated_usage,
+)
+MESSAGES = Endpoint(
+    "messages",
+    messages_format.validate,
+    lambda backend, ctx: backend.chat(ctx),
+    chat_format.estimated_usage,
+    chat_format.completion_to_chunks,
+    messages_format.to_chat,
+    messages_format.from_completion,
+    messages_format.StreamEncoder,
 )

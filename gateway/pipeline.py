@@ -103,9 +103,13 @@ async def json_endpoint(
     return await respond(ctx, response)
 
 
-async def respond(ctx: RequestContext, response: dict[str, Any]) -> web.Response:
-    """A non-streamed answer: ``gateway_process_response``, then JSON."""
+async def respond(ctx: RequestContext, response: dict[str, Any], endpoint: Endpoint | None = None) -> web.Response:
+    """A non-streamed answer: ``gateway_process_response``, then JSON (in the endpoint's dialect)."""
     await ctx.generation.hooks.call_all("gateway_process_response", ctx=ctx, response=response)
+    if endpoint is not None and endpoint.translate_out is not None:
+        if ctx.usage is not None and not response.get("usage"):
+            response["usage"] = ctx.usage
+        response = endpoint.translate_out(response, ctx.model or "")
     return json_response(response)
 
 
@@ -133,6 +137,8 @@ async def model_endpoint(ctx: RequestContext, endpoint: Endpoint) -> web.StreamR
     ctx.endpoint = endpoint.name
     body = await read_json(ctx.request)
     endpoint.validate(body)
+    if endpoint.translate_in is not None:  # another dialect's front door: the chat form from here on
+        body = endpoint.translate_in(body)
     resolve_model(ctx, body)
     ctx.body, ctx.stream = body, endpoint.to_chunks is not None and bool(body.get("stream"))
     await admit(ctx)
@@ -143,13 +149,13 @@ async def model_endpoint(ctx: RequestContext, endpoint: Endpoint) -> web.StreamR
     response = None
     try:
         if ctx.stream:
-            return await _stream(ctx, served.chunks, served.watchdog, served.first)
+            return await _stream(ctx, served.chunks, served.watchdog, served.first, endpoint)
         response = served.first
     finally:
         await served.close(ctx)
         if ctx.usage is None:  # the backend reported none
             _estimate_usage(ctx, endpoint, response)
-    return await respond(ctx, response)
+    return await respond(ctx, response, endpoint)
 
 
 def _estimate_usage(ctx: RequestContext, endpoint: Endpoint, response: Any) -> None:
@@ -179,7 +185,7 @@ def _failure(ctx: RequestContext, watchdog: Watchdog, exc: BaseException) -> Bas
 
 
 async def _stream(
-    ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watchdog, first: Any
+    ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watchdog, first: Any, endpoint: Endpoint
 ) -> web.StreamResponse:
     """Write the backend's first output and the chunks after it as SSE events as they arrive; a
     failure ends the stream with one error event, no [DONE]. Unless the backend ``reports_usage``,
@@ -194,8 +200,11 @@ async def _stream(
     backend = ctx.backend
     counting = backend is not None and not backend.reports_usage
     events = chars = 0
+    encoder = endpoint.stream_encoder(ctx.model or "", ctx.body or {}) if endpoint.stream_encoder else None
     try:  # ConnectionError here comes from a write: the client went away
         try:
+            if encoder is not None:
+                await write(encoder.start())
             while True:
                 ctx.chunks += 1
                 if counting:
@@ -203,7 +212,12 @@ async def _stream(
                         events += item.count(b"data:")
                     else:
                         chars += streamed_chars(item)
-                if filters:
+                if encoder is not None:  # another dialect: each chunk translated
+                    for chunk in apply_filters(filters, decode_items(item)) if filters else decode_items(item):
+                        data = encoder.feed(chunk)
+                        if data:
+                            await write(data)
+                elif filters:
                     for chunk in apply_filters(filters, decode_items(item)):
                         await write(encode_event(chunk))
                 else:  # pass-through: the backend's events go out as they are
@@ -222,14 +236,19 @@ async def _stream(
                 if waited > ctx.max_gap:
                     ctx.max_gap = waited
             watchdog.since = None
-            for chunk in flush_filters(filters):
-                await write(encode_event(chunk))
-            await write(DONE)
+            if encoder is not None:
+                tail = b"".join(encoder.feed(chunk) for chunk in flush_filters(filters))
+                await write(tail + encoder.end(events + (chars + 3) // 4))
+            else:
+                for chunk in flush_filters(filters):
+                    await write(encode_event(chunk))
+                await write(DONE)
         except ConnectionError:
             raise
         except Exception as exc:  # the backend failed (already a GatewayError), or a plugin's filter
             ctx.error = exc
-            await write(encode_event((await render_error(ctx, exc)).to_dict()))
+            rendered = await render_error(ctx, exc)
+            await write(encoder.error(rendered) if encoder is not None else encode_event(rendered.to_dict()))
         await response.write_eof()
     except ConnectionError as exc:
         ctx.status, ctx.error = CLIENT_CLOSED, exc
@@ -246,7 +265,7 @@ async def _answer_directly(ctx: RequestContext, endpoint: Endpoint, completion: 
         ctx.usage_estimated = True
     ctx.usage = completion["usage"]
     if not ctx.stream or endpoint.to_chunks is None:
-        return await respond(ctx, completion)
+        return await respond(ctx, completion, endpoint)
     first, *rest = endpoint.to_chunks(completion, include_usage(ctx.body or {}))
 
     async def replay() -> AsyncIterator[dict[str, Any]]:
@@ -256,6 +275,6 @@ async def _answer_directly(ctx: RequestContext, endpoint: Endpoint, completion: 
     watchdog = Watchdog(REPLAY_TIMEOUT)
     ctx.first_byte = time.perf_counter()
     try:
-        return await _stream(ctx, replay(), watchdog, first)
+        return await _stream(ctx, replay(), watchdog, first, endpoint)
     finally:
         watchdog.stop()

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InternalError
+from gateway.formats.messages import AnthropicError
 
 log = structlog.get_logger("gateway")
 
@@ -23,9 +24,11 @@ async def render_error(ctx: RequestContext, exc: BaseException) -> GatewayError:
     except Exception:
         log.exception("gateway_handle_error failed", error=repr(exc))
         error = None
-    if isinstance(error, GatewayError):
-        return error
-    return InternalError("The server had an error processing your request.")
+    if not isinstance(error, GatewayError):
+        error = InternalError("The server had an error processing your request.")
+    if ctx.endpoint.startswith("messages") or ctx.request.path.startswith("/v1/messages"):
+        return AnthropicError(error)  # Anthropic's clients get Anthropic's error shape
+    return error
 
 
 async def error_response(ctx: RequestContext, exc: BaseException) -> web.Response:

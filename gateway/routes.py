@@ -12,23 +12,26 @@ from aiohttp import web
 from gateway import __version__
 from gateway.backend import Backend, model_object
 from gateway.context import RequestContext
-from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, HEALTH, INFO, MODELS_LIST, MODELS_RETRIEVE
+from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, HEALTH, INFO, MESSAGES, MODELS_LIST, MODELS_RETRIEVE
 from gateway.errors import ModelNotFoundError
-from gateway.formats.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.formats import messages as messages_format
+from gateway.formats.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, MessagesRequest
 from gateway.formats.response_models import (
     ChatCompletion,
     ChatCompletionChunk,
     EmbeddingList,
     Health,
     Info,
+    Message,
     Model,
     ModelList,
     TextCompletion,
+    TokenCount,
 )
 from gateway.generation import Generation
 from gateway.keys import ctx_key
 from gateway.openapi import operation
-from gateway.pipeline import json_endpoint, model_endpoint
+from gateway.pipeline import json_endpoint, model_endpoint, read_json, resolve_model
 from gateway.plugin_manager import describe
 from gateway.replies import json_response
 from gateway.upstream.errors import MODELS_TIMEOUT
@@ -48,6 +51,8 @@ def setup_routes(app: web.Application) -> None:
         router.add_post(f"{prefix}/embeddings", handle_embeddings)
         router.add_get(f"{prefix}/models", list_models)
         router.add_get(f"{prefix}/models/{{model_id:.+}}", retrieve_model)
+    router.add_post("/v1/messages", handle_messages)
+    router.add_post("/v1/messages/count_tokens", handle_count_tokens)
     router.add_get("/", health)
     router.add_get("/health", health)
     router.add_get("/info", info)
@@ -81,6 +86,32 @@ async def handle_completions(request: web.Request) -> web.StreamResponse:
 @operation("Create embeddings", tag="embeddings", request=EmbeddingRequest, response=EmbeddingList)
 async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     return await model_endpoint(request[ctx_key], EMBEDDINGS)
+
+
+@operation(
+    "Create a message (Anthropic Messages API)",
+    tag="messages",
+    request=MessagesRequest,
+    response=Message,
+    description="Anthropic's Messages API over every backend: translated to chat completions and back "
+    "(Anthropic's named SSE events when streamed; errors in Anthropic's shape).",
+)
+async def handle_messages(request: web.Request) -> web.StreamResponse:
+    return await model_endpoint(request[ctx_key], MESSAGES)
+
+
+@operation("Count the tokens of a message (Anthropic)", tag="messages", request=MessagesRequest, response=TokenCount)
+async def handle_count_tokens(request: web.Request) -> web.Response:
+    ctx = request[ctx_key]
+    ctx.endpoint = "messages.count_tokens"
+    body = await read_json(request)
+    messages_format.validate_count(body)
+    resolve_model(ctx, body)
+    return await json_endpoint(ctx, lambda ctx: _count(body))
+
+
+async def _count(body: dict[str, Any]) -> dict[str, Any]:
+    return messages_format.count_tokens(body)
 
 
 @operation("List models", tag="models", response=ModelList)

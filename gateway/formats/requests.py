@@ -327,3 +327,25 @@ def request_error(exc: ValidationError) -> InvalidRequestError:
     if kind == "too_short" and isinstance(value, list) and not value:
         return empty_array(param, ctx.get("min_length", 1))
     return InvalidRequestError(f"Invalid '{param}': {err['msg']}.", param=param, code="invalid_value")
+
+
+class AnthropicMessage(_Open):
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
+class MessagesRequest(_Open):
+    """Anthropic's ``POST /v1/messages`` body (documentation: ``formats.messages.validate`` checks it)."""
+
+    model: str
+    max_tokens: int
+    messages: list[AnthropicMessage]
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    metadata: dict[str, Any] | None = None
+    stream: bool | None = None

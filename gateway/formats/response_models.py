@@ -142,3 +142,25 @@ class EmbeddingList(_Doc):
     data: list[Embedding]
     model: str
     usage: EmbeddingUsage
+
+
+class MessageUsage(_Doc):
+    input_tokens: int
+    output_tokens: int
+
+
+class Message(_Doc):
+    """Anthropic's ``message`` object."""
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[dict[str, Any]]
+    stop_reason: str | None
+    stop_sequence: str | None
+    usage: MessageUsage
+
+
+class TokenCount(_Doc):
+    input_tokens: int

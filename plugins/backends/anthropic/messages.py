@@ -35,23 +35,12 @@ from gateway.formats.chat import (
     tool_call,
     usage,
 )
+from gateway.formats.messages import FINISH_REASONS, TOOL_CHOICES
 
-#: Anthropic's ``stop_reason`` -> OpenAI's ``finish_reason`` (anything else: ``stop``).
-FINISH_REASONS = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
 #: Sampling parameters sent on as they are (``top_k`` is Anthropic's own).
 SAMPLING = ("temperature", "top_p", "top_k")
 #: The first API version without the sampling parameters.
 SAMPLING_REMOVED_IN = "2026-10-21"
-#: OpenAI's ``tool_choice`` strings -> Anthropic's ``tool_choice.type``.
-TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
 
 
 def unsupported(what: str, param: str) -> InvalidRequestError:
