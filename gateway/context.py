@@ -103,6 +103,11 @@ class RequestContext:
     # Reported by retry and fallback code (the metrics plugin counts them when the request ends):
     retries: int = 0  # attempts after a failed one (any deployment, fallbacks included)
     fallbacks: int = 0  # of those, the attempts that went to a fallback model
+    # Set by a response cache (the access line and metrics read them): "hit", "miss", "bypass" or ""
+    # (not cacheable); a hit's usage is the original answer's, not new spend. ``cache_stored``: bytes
+    # this request's answer added to the cache.
+    cache: str = ""
+    cache_stored: int = 0
     state: dict[str, Any] = field(default_factory=dict)
     error: BaseException | None = None  # the exception that ended the request, if any
 

@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = (
     "gateway_plugins.backends.replay",
     "gateway_plugins.auth_api_keys",
     "gateway_plugins.rate_limit",
+    "gateway_plugins.cache",
 )
 #: Built-ins that cannot be disabled.
 ESSENTIAL_PLUGINS = frozenset({"error_renderer"})

@@ -80,8 +80,25 @@ UPSTREAM_ERRORS = Spec(
 )
 RETRIES = Spec("gateway_retries", "Backend attempts repeated after a failure", MODEL)
 FALLBACKS = Spec("gateway_fallbacks", "Requests that switched to a fallback deployment", MODEL)
+CACHE = Spec(
+    "gateway_cache_requests", "Cacheable requests, by endpoint and result (hit, miss, bypass)", ("endpoint", "result")
+)
+CACHE_STORED = Spec("gateway_cache_stored_bytes", "Bytes of answers stored in the response cache", ("endpoint",))
 #: In this order on /metrics, then the in-flight gauge:
-SPECS = (REQUESTS, DURATION, TTFB, GAP, OVERHEAD, CHUNKS, TOKENS, UPSTREAM_ERRORS, RETRIES, FALLBACKS)
+SPECS = (
+    REQUESTS,
+    DURATION,
+    TTFB,
+    GAP,
+    OVERHEAD,
+    CHUNKS,
+    TOKENS,
+    UPSTREAM_ERRORS,
+    RETRIES,
+    FALLBACKS,
+    CACHE,
+    CACHE_STORED,
+)
 TOKEN_KINDS = (("prompt_tokens", "prompt"), ("completion_tokens", "completion"))  # usage field, ``type`` label
 IN_FLIGHT = ("gateway_requests_in_flight", "Requests being handled (a scrape counts itself)")
 
@@ -106,7 +123,8 @@ class Metrics:
             registry.register(MemoryCollector(memory.values(), IN_FLIGHT, in_flight))
             series = dict(memory)
         self.requests, self.duration, self.ttfb, self.gap, self.overhead = (series[s] for s in SPECS[:5])
-        self.chunks, self.tokens, self.upstream_errors, self.retries, self.fallbacks = (series[s] for s in SPECS[5:])
+        self.chunks, self.tokens, self.upstream_errors, self.retries, self.fallbacks = (series[s] for s in SPECS[5:10])
+        self.cache, self.cache_stored = series[CACHE], series[CACHE_STORED]
 
     def observe(self, ctx: RequestContext) -> None:
         """Record one finished request."""
@@ -122,8 +140,12 @@ class Metrics:
             self.retries.inc((model, backend), ctx.retries)
         if ctx.fallbacks:
             self.fallbacks.inc((model, backend), ctx.fallbacks)
+        if ctx.cache:
+            self.cache.inc((endpoint, ctx.cache))
+            if ctx.cache_stored:
+                self.cache_stored.inc((endpoint,), ctx.cache_stored)
         usage = ctx.usage
-        if usage:
+        if usage and ctx.cache != "hit":  # a hit's tokens were counted when they were spent
             key = ctx.principal.name if ctx.principal else ""
             for field, kind in TOKEN_KINDS:
                 tokens = usage.get(field)

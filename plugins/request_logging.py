@@ -136,6 +136,8 @@ async def gateway_request_finished(ctx: RequestContext, error: BaseException | N
         fields["completion_tokens"] = ctx.usage.get("completion_tokens")
         if ctx.usage_estimated:
             fields["usage_estimated"] = True
+    if ctx.cache:
+        fields["cache"] = ctx.cache
     if ctx.principal is not None:
         fields["principal"] = ctx.principal.name
     if error is not None:

@@ -291,3 +291,46 @@ _WORD = re.compile(r"\s*\S+\s*|\s+")
 def words(text: str) -> list[str]:
     """``text`` cut into word pieces that keep their whitespace (joined, they are ``text`` again)."""
     return _WORD.findall(text) or [text]
+
+
+def chunks_to_completion(chunks: Iterable[Mapping[str, Any]], usage: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``chat.completion`` a complete stream of chunks makes (the inverse of
+    ``completion_to_chunks``): each choice's role, content, refusal and tool calls (arguments joined
+    by call index) and finish reason; ``usage`` or the usage chunk's."""
+    frame: dict[str, Any] = {}
+    choices: dict[int, dict[str, Any]] = {}
+    for item in chunks:
+        if not frame:
+            frame = {"id": item.get("id"), "created": item.get("created"), "model": item.get("model")}
+            if item.get("system_fingerprint") is not None:
+                frame["system_fingerprint"] = item["system_fingerprint"]
+        if usage is None and item.get("usage"):
+            usage = item["usage"]
+        for choice in item.get("choices") or ():
+            kept = choices.setdefault(choice.get("index", 0), {"content": [], "calls": {}, "finish_reason": None})
+            delta = choice.get("delta") or {}
+            if delta.get("role"):
+                kept["role"] = delta["role"]
+            if delta.get("content"):
+                kept["content"].append(delta["content"])
+            if delta.get("refusal"):
+                kept["refusal"] = kept.get("refusal", "") + delta["refusal"]
+            for call in delta.get("tool_calls") or ():
+                got = kept["calls"].setdefault(call.get("index", 0), {"type": "function", "name": "", "arguments": ""})
+                got["id"] = call.get("id") or got.get("id")
+                function = call.get("function") or {}
+                got["name"] += function.get("name") or ""
+                got["arguments"] += function.get("arguments") or ""
+            if choice.get("finish_reason") is not None:
+                kept["finish_reason"] = choice["finish_reason"]
+    out = []
+    for index, kept in sorted(choices.items()):
+        message: dict[str, Any] = {"role": kept.get("role", "assistant"), "content": "".join(kept["content"]) or None}
+        message["refusal"] = kept.get("refusal")
+        if kept["calls"]:
+            message["tool_calls"] = [
+                tool_call(c.get("id") or tool_call_id(), c["name"], c["arguments"])
+                for _, c in sorted(kept["calls"].items())
+            ]
+        out.append({"index": index, "message": message, "logprobs": None, "finish_reason": kept["finish_reason"]})
+    return {"object": "chat.completion", **frame, "choices": out, "usage": dict(usage) if usage else None}
