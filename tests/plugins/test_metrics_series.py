@@ -44,6 +44,8 @@ def contexts() -> Iterator[Any]:
             max_gap=0.001 * i,
             error=ValueError() if i % 9 == 0 else None,
             upstream_wait=DURATIONS[i % 4] / 3,
+            cache=("", "hit", "miss", "bypass")[i % 4],
+            cache_stored=(0, 0, 120 + i, 0)[i % 4],
         )
 
 
