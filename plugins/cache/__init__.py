@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway import hookimpl
 from gateway.errors import InvalidRequestError
 from gateway.formats.chat import chunks_to_completion
 from gateway.formats.request_key import request_key
-from gateway.hookspecs import hookimpl
 from gateway_plugins.cache.store import CacheState, Flight
 
 if TYPE_CHECKING:
