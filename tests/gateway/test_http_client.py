@@ -20,9 +20,10 @@ import trustme
 from aiohttp import web
 
 from gateway.errors import UpstreamError
-from gateway.upstream import http_client
+from gateway.upstream import http_client, http_response
 from gateway.upstream.errors import transport_errors
-from gateway.upstream.http_client import HttpClient, Response, UpstreamConnectError
+from gateway.upstream.http_client import HttpClient, UpstreamConnectError
+from gateway.upstream.http_response import Response
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n"
@@ -494,7 +495,7 @@ async def test_an_answer_released_unfinished_whose_rest_arrives_in_time_keeps_it
 async def test_an_answer_released_unfinished_whose_rest_is_late_closes_its_connection(
     serve: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http_client, "DRAIN", 0.05)
+    monkeypatch.setattr(http_response, "DRAIN", 0.05)
     server = await serve(held_stream(None))
     client = connect(server.url, max_connections=1)
     response = await client.request("GET", "/")
@@ -601,7 +602,7 @@ async def test_a_refused_connection_is_an_upstream_connect_error(connect: Any) -
 async def test_a_large_body_pauses_reading_and_arrives_intact(
     serve: Any, connect: Any, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    monkeypatch.setattr(http_client, "HIGH_WATER", 1024)
+    monkeypatch.setattr(http_response, "HIGH_WATER", 1024)
     body = bytes(range(256)) * 4096  # 1 MiB
 
     async def handle(server: Raw, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
