@@ -13,7 +13,9 @@ constant time against the sha256 of every configured key.
 The API (every endpoint that calls ``gateway_authenticate`` but ``/info``) is guarded; the paths in
 ``protect`` (default ``/info`` and ``/metrics``) are guarded by a middleware, whatever serves them,
 and need one of the ``keys`` in every mode (with no keys they stay open); ``/`` and ``/health`` stay
-open, and CORS preflights need no key. The caller becomes ``ctx.principal`` (key name, metadata,
+open, and CORS preflights need no key. A key with ``metrics_only: true`` opens ``/metrics`` and
+nothing else (403 elsewhere, in every mode): the credential a Prometheus scraper gets.
+The caller becomes ``ctx.principal`` (key name, metadata,
 and the key's ``limits`` as ``Principal.limits``, a ``gateway.limits.Limits``, for a rate
 limiter); in ``required``/``optional`` mode a gateway key is taken off ``ctx.client_key`` so it
 never goes upstream.
@@ -43,6 +45,7 @@ SECTION = "auth_api_keys"
 #: Endpoints that ask ``gateway_authenticate`` but are guarded only when their path is in ``protect``.
 OPEN_ENDPOINTS = frozenset({HEALTH, INFO})
 ALWAYS_OPEN_PATHS = frozenset({"/", "/health"})
+METRICS_PATH = "/metrics"  # the one path a ``metrics_only`` key opens
 
 MISSING_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using "
@@ -63,6 +66,7 @@ class ApiKey(BaseModel):
     )
     metadata: dict[str, Any] = Field(default_factory=dict, description="handed to later plugins on ctx.principal")
     limits: Limits | None = Field(None, description="this key's rate limits (read by the rate_limit plugin)")
+    metrics_only: bool = Field(False, description="the key opens GET /metrics and nothing else (for a scraper)")
 
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKey:
@@ -170,6 +174,8 @@ def identify(ctx: RequestContext, settings: AuthConfig, mode: str | None = None)
         raise AuthenticationError(INCORRECT_KEY.format(key=masked(key)))
     else:
         ctx.client_key = None  # a gateway key: never sent upstream
+    if entry.metrics_only and ctx.request.path != METRICS_PATH:
+        raise PermissionDeniedError(f"The API key `{entry.name}` may only scrape {METRICS_PATH}.")
     ctx.state[SECTION] = entry
     return entry.principal()
 

@@ -6,6 +6,8 @@ Nothing runs per chunk here: the pipeline keeps the stream's timings on the cont
 are plain Python numbers, exposed at scrape time (``plugins.metrics_series``); with
 ``PROMETHEUS_MULTIPROC_DIR`` set in the environment before the gateway starts, they are
 prometheus-client's own metrics, whose multiprocess mode adds up every worker process on each scrape.
+No ``_created`` series in either; the standard ``process_*`` metrics (of the scraped process) too.
+The time histograms observe API requests only, not /health, /info, /metrics or the docs pages.
 
 Other code reports to it through the context and the backends: backend failures are
 ``ctx.upstream_errors`` (the pipeline fills it), retry and fallback code adds to ``ctx.retries`` and
@@ -19,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Gauge, multiprocess
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 
@@ -27,14 +29,25 @@ from gateway import hookimpl, in_flight
 from gateway.backend import BackendRegistry
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
+from gateway.endpoints import HEALTH, INFO
 from gateway.keys import backends_key, ctx_key
 from gateway.openapi import operation
 from gateway.state import store_of
-from gateway_plugins.metrics_series import MemoryCollector, MemorySeries, PrometheusSeries, Series, Spec
+from gateway_plugins.metrics_series import (
+    MemoryCollector,
+    MemorySeries,
+    PrometheusSeries,
+    Series,
+    Spec,
+    disable_created,
+)
 
 ENDPOINT = "metrics"  # ctx.endpoint of GET /metrics
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CIRCUIT_STATES = ("closed", "half_open", "open")
+#: ``ctx.endpoint`` of requests that are counted but not timed: operations and docs, not the API
+#: ("": a path nothing serves; ``docs`` and ``openapi``: the docs plugin's pages).
+UNTIMED = frozenset({"", HEALTH, INFO, ENDPOINT, "docs", "openapi"})
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -133,6 +146,8 @@ class Metrics:
         model = (ctx.model or "") if ctx.deployment or ctx.status < 400 else ""
         endpoint, stream = ctx.endpoint, "true" if ctx.stream else "false"
         self.requests.inc((endpoint, model, backend, str(ctx.status), stream))
+        if endpoint in UNTIMED:
+            return
         self.duration.observe((endpoint, model, backend, stream), ctx.duration)
         for error in ctx.upstream_errors:
             self.upstream_errors.inc((backend, error))
@@ -218,6 +233,7 @@ def multiprocess_mode() -> bool:
 def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
     """Create this app's metrics and serve ``GET /metrics``. In one process the in-flight gauge is
     the core's count of requests being handled; in multiprocess mode a middleware counts them."""
+    disable_created()
     registry = CollectorRegistry()
     circuits = CircuitCollector(app[backends_key])
     state = StateCollector(app)
@@ -229,6 +245,7 @@ def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
         app[metrics_key] = Metrics(registry, in_flight=lambda: in_flight(app))
         registry.register(circuits)
         registry.register(state)
+        ProcessCollector(registry=registry)
 
         def scrape() -> CollectorRegistry:
             return registry
@@ -268,6 +285,7 @@ def _multiprocess_registry(circuits: CircuitCollector, state: StateCollector) ->
         multiprocess.MultiProcessCollector(registry)
         registry.register(circuits)
         registry.register(state)
+        ProcessCollector(registry=registry)  # the scraped worker's
         return registry
 
     return scrape

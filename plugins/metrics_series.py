@@ -4,20 +4,19 @@ A single process keeps its values in plain dicts (label values -> value, or buck
 exposes them through a collector at scrape time: recording a request takes no lock and scans no
 bucket list. Multiprocess mode needs prometheus-client's own metric objects, whose values live in the
 mmap files every worker's scrape adds up. Both expose the same text: names, help, labels, buckets,
-``_total``, ``_count``, ``_sum`` and ``_created`` samples.
+``_total``, ``_count`` and ``_sum`` samples; no ``_created`` ones (the metrics plugin turns them off
+in prometheus-client, see ``disable_created``).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import prometheus_client.metrics
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import Metric
 from prometheus_client.utils import floatToGoString
 
@@ -41,18 +40,17 @@ class Series(Protocol):
     def observe(self, labels: tuple[str, ...], value: float) -> None: ...
 
 
-def created_series() -> bool:
-    """Whether prometheus-client emits ``_created`` samples (``PROMETHEUS_DISABLE_CREATED_SERIES``)."""
-    return getattr(prometheus_client.metrics, "_use_created", True)
+def disable_created() -> None:
+    """No ``_created`` series: they double the lines of /metrics and dashboards never read them."""
+    disable_created_metrics()
 
 
 class _Histogram:
-    __slots__ = ("counts", "created", "sum")
+    __slots__ = ("counts", "sum")
 
     def __init__(self, buckets: int) -> None:
         self.counts = [0] * buckets
         self.sum = 0.0
-        self.created = time.time()
 
 
 class MemorySeries:
@@ -61,14 +59,11 @@ class MemorySeries:
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
         self.bounds = (*spec.buckets, math.inf)
-        self.values: dict[tuple[str, ...], Any] = {}  # counter: [value, created]; histogram: _Histogram
+        self.values: dict[tuple[str, ...], Any] = {}  # counter: float; histogram: _Histogram
 
     def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
-        found = self.values.get(labels)
-        if found is None:
-            self.values[labels] = [0.0 + amount, time.time()]
-        else:
-            found[0] += amount
+        values = self.values
+        values[labels] = values.get(labels, 0.0) + amount
 
     def observe(self, labels: tuple[str, ...], value: float) -> None:
         found = self.values.get(labels)
@@ -77,16 +72,13 @@ class MemorySeries:
         found.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value, as prometheus-client's
         found.sum += value
 
-    def collect(self, created: bool) -> Metric:
+    def collect(self) -> Metric:
         spec = self.spec
         name = spec.name
         if not spec.buckets:
             family = Metric(name, spec.help, "counter")
-            for labels, (value, since) in list(self.values.items()):
-                names = dict(zip(spec.labels, labels, strict=True))
-                family.add_sample(f"{name}_total", names, value)
-                if created:
-                    family.add_sample(f"{name}_created", names, since)
+            for labels, value in list(self.values.items()):
+                family.add_sample(f"{name}_total", dict(zip(spec.labels, labels, strict=True)), value)
             return family
         family = Metric(name, spec.help, "histogram")
         les = [floatToGoString(bound) for bound in self.bounds]
@@ -98,8 +90,6 @@ class MemorySeries:
                 family.add_sample(f"{name}_bucket", {**names, "le": le}, total)
             family.add_sample(f"{name}_count", names, total)
             family.add_sample(f"{name}_sum", names, histogram.sum)
-            if created:
-                family.add_sample(f"{name}_created", names, histogram.created)
         return family
 
 
@@ -112,8 +102,7 @@ class MemoryCollector:
         self.value = value
 
     def collect(self) -> list[Metric]:
-        created = created_series()
-        families = [series.collect(created) for series in self.series]
+        families = [series.collect() for series in self.series]
         name, documentation = self.gauge
         gauge = Metric(name, documentation, "gauge")
         gauge.add_sample(name, {}, float(self.value()))

@@ -258,7 +258,10 @@ def test_multiprocess_mode_adds_up_every_process(tmp_path: Path) -> None:
                 assert response.status_code == 200
                 prompt_tokens += response.json()["usage"]["prompt_tokens"]
         for url in urls:  # either process reports both processes' requests
-            m = parse(requests.get(url + "/metrics", timeout=5).text)
+            text = requests.get(url + "/metrics", timeout=5).text
+            assert "_created" not in text
+            m = parse(text)
+            assert value(m, "process_resident_memory_bytes") > 0  # type: ignore[operator]  # the scraped worker's
             assert value(m, "gateway_requests_total", endpoint=CHAT, **MODEL, status="200", stream="false") == 5
             assert value(m, "gateway_request_duration_seconds_count", endpoint=CHAT, **MODEL, stream="false") == 5
             assert (
@@ -277,3 +280,46 @@ def test_multiprocess_mode_adds_up_every_process(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
+
+
+async def test_no_created_series_and_the_process_metrics(gateway: Any) -> None:
+    client = await gateway()
+    assert (await client.post("/v1/chat/completions", json=ask())).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert "_created" not in text
+    m = parse(text)
+    assert value(m, "process_resident_memory_bytes") > 0  # type: ignore[operator]
+    assert value(m, "process_open_fds") is not None
+    assert value(m, "gateway_requests_total", endpoint=CHAT, **MODEL, status="200", stream="false") == 1
+
+
+async def test_only_api_requests_are_timed(gateway: Any) -> None:
+    client = await gateway()
+    for path in ("/health", "/info", "/openapi.json", "/docs", "/metrics", "/nowhere"):
+        await client.get(path)
+    await client.get("/v1/models")
+    assert (await client.post("/v1/chat/completions", json=ask())).status == 200
+    m = await scrape(client)
+    timed = {dict(labels)["endpoint"] for name, labels in m if name == "gateway_request_duration_seconds_count"}
+    assert timed == {CHAT, "models.list"}
+    assert (
+        value(m, "gateway_requests_total", endpoint="health", model="", backend="", status="200", stream="false") == 1
+    )
+
+
+async def test_a_metrics_only_key_scrapes_and_does_nothing_else(gateway: Any) -> None:
+    keys = [
+        {"name": "app", "key": "sk-app-0123456789"},
+        {"name": "prometheus", "key": "sk-scrape-0123456789", "metrics_only": True},
+    ]
+    client = await gateway({**mock_config(), "plugins": {"auth_api_keys": {"keys": keys}}})
+    scraper = {"Authorization": "Bearer sk-scrape-0123456789"}
+    assert (await client.get("/metrics")).status == 401
+    assert (await client.get("/metrics", headers=scraper)).status == 200
+    assert (await client.get("/metrics", headers={"Authorization": "Bearer sk-app-0123456789"})).status == 200
+    for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/info")):
+        response = await client.request(method, path, json=ask() if method == "POST" else None, headers=scraper)
+        assert response.status == 403, path
+        error = (await response.json())["error"]
+        assert error["code"] == "permission_denied"
+        assert "may only scrape /metrics" in error["message"]
