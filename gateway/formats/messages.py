@@ -47,6 +47,18 @@ def message_id() -> str:
     return "msg_" + os.urandom(12).hex()
 
 
+def stop_of(choice: Mapping[str, Any]) -> tuple[str, str | None]:
+    """Anthropic's ``stop_reason`` and ``stop_sequence`` for a chat choice. A chat backend that says
+    which stop string ended the text does so in the choice's ``stop_reason`` (vLLM's field; the mock
+    and the anthropic backend set it too): then ``stop_sequence``. OpenAI's own API only says
+    ``finish_reason: stop``, which is ``end_turn`` (the text alone cannot tell: the stop string is cut)."""
+    finish = choice.get("finish_reason") or "stop"
+    sequence = choice.get("stop_reason")
+    if finish == "stop" and isinstance(sequence, str) and sequence:
+        return "stop_sequence", sequence
+    return STOP_REASONS.get(finish, "end_turn"), None
+
+
 # Requests ---------------------------------------------------------------------------------------
 
 
@@ -186,14 +198,15 @@ def from_completion(completion: Mapping[str, Any], model: str) -> dict[str, Any]
             arguments = {}
         content.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": arguments})
     usage = completion.get("usage") or {}
+    stop_reason, stop_sequence = stop_of(choice)
     return {
         "id": message_id(),
         "type": "message",
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn"),
-        "stop_sequence": None,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
         "usage": {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0)},
     }
 
@@ -206,7 +219,7 @@ class StreamEncoder:
     """``chat.completion.chunk`` dicts in, Anthropic's named SSE events out (as bytes): one content
     block per text run and per tool call, tool-call argument fragments as ``input_json_delta``s."""
 
-    __slots__ = ("_block", "_calls", "_index", "_output", "_stop", "input_tokens", "model")
+    __slots__ = ("_block", "_calls", "_index", "_output", "_sequence", "_stop", "input_tokens", "model")
 
     def __init__(self, model: str, chat_body: Mapping[str, Any]) -> None:
         self.model = model
@@ -214,7 +227,7 @@ class StreamEncoder:
         self._index = -1  # the open block's index
         self._block: str | None = None  # the open block's type
         self._calls: dict[int, int] = {}  # tool call index -> block index
-        self._stop = "end_turn"
+        self._stop, self._sequence = "end_turn", None
         self._output: int | None = None  # output tokens the backend reported
 
     def start(self) -> bytes:
@@ -274,14 +287,14 @@ class StreamEncoder:
                     delta_ = {"type": "input_json_delta", "partial_json": function["arguments"]}
                     out += self._delta(self._calls[position], delta_)
             if choice.get("finish_reason"):
-                self._stop = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+                self._stop, self._sequence = stop_of(choice)
         return out
 
     def end(self, streamed_tokens: int) -> bytes:
         out = self._open({"type": "text", "text": ""}) if self._index < 0 else b""
         out += self._close()
         output = self._output if self._output is not None else streamed_tokens
-        delta = {"stop_reason": self._stop, "stop_sequence": None}
+        delta = {"stop_reason": self._stop, "stop_sequence": self._sequence}
         out += event("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": output}})
         return out + event("message_stop", {"type": "message_stop"})
 

@@ -118,3 +118,46 @@ async def test_stream_event_order_on_the_wire(url: str) -> None:
     datas = [json.loads(block.split("\n")[1].removeprefix("data: ")) for block in raw.strip().split("\n\n")]
     assert all(d["type"] == e for d, e in zip(datas, events, strict=True))
     assert "[DONE]" not in raw
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_sequence_hit_is_stop_sequence(claude: anthropic.Anthropic, stream: bool) -> None:
+    request: Any = {"model": MODEL, "max_tokens": 100, "stop_sequences": ["zzz", "joke"], "messages": [
+        {"role": "user", "content": PROMPT}
+    ]}  # fmt: skip
+    if stream:
+        with claude.messages.stream(**request) as events:
+            message = events.get_final_message()
+    else:
+        message = claude.messages.create(**request)
+    assert message.content[0].type == "text" and message.content[0].text == "Tell me a "
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == "joke"
+    request["stop_sequences"] = ["absent"]
+    assert claude.messages.create(**request).stop_reason == "end_turn"
+
+
+def test_the_mock_calls_a_named_tool_then_answers_its_result(claude: anthropic.Anthropic) -> None:
+    messages: Any = [{"role": "user", "content": "Use get_weather for Paris"}]
+    first = claude.messages.create(model=MODEL, max_tokens=100, tools=[WEATHER], messages=messages)
+    assert first.stop_reason == "tool_use"
+    [block] = first.content
+    assert block.type == "tool_use" and block.name == "get_weather" and block.input == {"city": "example"}
+    messages += [
+        {"role": "assistant", "content": first.content},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "sunny, 21C"}]},
+    ]
+    second = claude.messages.create(model=MODEL, max_tokens=100, tools=[WEATHER], messages=messages)
+    assert second.stop_reason == "end_turn"
+    assert second.content[0].type == "text" and second.content[0].text == "sunny, 21C"
+
+
+def test_a_streamed_tool_use_has_input_json_deltas(claude: anthropic.Anthropic) -> None:
+    messages: Any = [{"role": "user", "content": "get_weather please"}]
+    with claude.messages.stream(model=MODEL, max_tokens=100, tools=[WEATHER], messages=messages) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    deltas = [e for e in events if e.type == "content_block_delta"]
+    assert deltas and all(e.delta.type == "input_json_delta" and e.index == 0 for e in deltas)
+    assert len(deltas) > 1  # the arguments in pieces
+    assert final.stop_reason == "tool_use"
+    assert final.content[0].type == "tool_use" and final.content[0].input == {"city": "example"}

@@ -272,6 +272,14 @@ def finish_reason(stop_reason: str | None) -> str:
     return FINISH_REASONS.get(stop_reason or "", "stop")
 
 
+def with_stop_sequence(choice: dict[str, Any], stopped: Mapping[str, Any]) -> dict[str, Any]:
+    """``choice`` with the stop sequence Anthropic reports (a message or a ``message_delta``'s delta)
+    as its ``stop_reason`` (vLLM's field; ``/v1/messages`` reads it back as ``stop_sequence``)."""
+    if stopped.get("stop_reason") == "stop_sequence" and isinstance(stopped.get("stop_sequence"), str):
+        choice["stop_reason"] = stopped["stop_sequence"]
+    return choice
+
+
 def usage_of(raw: Mapping[str, Any]) -> dict[str, Any]:
     """OpenAI's usage for Anthropic's: the prompt counts cached input too (read and written), and
     ``prompt_tokens_details.cached_tokens`` says how much was read from the cache."""
@@ -297,5 +305,7 @@ def completion(message: Mapping[str, Any], model: str) -> dict[str, Any]:
             arguments = orjson.dumps(block.get("input") or {}).decode()
             calls.append(tool_call(block["id"], block["name"], arguments))
     content = "".join(texts) if texts or not calls else None
-    choice = message_choice(0, content, finish_reason(message.get("stop_reason")), calls or None)
+    choice = with_stop_sequence(
+        message_choice(0, content, finish_reason(message.get("stop_reason")), calls or None), message
+    )
     return chat_completion(completion_id(), int(time.time()), model, [choice], usage_of(message.get("usage") or {}))

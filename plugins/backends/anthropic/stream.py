@@ -15,7 +15,7 @@ from gateway.formats.chat import (
     usage,
     usage_chunk,
 )
-from gateway_plugins.backends.anthropic.messages import finish_reason, usage_of
+from gateway_plugins.backends.anthropic.messages import finish_reason, usage_of, with_stop_sequence
 
 
 class StreamTranslator:
@@ -75,7 +75,10 @@ class StreamTranslator:
         if kind == "message_delta":
             self._add_usage(event.get("usage"))
             self.finished = True
-            return [self._chunk({}, finish_reason((event.get("delta") or {}).get("stop_reason")))]
+            delta = event.get("delta") or {}
+            out = self._chunk({}, finish_reason(delta.get("stop_reason")))
+            with_stop_sequence(out["choices"][0], delta)
+            return [out]
         if kind == "message_stop":
             self.complete = True
             out = [] if self.finished else [self._chunk({}, "stop")]

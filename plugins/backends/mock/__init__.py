@@ -1,9 +1,10 @@
 """The built-in ``mock`` backend: deterministic answers without network, for tests, demos and benchmarks.
 
 Chat: it echoes the last user message (or says a fixed ``reply``), honours ``max_tokens`` /
-``max_completion_tokens``, ``stop``, ``n`` and forced tool calls (``tool_choice`` "required" or a named
-function; the arguments are generated from the tool's JSON schema), streams word by word (or in a fixed
-number of ``chunks``), and can simulate latency and failures. One streamed piece counts as one token.
+``max_completion_tokens``, ``stop``, ``n``, ``response_format`` and tools (it calls a tool the last
+user message names, or the one ``tool_choice`` forces, with arguments generated from the tool's JSON
+schema; the rules are in ``answers``), streams word by word (or in a fixed number of ``chunks``), and
+can simulate latency and failures. One streamed piece counts as one token.
 
 Legacy completions: each prompt is echoed the same way (``max_tokens`` defaults to 16, as on OpenAI;
 ``echo`` puts the prompt before the completion; a token-array prompt reads as its numbers). Choices
@@ -58,12 +59,14 @@ from gateway_plugins.backends.mock.answers import (
     _Answer,
     _cut_at_stop,
     _events,
-    _forced_function,
+    _formatted,
     _fragments,
-    _last_user_text,
     _model,
+    _reply_text,
     _split,
+    _stopped,
     _text_events,
+    _tool_to_call,
     hash_vector,
 )
 
@@ -140,7 +143,7 @@ class MockBackend(Backend):
         n = ctx.body.get("n") or 1
         text = "".join(answer.pieces)
         if answer.tool is None:
-            choices = [message_choice(i, text, answer.finish_reason) for i in range(n)]
+            choices = [_stopped(message_choice(i, text, answer.finish_reason), answer) for i in range(n)]
         else:
             choices = [
                 message_choice(i, None, answer.finish_reason, [tool_call(tool_call_id(), answer.tool, text)])
@@ -254,17 +257,17 @@ class MockBackend(Backend):
 
     def _text_answer(self, text: str, stop: str | list[str] | None, limit: int | None) -> _Answer:
         """``text`` cut at the first stop string, in pieces, at most ``limit`` of them."""
-        text, finish_reason = _cut_at_stop(text, stop)
+        text, finish_reason, sequence = _cut_at_stop(text, stop)
         pieces = _split(text, self.config.chunks)
         if limit is not None and len(pieces) > limit:
-            pieces, finish_reason = pieces[:limit], "length"
-        return _Answer(pieces, finish_reason)
+            pieces, finish_reason, sequence = pieces[:limit], "length", None
+        return _Answer(pieces, finish_reason, stop_sequence=sequence)
 
     def _answer(self, ctx: RequestContext) -> _Answer:
         """Check the model and decide the reply; raises for a bad request."""
         self._check_model(ctx)
         body = ctx.body
-        function = _forced_function(body)
+        function = _tool_to_call(body)
         if function is not None:
             try:
                 arguments = orjson.dumps(example_value(function.get("parameters") or {"type": "object"})).decode()
@@ -272,12 +275,13 @@ class MockBackend(Backend):
                 raise InvalidRequestError(
                     f"The mock backend cannot fill in this tool's parameters: {exc}.", param="tools"
                 ) from None
-            # OpenAI's finish_reason is "tool_calls" for `required`, but "stop" for a named function
-            finish_reason = "tool_calls" if body.get("tool_choice") == "required" else "stop"
+            # OpenAI's finish_reason is "stop" for a named function, else "tool_calls"
+            finish_reason = "stop" if isinstance(body.get("tool_choice"), dict) else "tool_calls"
             return _Answer(_fragments(arguments), finish_reason, function["name"])
         text = self.config.reply
         if text is None:
-            text = _last_user_text(body.get("messages") or ()) or NO_USER_MESSAGE_REPLY
+            text = _reply_text(body.get("messages") or ()) or NO_USER_MESSAGE_REPLY
+        text = _formatted(text, body.get("response_format"))
         limit = body.get("max_completion_tokens")
         if limit is None:
             limit = body.get("max_tokens")

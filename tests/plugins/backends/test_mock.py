@@ -315,6 +315,113 @@ async def test_streamed_tool_call_deltas() -> None:
     assert usage["completion_tokens"] == len(fragments)
 
 
+def call_turn(name: str, call_id: str = "call_1", result: str = "sunny") -> list[dict[str, Any]]:
+    """An assistant turn calling ``name`` and the tool result answering it."""
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": result},
+    ]
+
+
+@pytest.mark.parametrize("tool_choice", ["auto", None])
+async def test_auto_calls_the_tool_the_last_user_message_names(tool_choice: Any) -> None:
+    body = ask("What does Get_Weather say, then search?", tools=[SEARCH, WEATHER], tool_choice=tool_choice)
+    [choice] = (await complete(backend(), body))["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    [call] = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"  # named first in the message
+    jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER["function"]["parameters"])
+    body["messages"] += call_turn("get_weather")
+    [choice] = (await complete(backend(), body))["choices"]
+    assert choice["message"]["tool_calls"][0]["function"]["name"] == "search"  # the next one named
+    body["messages"] += call_turn("search", "call_2", "found it")
+    [choice] = (await complete(backend(), body))["choices"]
+    assert choice["message"] == {"role": "assistant", "content": "sunny\nfound it", "refusal": None}
+    assert choice["finish_reason"] == "stop"
+
+
+async def test_auto_without_a_named_tool_and_none_reply_in_text() -> None:
+    for body in (
+        ask("search-engine weather", tools=[SEARCH, WEATHER]),
+        ask("search", tools=[SEARCH], tool_choice="none"),
+    ):
+        [choice] = (await complete(backend(), body))["choices"]
+        assert "tool_calls" not in choice["message"]
+        assert choice["message"]["content"] == body["messages"][-1]["content"]
+
+
+async def test_required_calls_each_tool_in_turn_then_the_last_again() -> None:
+    body = ask("go", tools=[SEARCH, WEATHER], tool_choice="required")
+    names = []
+    for i in range(3):
+        [choice] = (await complete(backend(), body))["choices"]
+        names.append(name := choice["message"]["tool_calls"][0]["function"]["name"])
+        body["messages"] += call_turn(name, f"call_{i}")
+    assert names == ["search", "get_weather", "get_weather"]
+
+
+async def test_auto_tool_call_streams_as_openai_does() -> None:
+    chunks, _ = await run(backend(), ask("use search", tools=[WEATHER, SEARCH]), stream=True)
+    deltas = choice_deltas(chunks)
+    [call] = deltas[0][0]["tool_calls"]
+    assert call["function"] == {"name": "search", "arguments": ""} and call["id"].startswith("call_")
+    arguments = "".join(d["tool_calls"][0]["function"]["arguments"] for d, _ in deltas[1:-1])
+    jsonschema.validate(json.loads(arguments), SEARCH["function"]["parameters"])
+    assert deltas[-1] == ({}, "tool_calls")
+
+
+class Pet(BaseModel):
+    kind: Literal["cat", "dog"]
+    name: str
+    age: int
+
+
+class Household(BaseModel):
+    city: str
+    pets: list[Pet]
+    owner: Pet | None
+    rooms: Annotated[int, Field(ge=1)]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_json_schema_answer_validates_and_is_deterministic(stream: bool) -> None:
+    schema = Household.model_json_schema()  # $defs/$ref, enums, anyOf for Optional, nested arrays
+    response_format = {"type": "json_schema", "json_schema": {"name": "household", "schema": schema, "strict": True}}
+    texts = []
+    for _ in range(2):
+        chunks, _ = await run(backend(), ask(response_format=response_format), stream=stream)
+        texts.append(content_of(chunks) if stream else chunks[0]["choices"][0]["message"]["content"])
+    assert texts[0] == texts[1]
+    Household.model_validate_json(texts[0])
+    jsonschema.validate(json.loads(texts[0]), schema)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_json_object_answer_is_an_object(stream: bool) -> None:
+    chunks, _ = await run(backend(), ask("hi there", response_format={"type": "json_object"}), stream=stream)
+    text = content_of(chunks) if stream else chunks[0]["choices"][0]["message"]["content"]
+    assert json.loads(text) == {"text": "hi there"}
+
+
+async def test_impossible_response_schema_is_an_invalid_request() -> None:
+    schema = {"type": "array", "minItems": 10**6}
+    with pytest.raises(InvalidRequestError) as info:
+        await run(
+            backend(), ask(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+        )
+    assert info.value.param == "response_format"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_stop_string_that_cut_the_reply_is_the_stop_reason(stream: bool) -> None:
+    chunks, _ = await run(backend(reply="one two. three"), ask(stop=["zz", "."]), stream=stream)
+    choice = chunks[-1]["choices"][0] if stream else chunks[0]["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["stop_reason"] == "."
+    chunks, _ = await run(backend(reply="one two"), ask(stop=["zz"]), stream=stream)
+    assert "stop_reason" not in (chunks[-1] if stream else chunks[0])["choices"][0]
+
+
 @pytest.mark.parametrize(
     ("tools", "tool_choice"),
     [([WEATHER], {"type": "function", "function": {"name": "nope"}}), ([], "required")],
