@@ -10,6 +10,8 @@ import structlog
 from aiohttp.test_utils import TestClient
 
 from gateway.testing import make_app
+from tests.upstreams.openai import OpenAIUpstream
+from tests.upstreams.openai_text import OpenAITextUpstream
 
 GatewayClient = Callable[..., Awaitable[TestClient]]
 
@@ -38,6 +40,18 @@ def gateway(aiohttp_client: Any) -> GatewayClient:
         return await aiohttp_client(make_app(config, plugins=plugins))
 
     return start
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> OpenAIUpstream:
+    """A fake OpenAI-compatible upstream (chat, models) on 127.0.0.1; point a backend at its ``base_url``."""
+    return await OpenAIUpstream().serve(aiohttp_server)
+
+
+@pytest.fixture
+async def text_upstream(aiohttp_server: Any) -> OpenAITextUpstream:
+    """``upstream`` plus ``/completions`` and ``/embeddings``."""
+    return await OpenAITextUpstream().serve(aiohttp_server)
 
 
 @pytest.fixture(scope="session")

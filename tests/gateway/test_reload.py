@@ -44,12 +44,10 @@ async def chat(client: TestClient, model: str, stream: bool = False) -> aiohttp.
 
 
 @pytest.fixture
-async def upstream(aiohttp_server: Any) -> OpenAIUpstream:
-    fake = OpenAIUpstream()
-    fake.default = Reply(content=WORDS, chunk_delay=0.02)
-    server = await aiohttp_server(fake.app)
-    fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
-    return fake
+def upstream(upstream: OpenAIUpstream) -> OpenAIUpstream:
+    """The shared upstream, streaming slowly enough for a reload to land mid-stream."""
+    upstream.default = Reply(content=WORDS, chunk_delay=0.02)
+    return upstream
 
 
 async def test_a_valid_config_serves_new_requests(gateway: Any) -> None:
@@ -98,13 +96,13 @@ async def test_an_invalid_config_is_logged_and_changes_nothing(
 async def test_streams_in_flight_finish_on_their_config_and_its_backend_closes_after(
     gateway: Any, upstream: OpenAIUpstream
 ) -> None:
-    client = await gateway(compat(upstream.base_url, "gpt-4o"))  # type: ignore[attr-defined]
+    client = await gateway(compat(upstream.base_url, "gpt-4o"))
     app = client.server.app
     old = app[backends_key]["up"]
     resp = await chat(client, "gpt-4o", stream=True)
     await resp.content.readuntil(b"\n\n")  # the stream is under way
 
-    assert await app[generations_key].reload(compat(upstream.base_url, "gpt-4o-mini", timeout=6))  # type: ignore[attr-defined]
+    assert await app[generations_key].reload(compat(upstream.base_url, "gpt-4o-mini", timeout=6))
     new = app[backends_key]["up"]
     assert new is not old and not old.client.closed  # the stream still uses it
     assert (await chat(client, "gpt-4o-mini")).status == 200  # new requests: the new config
@@ -117,17 +115,17 @@ async def test_streams_in_flight_finish_on_their_config_and_its_backend_closes_a
 
 
 async def test_a_backend_whose_settings_did_not_change_is_kept(gateway: Any, upstream: OpenAIUpstream) -> None:
-    client = await gateway(compat(upstream.base_url, "gpt-4o"))  # type: ignore[attr-defined]
+    client = await gateway(compat(upstream.base_url, "gpt-4o"))
     app = client.server.app
     old = app[backends_key]["up"]
-    assert await app[generations_key].reload(compat(upstream.base_url, "gpt-4o", "gpt-4o-mini"))  # type: ignore[attr-defined]
+    assert await app[generations_key].reload(compat(upstream.base_url, "gpt-4o", "gpt-4o-mini"))
     await asyncio.sleep(0.05)
     assert app[backends_key]["up"] is old and not old.client.closed
     assert (await chat(client, "gpt-4o-mini")).status == 200
 
 
 async def test_a_reload_under_200_concurrent_streams_loses_none(gateway: Any, upstream: OpenAIUpstream) -> None:
-    client = await gateway(compat(upstream.base_url, "gpt-4o"))  # type: ignore[attr-defined]
+    client = await gateway(compat(upstream.base_url, "gpt-4o"))
     app = client.server.app
     first = app[backends_key]["up"]
     url = client.make_url("/v1/chat/completions")
@@ -153,7 +151,7 @@ async def test_a_reload_under_200_concurrent_streams_loses_none(gateway: Any, up
         await under_way(200)
         for timeout, in_flight in ((6, 200), (7, 10)):  # each reload replaces the backend (new settings)
             replaced = generations.current
-            assert await generations.reload(compat(upstream.base_url, "gpt-4o", timeout=timeout))  # type: ignore[attr-defined]
+            assert await generations.reload(compat(upstream.base_url, "gpt-4o", timeout=timeout))
             assert replaced.active == in_flight  # the streams started on the config just replaced
             streams += [asyncio.ensure_future(stream(session)) for _ in range(10)]
             await under_way(10)

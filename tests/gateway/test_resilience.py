@@ -29,21 +29,14 @@ CONTEXT_TOO_LONG = {
 }
 
 
-async def serve(aiohttp_server: Any, kind: type[OpenAIUpstream] = OpenAIUpstream) -> OpenAIUpstream:
-    fake = kind()
-    server = await aiohttp_server(fake.app)
-    fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
-    return fake
-
-
 @pytest.fixture
 async def primary(aiohttp_server: Any) -> OpenAIUpstream:
-    return await serve(aiohttp_server)
+    return await OpenAIUpstream().serve(aiohttp_server)
 
 
 @pytest.fixture
 async def secondary(aiohttp_server: Any) -> OpenAIUpstream:
-    return await serve(aiohttp_server)
+    return await OpenAIUpstream().serve(aiohttp_server)
 
 
 def backend(name: str, base_url: str, **options: Any) -> dict[str, Any]:
@@ -72,8 +65,8 @@ def both(**route: Any) -> dict[str, Any]:
 def setup(primary: OpenAIUpstream, secondary: OpenAIUpstream, *models: dict[str, Any], **options: Any) -> Any:
     return {
         "backends": [
-            backend("primary", primary.base_url, **options),  # type: ignore[attr-defined]
-            backend("secondary", secondary.base_url, **options),  # type: ignore[attr-defined]
+            backend("primary", primary.base_url, **options),
+            backend("secondary", secondary.base_url, **options),
         ],
         "models": list(models) or [both()],
     }
@@ -157,7 +150,7 @@ async def test_a_failing_deployment_hands_over_to_the_next_at_once(
     gateway: Any, primary: OpenAIUpstream, secondary: OpenAIUpstream, failure: str
 ) -> None:
     if failure == "refused":
-        primary.base_url = f"http://127.0.0.1:{closed_port()}/v1"  # type: ignore[attr-defined]
+        primary.base_url = f"http://127.0.0.1:{closed_port()}/v1"
     elif failure == "reset":
         primary.reply(Reply(reset=True))
     elif failure == "429":
@@ -238,8 +231,8 @@ async def test_no_attempt_starts_after_the_retry_deadline(
 async def test_completions_and_embeddings_fail_over_too(
     gateway: Any, aiohttp_server: Any, path: str, body: dict[str, Any]
 ) -> None:
-    primary = await serve(aiohttp_server, OpenAITextUpstream)
-    secondary = await serve(aiohttp_server, OpenAITextUpstream)
+    primary = await OpenAITextUpstream().serve(aiohttp_server)
+    secondary = await OpenAITextUpstream().serve(aiohttp_server)
     client = await gateway(setup(primary, secondary, both()))
     primary.fail(1, status=503)
     resp = await client.post(path, json={"model": "m", **body})

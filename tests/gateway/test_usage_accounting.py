@@ -42,12 +42,11 @@ class Seen:
 
 
 @pytest.fixture
-async def upstream(aiohttp_server: Any) -> OpenAITextUpstream:
-    fake = OpenAITextUpstream(("gpt-4o-mini", "gpt-3.5-turbo-instruct", "text-embedding-3-small"))
-    fake.default = Reply(content=CONTENT)
-    server = await aiohttp_server(fake.app)
-    fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
-    return fake
+def upstream(text_upstream: OpenAITextUpstream) -> OpenAITextUpstream:
+    """The shared upstream, serving all three endpoints' models and answering ``CONTENT``."""
+    text_upstream.models = ["gpt-4o-mini", "gpt-3.5-turbo-instruct", "text-embedding-3-small"]
+    text_upstream.default = Reply(content=CONTENT)
+    return text_upstream
 
 
 @pytest.fixture
@@ -59,7 +58,7 @@ def access() -> Callable[[], list[dict[str, Any]]]:
 
 
 async def start(gateway: Any, upstream: OpenAITextUpstream, *plugins: object, **options: Any) -> TestClient:
-    backend = {"name": "up", "type": "openai_compat", "base_url": upstream.base_url, "timeout": 0.5, **options}  # type: ignore[attr-defined]
+    backend = {"name": "up", "type": "openai_compat", "base_url": upstream.base_url, "timeout": 0.5, **options}
     return await gateway({"backends": [backend], "models": [{"name": "*", "backend": "up"}]}, plugins)
 
 

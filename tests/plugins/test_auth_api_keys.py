@@ -360,19 +360,11 @@ async def test_optional_mode_lets_anonymous_callers_in_but_not_wrong_keys(gatewa
     assert [m["id"] for m in models["data"]] == [MOCK_MODEL, LARGE]
 
 
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> OpenAIUpstream:
-    fake = OpenAIUpstream()
-    server = await aiohttp_server(fake.app)
-    fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
-    return fake
-
-
 def upstream_config(upstream: OpenAIUpstream, **section: Any) -> dict[str, Any]:
     backend = {
         "name": "openai",
         "type": "openai_compat",
-        "base_url": upstream.base_url,  # type: ignore[attr-defined]
+        "base_url": upstream.base_url,
         "api_key": UPSTREAM_KEY,
         "forward_client_key": True,
         "timeout": 5,

@@ -18,14 +18,6 @@ MESSAGES = [{"role": "user", "content": "Hi"}]
 URL = "/v1/chat/completions"
 
 
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> OpenAIUpstream:
-    fake = OpenAIUpstream()
-    server = await aiohttp_server(fake.app)
-    fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
-    return fake
-
-
 def config(upstream: Any, **cache: Any) -> dict[str, Any]:
     return {
         "backends": [{"name": "up", "type": "openai_compat", "base_url": upstream.base_url, "api_key": "sk-up"}],
@@ -62,7 +54,7 @@ def test_the_sdk_reads_stream_from_non_stream_and_non_stream_from_stream_hits() 
     fake = OpenAIUpstream()
     fake.reply(Reply(content="stored as json"), Reply(content="stored as a stream"))
     with ServerThread(fake.app) as up:
-        fake.base_url = up.url + "/v1"  # type: ignore[attr-defined]
+        fake.base_url = up.url + "/v1"
         with ServerThread(make_app(config(fake))) as gw:
             sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused")
             made = sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)

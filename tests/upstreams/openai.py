@@ -15,7 +15,7 @@ import asyncio
 import json
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -57,10 +57,18 @@ class OpenAIUpstream:
         self.finished = 0  # chat requests answered to the end
         self.disconnects = 0  # requests held open that the client dropped
         self.active = 0  # chat requests being answered now
+        self.base_url = ""  # set by ``serve``: the ``/v1`` URL a backend's ``base_url`` takes
+        self.server: Any = None
         self.app = web.Application()
         self.app.router.add_get("/v1/models", self.list_models)
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.chat)
+
+    async def serve(self, aiohttp_server: Any) -> Self:
+        """Serve on 127.0.0.1 with pytest-aiohttp's ``aiohttp_server``; ``base_url`` is then set."""
+        self.server = await aiohttp_server(self.app)
+        self.base_url = str(self.server.make_url("/v1"))
+        return self
 
     def reply(self, *replies: Reply) -> None:
         """Answer the next requests with ``replies``, in order."""

@@ -27,14 +27,6 @@ def compat_config(base_url: str, models: Any = None, **options: Any) -> dict[str
     }
 
 
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> OpenAIUpstream:
-    fake = OpenAIUpstream()
-    server = await aiohttp_server(fake.app)
-    fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
-    return fake
-
-
 class Usage:
     """Records ``ctx.usage`` and the error of every finished request."""
 
@@ -47,7 +39,7 @@ class Usage:
 
 
 async def start(gateway: Any, upstream: OpenAIUpstream, plugins: Any = (), **options: Any) -> TestClient:
-    return await gateway(compat_config(upstream.base_url, **options), plugins)  # type: ignore[attr-defined]
+    return await gateway(compat_config(upstream.base_url, **options), plugins)
 
 
 def chat(stream: bool = False, **extra: Any) -> dict[str, Any]:
@@ -131,7 +123,7 @@ async def test_no_key_sends_no_authorization(gateway: Any, upstream: OpenAIUpstr
 
 
 async def test_azure_deployment_urls_api_version_and_key_header(gateway: Any, upstream: OpenAIUpstream) -> None:
-    base = upstream.base_url.removesuffix("/v1") + "/openai"  # type: ignore[attr-defined]
+    base = upstream.base_url.removesuffix("/v1") + "/openai"
     config = compat_config(
         base,
         models=[{"name": "gpt-4o-mini", "backend": "up", "model": "my-deployment"}],
@@ -205,7 +197,7 @@ async def test_a_stream_passes_the_upstream_events_through_byte_for_byte(
     assert resp.headers["Content-Type"] == "text/event-stream"
     assert upstream.last.body == body
 
-    direct = await (await client.session.post(upstream.base_url + "/chat/completions", json=body)).read()  # type: ignore[attr-defined]
+    direct = await (await client.session.post(upstream.base_url + "/chat/completions", json=body)).read()
     assert raw == direct  # the same events, [DONE] included
     assert raw.endswith(b"data: [DONE]\n\n") and raw.count(b"[DONE]") == 1
     assert orjson.loads(events(raw)[-2])["usage"]["total_tokens"] == 15
@@ -552,7 +544,7 @@ async def test_a_failing_upstream_listing_serves_the_cached_list(gateway: Any, u
 
 async def test_a_failing_upstream_does_not_break_the_other_backends(gateway: Any, upstream: OpenAIUpstream) -> None:
     upstream.models_status = 503
-    config = compat_config(upstream.base_url, models=[{"name": "*", "backend": "up"}])  # type: ignore[attr-defined]
+    config = compat_config(upstream.base_url, models=[{"name": "*", "backend": "up"}])
     config["backends"].append({"name": "mock", "type": "mock", "models": ["mock-gpt-model"]})
     config["models"].insert(0, {"name": "mock-gpt-model", "backend": "mock"})
     client = await gateway(config)
@@ -598,7 +590,7 @@ async def test_a_hanging_listing_is_bounded_by_models_timeout(
 
 
 async def test_configured_models_are_listed_without_asking(gateway: Any, upstream: OpenAIUpstream) -> None:
-    config = compat_config(upstream.base_url)  # type: ignore[attr-defined]
+    config = compat_config(upstream.base_url)
     config["backends"][0]["models"] = ["llama3"]
     client = await gateway(config)
     listing = await (await client.get("/v1/models")).json()

@@ -33,14 +33,6 @@ def replay_config(base_url: str, directory: Path, mode: str, **options: Any) -> 
     }
 
 
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> OpenAIUpstream:
-    fake = OpenAIUpstream()
-    fake.server = await aiohttp_server(fake.app)  # type: ignore[attr-defined]
-    fake.base_url = str(fake.server.make_url("/v1"))  # type: ignore[attr-defined]
-    return fake
-
-
 def files(directory: Path) -> list[Path]:
     return sorted(directory.iterdir())
 
