@@ -1,6 +1,10 @@
-"""The circuit breaker, the latency tracker and a deployment's health counters, on a manual clock."""
+"""The circuit breaker, the latency tracker and a deployment's health counters, on a manual clock;
+then through the HTTP API over two deployments: the circuit opens, probes and closes."""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 from gateway.backend import Backend
 from gateway.model_table import CircuitConfig
@@ -8,6 +12,14 @@ from gateway.resilience.circuit import CircuitBreaker
 from gateway.resilience.latency import LatencyTracker
 from gateway.resilience.stats import DeploymentStats
 from gateway_plugins.backends.mock import MockBackend
+from tests.gateway.two_deployments import (
+    both,
+    post,
+    served_by,
+    setup,
+    until,
+)
+from tests.upstreams.openai import OpenAIUpstream, Reply
 
 
 class Clock:
@@ -107,3 +119,46 @@ def test_deployment_stats_count_attempts_and_publish_the_circuit_state() -> None
     untracked.begin()
     untracked.refused()
     assert untracked.available() and untracked.describe() == {"in_flight": 0}
+
+
+# Circuit breaking --------------------------------------------------------------------------------
+
+
+async def test_the_circuit_opens_sends_one_probe_after_the_cooldown_and_closes(
+    gateway: Any, primary: OpenAIUpstream, secondary: OpenAIUpstream
+) -> None:
+    circuit = {"failures": 2, "window": 10, "cooldown": 0.3}
+    client = await gateway(setup(primary, secondary, both(circuit=circuit)))
+    primary.default = Reply(status=500)
+    for _ in range(2):  # primary fails, secondary answers
+        assert served_by(await post(client)) == ("secondary", "2")
+    info = await (await client.get("/info")).json()
+    assert info["deployments"]["primary"]["circuit"]["state"] == "open"
+    assert info["deployments"]["secondary"]["circuit"]["state"] == "closed"
+
+    for _ in range(3):  # open: straight to secondary, primary gets nothing
+        assert served_by(await post(client)) == ("secondary", "1")
+    assert len(primary.requests) == 2
+
+    await asyncio.sleep(0.3)
+    primary.default = Reply(delay=0.3)  # healthy again, a little slow: the probe is under way a while
+    probe = asyncio.ensure_future(post(client))
+    await until(lambda: len(primary.requests) == 3)
+    assert served_by(await post(client)) == ("secondary", "1")  # half-open: one probe only
+    assert served_by(await probe) == ("primary", "1")
+    info = await (await client.get("/info")).json()
+    assert info["deployments"]["primary"]["circuit"] == {"state": "closed", "recent_failures": 0}
+    assert served_by(await post(client)) == ("primary", "1")
+
+
+async def test_every_circuit_open_is_a_503_with_retry_after(
+    gateway: Any, primary: OpenAIUpstream, secondary: OpenAIUpstream
+) -> None:
+    single = {"name": "m", "backend": "primary", "circuit": {"failures": 1, "cooldown": 30}}
+    client = await gateway(setup(primary, secondary, single))
+    primary.fail(1)
+    assert (await post(client)).status == 502
+    resp = await post(client)
+    assert resp.status == 503 and resp.headers["Retry-After"] in ("29", "30")
+    assert (await resp.json())["error"]["code"] == "no_deployment_available"
+    assert len(primary.requests) == 1
