@@ -110,27 +110,52 @@ class Served:
                 ctx.usage = self.leg.usage or ctx.usage
 
 
-async def sequential(
-    ctx: RequestContext,
-    call: Call,
-    select: Select,
-    deployment: Deployment,
-    watchdog: Watchdog,
-    limits: dict[str, float] | None,
-) -> Served:
+@dataclasses.dataclass(slots=True, eq=False)
+class Retrying:
+    """What the attempts of one resilient request share, sequential or hedged: how to call a backend
+    and pick the next deployment, the watchdog, the client's timeout limits, the response headers as
+    they were before any attempt and the time after which no retry starts."""
+
+    ctx: RequestContext
+    call: Call
+    select: Select
+    watchdog: Watchdog
+    limits: dict[str, float] | None
+    base_headers: dict[str, str]
+    last_call: float | None
+
+    @classmethod
+    def start(
+        cls,
+        ctx: RequestContext,
+        call: Call,
+        select: Select,
+        deployment: Deployment,
+        watchdog: Watchdog,
+        limits: dict[str, float] | None,
+    ) -> Retrying:
+        """Before the first attempt at ``deployment``."""
+        retry = deployment.route.retry if deployment.route else None
+        last_call = retry_deadline(ctx, retry, watchdog.deadline, watchdog.loop.time())
+        return cls(ctx, call, select, watchdog, limits, dict(ctx.response_headers), last_call)
+
+    async def next(self, error: GatewayError, route: ModelRoute | None) -> Deployment:
+        """The deployment to try after ``error`` (see ``next_attempt``)."""
+        return await next_attempt(self.ctx, self.select, self.watchdog, self.last_call, error, route)
+
+
+async def sequential(run: Retrying, deployment: Deployment) -> Served:
     """Attempts one after the other (a resilient model without hedging) until one gives a first output."""
-    route = deployment.route
-    base_headers = dict(ctx.response_headers)
-    last_call = retry_deadline(ctx, route.retry if route else None, watchdog.deadline, watchdog.loop.time())
+    ctx = run.ctx
     while True:
-        result = await attempt(ctx, call, deployment, watchdog)
+        result = await attempt(ctx, run.call, deployment, run.watchdog)
         if isinstance(result, Served):
             return result
         ctx.attempts.append(Attempt(deployment, result))
-        nxt = await next_attempt(ctx, select, watchdog, last_call, result, deployment.route)
+        nxt = await run.next(result, deployment.route)
         ctx.response_headers.clear()
-        ctx.response_headers.update(base_headers)
-        watchdog.limit(*silence(nxt, limits))
+        ctx.response_headers.update(run.base_headers)
+        run.watchdog.limit(*silence(nxt, run.limits))
         deployment = nxt
 
 

@@ -15,7 +15,7 @@ import asyncio
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, ModelNotFoundError
-from gateway.resilience.attempts import Call, Select, Served, attempt, sequential
+from gateway.resilience.attempts import Call, Retrying, Select, Served, attempt, sequential
 from gateway.resilience.hedging import hedged
 from gateway.resilience.timeouts import TIMEOUT_HEADER, client_limits, request_deadline, silence
 from gateway.resilience.watchdog import Watchdog
@@ -37,9 +37,10 @@ async def first_output(ctx: RequestContext, call: Call, select: Select) -> Serve
             if isinstance(result, GatewayError):
                 raise result
             return result
+        run = Retrying.start(ctx, call, select, deployment, watchdog, limits)
         if route.hedge is not None:
-            return await hedged(ctx, call, select, deployment, watchdog, limits, route.hedge)
-        return await sequential(ctx, call, select, deployment, watchdog, limits)
+            return await hedged(run, deployment, route.hedge)
+        return await sequential(run, deployment)
     except BaseException:
         watchdog.stop()
         raise

@@ -16,18 +16,17 @@ from gateway.resilience.attempts import (
     ATTEMPTS_HEADER,
     BACKEND_HEADER,
     Call,
-    Select,
+    Retrying,
     Served,
     close,
     first_of,
     interrupted,
-    next_attempt,
     report,
     same,
     served,
     unused,
 )
-from gateway.resilience.timeouts import retry_deadline, silence
+from gateway.resilience.timeouts import silence
 from gateway.resilience.watchdog import Watchdog
 
 
@@ -63,22 +62,12 @@ def _hedge_delay(deployment: Deployment, hedge: HedgeConfig) -> float:
     return max(hedge.min_delay, stats.latency.percentile(percentile) or 0.0)
 
 
-async def hedged(
-    ctx: RequestContext,
-    call: Call,
-    select: Select,
-    deployment: Deployment,
-    watchdog: Watchdog,
-    limits: dict[str, float] | None,
-    hedge: HedgeConfig,
-) -> Served:
+async def hedged(run: Retrying, deployment: Deployment, hedge: HedgeConfig) -> Served:
     """Attempts as legs running side by side: after the hedge delay without a first output, a second
     deployment gets the same request; the first output wins and the other leg is cancelled. When
     every leg failed, retries and fallbacks go on as in the sequential case, one leg at a time."""
+    ctx, watchdog, limits = run.ctx, run.watchdog, run.limits
     loop = watchdog.loop
-    route = deployment.route
-    base_headers = dict(ctx.response_headers)
-    last_call = retry_deadline(ctx, route.retry if route else None, watchdog.deadline, loop.time())
     legs: dict[asyncio.Task[tuple[Any, Any, Any, float]], _Leg] = {}
     started = loop.time()
     launched = 0
@@ -92,7 +81,7 @@ async def hedged(
             target.stats.begin()
         attempt = Attempt(target)
         ctx.attempts.append(attempt)
-        task = loop.create_task(_lead(call, target, leg_ctx, silence(target, limits)[0]))
+        task = loop.create_task(_lead(run.call, target, leg_ctx, silence(target, limits)[0]))
         legs[task] = _Leg(target, leg_ctx, attempt)
 
     launch(deployment, ctx)
@@ -105,11 +94,11 @@ async def hedged(
             done, _ = await asyncio.wait(legs, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:  # the hedge delay is over
                 hedge_at = None
-                nxt = select(ctx)
+                nxt = run.select(ctx)
                 if nxt is not None and any(same(leg.deployment, nxt) for leg in legs.values()):
                     unused(nxt)  # hedging is across deployments only
                 elif nxt is not None:
-                    launch(nxt, _leg_context(ctx, base_headers))
+                    launch(nxt, _leg_context(ctx, run.base_headers))
                 continue
             winner = None
             for task in done:
@@ -130,8 +119,8 @@ async def hedged(
             if legs:
                 continue
             assert last is not None
-            nxt = await next_attempt(ctx, select, watchdog, last_call, last, deployment.route)
-            launch(nxt, _leg_context(ctx, base_headers))
+            nxt = await run.next(last, deployment.route)
+            launch(nxt, _leg_context(ctx, run.base_headers))
             if hedge_at is not None:  # not hedged yet: the new leg may be
                 hedge_at = loop.time() + _hedge_delay(nxt, hedge)
     except asyncio.CancelledError:
