@@ -187,7 +187,6 @@ async def _listing(backend: Backend) -> list[dict[str, Any]]:
 
 async def _info(ctx: RequestContext) -> dict[str, Any]:
     generation = ctx.generation
-    assert generation is not None
     config = generation.config
     return {
         "name": NAME,

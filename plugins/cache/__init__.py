@@ -76,9 +76,9 @@ def gateway_register_config(register):  # type: ignore[no-untyped-def]
 
 
 def _state(ctx: RequestContext, settings: CacheConfig) -> CacheState:
-    state = ctx.generation.state.get(SECTION)
+    state = ctx.generation_state.get(SECTION)
     if state is None:
-        state = ctx.generation.state[SECTION] = CacheState(settings.max_bytes)
+        state = ctx.generation_state[SECTION] = CacheState(settings.max_bytes)
     return state
 
 
@@ -195,7 +195,7 @@ def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -
     pending: Pending | None = ctx.state.pop(SECTION, None)
     if pending is None:
         return
-    state = ctx.generation.state[SECTION]
+    state = ctx.generation_state[SECTION]
     answer = None
     if error is None and ctx.status == 200:
         if pending.chunks is not None:

@@ -13,6 +13,7 @@ import structlog
 from gateway import hookimpl, hookspecs
 from gateway.hookcall import Hooks
 
+
 def hooks_of(*plugins: object) -> Hooks:
     """``Hooks`` over a bare manager with ``plugins`` registered in this order (called LIFO)."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)

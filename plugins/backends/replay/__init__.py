@@ -64,8 +64,7 @@ class ReplayBackend(Backend):
         return self._answer(ctx, "completions", completions_format.completion_to_chunks)
 
     def _target(self, ctx: RequestContext) -> Backend:
-        backends = ctx.generation.backends if ctx.generation is not None else {}
-        target = backends.get(self.config.target)
+        target = ctx.generation.backends.get(self.config.target)
         if target is None or target is self:
             raise NotFoundError(f"Backend {self.name!r}: its target backend {self.config.target!r} is not configured.")
         return target
