@@ -64,7 +64,13 @@ async def api(aiohttp_server: Any) -> ChatAPI:
 
 
 def config(url: str, **options: Any) -> dict[str, Any]:
-    backend = {"name": "chat", "type": "http_template", "url": url, "models": ["custom-chat"], "timeout": 0.5}
+    backend = {
+        "name": "chat",
+        "type": "http_template",
+        "url": url,
+        "models": ["custom-chat"],
+        "timeout": 10,
+    }  # short only where a test is about it
     backend.update(options)  # a test may replace the url too
     if "response" not in options and "stream" not in options:
         backend["response"] = {"text": "reply"}
