@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from gateway.backend import BackendConfig
 from gateway.model_table import ModelIndex, ModelRoute, table_problems
 from gateway.state.config import StateConfig
+from gateway.state.responses import ResponsesConfig
 
 if TYPE_CHECKING:
     from gateway.backend import Backend
@@ -73,6 +74,7 @@ class GatewayConfig(_Section):
     require_model: bool = Field(True, description="false: a request that names no model gets default_model")
     info: dict[str, Any] = Field(default_factory=dict, description="extra fields shown on /info (never secrets)")
     state: StateConfig = Field(default_factory=StateConfig, description="where shared state lives (gateway.state)")
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig, description="stored /v1/responses")
 
     source: str = Field("<config>", exclude=True)
     plugin_sections: dict[str, BaseModel] = Field(default_factory=dict, exclude=True)

@@ -67,7 +67,7 @@ class Attempt:
 class RequestContext:
     """Everything known about one request. Plugins read and edit it; ``state`` is their scratch space.
 
-    ``endpoint`` names the operation (``chat.completions``, ``completions``, ``embeddings``,
+    ``endpoint`` names the operation (``chat.completions``, ``completions``, ``embeddings``, ``messages``, ``responses``,
     ``models.list``, ``models.retrieve``, ``health``, ``info``) or is empty for a path the gateway
     does not serve.
     """

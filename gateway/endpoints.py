@@ -1,5 +1,5 @@
-"""The model endpoints (chat completions, legacy completions, embeddings, Anthropic messages): what
-differs between them.
+"""The model endpoints (chat completions, legacy completions, embeddings, Anthropic messages, OpenAI
+responses): what differs between them.
 
 The path through the pipeline is the same for all three (``pipeline.model_endpoint``); an
 ``Endpoint`` names the operation, validates the body, calls the backend's method, and knows how to
@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.formats import chat as chat_format
 from gateway.formats import completions as completions_format
 from gateway.formats import embeddings as embeddings_format
 from gateway.formats import messages as messages_format
+from gateway.formats import responses as responses_format
 from gateway.formats.requests import validate_chat_request, validate_completion_request, validate_embedding_request
+from gateway.responses import ResponsesIngress
 
 if TYPE_CHECKING:
     from gateway.backend import Backend
@@ -37,6 +39,36 @@ class Endpoint:
     translate_in: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     translate_out: Callable[[Mapping[str, Any], str], dict[str, Any]] | None = None
     stream_encoder: Callable[[str, Mapping[str, Any]], Any] | None = None
+    # A front door whose translation needs the request itself (``/v1/responses``): ``ingress(ctx,
+    # body)`` is an ``Ingress`` for the request, in place of the three translations above.
+    ingress: Callable[[RequestContext, dict[str, Any]], Ingress] | None = None
+
+
+class Ingress(Protocol):
+    """A front door's translation of one request, for a dialect whose answers depend on more than the
+    completion (ids, echoed settings, state kept between requests)."""
+
+    def chat_body(self) -> dict[str, Any]:
+        """The chat completion request for the client's body."""
+        ...
+
+    async def admitted(self, ctx: RequestContext) -> None:
+        """The caller is known (after ``gateway_authenticate``, before ``gateway_process_request``):
+        load what the request refers to into ``ctx.body``, or raise."""
+        ...
+
+    def answer(self, completion: Mapping[str, Any]) -> dict[str, Any]:
+        """The client's answer for a ``chat.completion``."""
+        ...
+
+    def encoder(self) -> Any:
+        """The stream's encoder: ``start()``, ``feed(chunk)``, ``end(streamed_tokens)``, ``error(error)``,
+        each giving the bytes to write."""
+        ...
+
+    async def finished(self) -> None:
+        """The answer is complete (before its last bytes are written): keep what the dialect keeps."""
+        ...
 
 
 #: ``ctx.endpoint`` of the other routes the core serves (the model endpoints' are ``CHAT.name`` and so on).
@@ -44,6 +76,8 @@ MODELS_LIST = "models.list"
 MODELS_RETRIEVE = "models.retrieve"
 HEALTH = "health"
 INFO = "info"
+RESPONSES_RETRIEVE = "responses.retrieve"
+RESPONSES_DELETE = "responses.delete"
 
 
 async def _one(result: Awaitable[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
@@ -80,4 +114,12 @@ MESSAGES = Endpoint(
     messages_format.to_chat,
     messages_format.from_completion,
     messages_format.StreamEncoder,
+)
+RESPONSES = Endpoint(
+    "responses",
+    responses_format.validate,
+    lambda backend, ctx: backend.chat(ctx),
+    chat_format.estimated_usage,
+    chat_format.completion_to_chunks,
+    ingress=ResponsesIngress,
 )

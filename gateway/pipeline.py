@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from gateway.context import Deployment, RequestContext
-from gateway.endpoints import Endpoint
+from gateway.endpoints import Endpoint, Ingress
 from gateway.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError
 from gateway.formats.chat import include_usage, streamed_chars, usage
 from gateway.replies import CLIENT_CLOSED, json_response, render_error
@@ -85,11 +85,14 @@ def refuse_unreadable_keys(ctx: RequestContext) -> None:
                 raise AuthenticationError(NOT_UTF8_KEY) from None
 
 
-async def admit(ctx: RequestContext) -> None:
-    """Authenticate (``gateway_authenticate``), then pre-process (``gateway_process_request``)."""
+async def admit(ctx: RequestContext, ingress: Ingress | None = None) -> None:
+    """Authenticate (``gateway_authenticate``), then (a front door's ``admitted``) pre-process
+    (``gateway_process_request``)."""
     hooks = ctx.generation.hooks
     refuse_unreadable_keys(ctx)
     ctx.principal = await hooks.first_result("gateway_authenticate", ctx=ctx)
+    if ingress is not None:
+        await ingress.admitted(ctx)
     await hooks.call_all("gateway_process_request", ctx=ctx)
 
 
@@ -103,13 +106,20 @@ async def json_endpoint(
     return await respond(ctx, response)
 
 
-async def respond(ctx: RequestContext, response: dict[str, Any], endpoint: Endpoint | None = None) -> web.Response:
+async def respond(
+    ctx: RequestContext, response: dict[str, Any], endpoint: Endpoint | None = None, ingress: Ingress | None = None
+) -> web.Response:
     """A non-streamed answer: ``gateway_process_response``, then JSON (in the endpoint's dialect)."""
     await ctx.generation.hooks.call_all("gateway_process_response", ctx=ctx, response=response)
-    if endpoint is not None and endpoint.translate_out is not None:
+    translate_out = endpoint.translate_out if endpoint is not None else None
+    if ingress is not None or translate_out is not None:
         if ctx.usage is not None and not response.get("usage"):
             response["usage"] = ctx.usage
-        response = endpoint.translate_out(response, ctx.model or "")
+        if ingress is not None:
+            response = ingress.answer(response)
+            await ingress.finished()  # kept before the client has it
+        elif translate_out is not None:
+            response = translate_out(response, ctx.model or "")
     return json_response(response)
 
 
@@ -137,25 +147,28 @@ async def model_endpoint(ctx: RequestContext, endpoint: Endpoint) -> web.StreamR
     ctx.endpoint = endpoint.name
     body = await read_json(ctx.request)
     endpoint.validate(body)
-    if endpoint.translate_in is not None:  # another dialect's front door: the chat form from here on
+    ingress = endpoint.ingress(ctx, body) if endpoint.ingress is not None else None
+    if ingress is not None:
+        body = ingress.chat_body()
+    elif endpoint.translate_in is not None:  # another dialect's front door: the chat form from here on
         body = endpoint.translate_in(body)
     resolve_model(ctx, body)
     ctx.body, ctx.stream = body, endpoint.to_chunks is not None and bool(body.get("stream"))
-    await admit(ctx)
+    await admit(ctx, ingress)
     if ctx.response is not None:
-        return await _answer_directly(ctx, endpoint, ctx.response)
+        return await _answer_directly(ctx, endpoint, ctx.response, ingress)
 
     served = await first_output(ctx, endpoint.call, select_backend)  # retries, fallbacks, hedging
     response = None
     try:
         if ctx.stream:
-            return await _stream(ctx, served.chunks, served.watchdog, served.first, endpoint)
+            return await _stream(ctx, served.chunks, served.watchdog, served.first, endpoint, ingress)
         response = served.first
     finally:
         await served.close(ctx)
         if ctx.usage is None:  # the backend reported none
             _estimate_usage(ctx, endpoint, response)
-    return await respond(ctx, response, endpoint)
+    return await respond(ctx, response, endpoint, ingress)
 
 
 def _estimate_usage(ctx: RequestContext, endpoint: Endpoint, response: Any) -> None:
@@ -185,7 +198,12 @@ def _failure(ctx: RequestContext, watchdog: Watchdog, exc: BaseException) -> Bas
 
 
 async def _stream(
-    ctx: RequestContext, chunks: AsyncIterator[Any], watchdog: Watchdog, first: Any, endpoint: Endpoint
+    ctx: RequestContext,
+    chunks: AsyncIterator[Any],
+    watchdog: Watchdog,
+    first: Any,
+    endpoint: Endpoint,
+    ingress: Ingress | None = None,
 ) -> web.StreamResponse:
     """Write the backend's first output and the chunks after it as SSE events as they arrive; a
     failure ends the stream with one error event, no [DONE]. Unless the backend ``reports_usage``,
@@ -200,7 +218,10 @@ async def _stream(
     backend = ctx.backend
     counting = backend is not None and not backend.reports_usage
     events = chars = 0
-    encoder = endpoint.stream_encoder(ctx.model or "", ctx.body or {}) if endpoint.stream_encoder else None
+    if ingress is not None:
+        encoder = ingress.encoder()
+    else:
+        encoder = endpoint.stream_encoder(ctx.model or "", ctx.body or {}) if endpoint.stream_encoder else None
     try:  # ConnectionError here comes from a write: the client went away
         try:
             if encoder is not None:
@@ -238,7 +259,10 @@ async def _stream(
             watchdog.since = None
             if encoder is not None:
                 tail = b"".join(encoder.feed(chunk) for chunk in flush_filters(filters))
-                await write(tail + encoder.end(events + (chars + 3) // 4))
+                tail += encoder.end(events + (chars + 3) // 4)
+                if ingress is not None:
+                    await ingress.finished()
+                await write(tail)
             else:
                 for chunk in flush_filters(filters):
                     await write(encode_event(chunk))
@@ -258,14 +282,16 @@ async def _stream(
     return response
 
 
-async def _answer_directly(ctx: RequestContext, endpoint: Endpoint, completion: dict[str, Any]) -> web.StreamResponse:
+async def _answer_directly(
+    ctx: RequestContext, endpoint: Endpoint, completion: dict[str, Any], ingress: Ingress | None = None
+) -> web.StreamResponse:
     """Send a response a plugin set on ``ctx.response``: as it is, or as chunks for a stream."""
     if completion.get("usage") is None:  # a plugin's answer without usage: estimate it
         completion["usage"] = endpoint.estimate_usage(ctx.body, completion)
         ctx.usage_estimated = True
     ctx.usage = completion["usage"]
     if not ctx.stream or endpoint.to_chunks is None:
-        return await respond(ctx, completion, endpoint)
+        return await respond(ctx, completion, endpoint, ingress)
     first, *rest = endpoint.to_chunks(completion, include_usage(ctx.body or {}))
 
     async def replay() -> AsyncIterator[dict[str, Any]]:
@@ -275,6 +301,6 @@ async def _answer_directly(ctx: RequestContext, endpoint: Endpoint, completion: 
     watchdog = Watchdog(REPLAY_TIMEOUT)
     ctx.first_byte = time.perf_counter()
     try:
-        return await _stream(ctx, replay(), watchdog, first, endpoint)
+        return await _stream(ctx, replay(), watchdog, first, endpoint, ingress)
     finally:
         watchdog.stop()

@@ -12,10 +12,28 @@ from aiohttp import web
 from gateway import __version__
 from gateway.backend import Backend, model_object
 from gateway.context import RequestContext
-from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, HEALTH, INFO, MESSAGES, MODELS_LIST, MODELS_RETRIEVE
+from gateway.endpoints import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    HEALTH,
+    INFO,
+    MESSAGES,
+    MODELS_LIST,
+    MODELS_RETRIEVE,
+    RESPONSES,
+    RESPONSES_DELETE,
+    RESPONSES_RETRIEVE,
+)
 from gateway.errors import ModelNotFoundError
 from gateway.formats import messages as messages_format
-from gateway.formats.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, MessagesRequest
+from gateway.formats.requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    MessagesRequest,
+    ResponsesRequest,
+)
 from gateway.formats.response_models import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -25,6 +43,8 @@ from gateway.formats.response_models import (
     Message,
     Model,
     ModelList,
+    ResponseDeleted,
+    ResponseObject,
     TextCompletion,
     TokenCount,
 )
@@ -34,6 +54,7 @@ from gateway.openapi import operation
 from gateway.pipeline import json_endpoint, model_endpoint, read_json, resolve_model
 from gateway.plugin_manager import describe
 from gateway.replies import json_response
+from gateway.responses import not_found, stored
 from gateway.upstream.errors import MODELS_TIMEOUT
 
 NAME = "llm-gateway"
@@ -51,6 +72,9 @@ def setup_routes(app: web.Application) -> None:
         router.add_post(f"{prefix}/embeddings", handle_embeddings)
         router.add_get(f"{prefix}/models", list_models)
         router.add_get(f"{prefix}/models/{{model_id:.+}}", retrieve_model)
+        router.add_post(f"{prefix}/responses", handle_responses)
+        router.add_get(f"{prefix}/responses/{{response_id}}", retrieve_response)
+        router.add_delete(f"{prefix}/responses/{{response_id}}", delete_response)
     router.add_post("/v1/messages", handle_messages)
     router.add_post("/v1/messages/count_tokens", handle_count_tokens)
     router.add_get("/", health)
@@ -98,6 +122,49 @@ async def handle_embeddings(request: web.Request) -> web.StreamResponse:
 )
 async def handle_messages(request: web.Request) -> web.StreamResponse:
     return await model_endpoint(request[ctx_key], MESSAGES)
+
+
+@operation(
+    "Create a response (OpenAI Responses API)",
+    tag="responses",
+    request=ResponsesRequest,
+    response=ResponseObject,
+    description="OpenAI's Responses API over every backend: translated to chat completions and back. "
+    'With `"stream": true` the answer is `text/event-stream` of typed events (`event: response.created`, '
+    "`response.output_text.delta`, ..., `response.completed`), each with a `sequence_number`. With `store` "
+    "(the default) the response is kept for `previous_response_id` and `GET /v1/responses/{id}`, per API key.",
+)
+async def handle_responses(request: web.Request) -> web.StreamResponse:
+    return await model_endpoint(request[ctx_key], RESPONSES)
+
+
+@operation("Retrieve a stored response", tag="responses", response=ResponseObject)
+async def retrieve_response(request: web.Request) -> web.Response:
+    ctx = request[ctx_key]
+    ctx.endpoint = RESPONSES_RETRIEVE
+    return await json_endpoint(ctx, _stored_response)
+
+
+@operation("Delete a stored response", tag="responses", response=ResponseDeleted)
+async def delete_response(request: web.Request) -> web.Response:
+    ctx = request[ctx_key]
+    ctx.endpoint = RESPONSES_DELETE
+    return await json_endpoint(ctx, _delete_response)
+
+
+async def _stored_response(ctx: RequestContext) -> dict[str, Any]:
+    response_id = ctx.request.match_info["response_id"]
+    record = await stored(ctx).get(response_id)
+    if record is None:
+        raise not_found(response_id)
+    return record["response"]
+
+
+async def _delete_response(ctx: RequestContext) -> dict[str, Any]:
+    response_id = ctx.request.match_info["response_id"]
+    if not await stored(ctx).delete(response_id):
+        raise not_found(response_id)
+    return {"id": response_id, "object": "response", "deleted": True}
 
 
 @operation("Count the tokens of a message (Anthropic)", tag="messages", request=MessagesRequest, response=TokenCount)

@@ -11,11 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from gateway import ChunkFilter, hookimpl
 from gateway.context import RequestContext
-from gateway.endpoints import CHAT, COMPLETIONS
+from gateway.endpoints import CHAT, COMPLETIONS, MESSAGES, RESPONSES
 from gateway.log import REDACTED, is_secret_key, redact, write_event
 
 STATE = "request_logging.response"  # ctx.state: the response body (a dict, or a stream's collector)
-STREAMING = (CHAT.name, COMPLETIONS.name)  # the endpoints whose access line says `stream`
+STREAMING = (CHAT.name, COMPLETIONS.name, MESSAGES.name, RESPONSES.name)  # access lines that say `stream`
 
 
 class BodyLoggingConfig(BaseModel):
@@ -104,7 +104,7 @@ def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> N
 
 @hookimpl
 async def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> None:
-    """Write the access line: id, method, path, status, model, backend (the one that served, its
+    """Write the access line: id, method, path, endpoint, status, model, backend (the one that served, its
     deployment's name when it differs, the attempts when there were several), stream, timings, tokens
     (``usage_estimated`` when the gateway estimated them) and, with body logging on, the bodies."""
     request = ctx.request
@@ -118,6 +118,8 @@ async def gateway_request_finished(ctx: RequestContext, error: BaseException | N
         "status": status,
         "duration_ms": round(ctx.duration * 1000, 2),
     }
+    if ctx.endpoint:
+        fields["endpoint"] = ctx.endpoint
     if ctx.model is not None:
         fields["model"] = ctx.model
     deployment = ctx.deployment

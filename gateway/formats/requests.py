@@ -348,3 +348,30 @@ class MessagesRequest(_Open):
     top_k: int | None = None
     metadata: dict[str, Any] | None = None
     stream: bool | None = None
+
+
+class ResponsesRequest(_Open):
+    """OpenAI's ``POST /v1/responses`` body (documentation: ``formats.responses.validate`` checks it)."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [{"model": "mock-gpt-model", "input": "Tell me a joke", "instructions": "Be brief."}]
+        },
+    )
+
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = Field(None, description='`{"format": {"type": "json_schema", ...}}`')
+    stream: bool | None = None
+    store: bool | None = Field(True, description="keep the response for `previous_response_id` and GET")
+    previous_response_id: str | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None

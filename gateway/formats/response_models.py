@@ -164,3 +164,32 @@ class Message(_Doc):
 
 class TokenCount(_Doc):
     input_tokens: int
+
+
+class ResponseUsage(_Doc):
+    input_tokens: int
+    input_tokens_details: dict[str, int]
+    output_tokens: int
+    output_tokens_details: dict[str, int]
+    total_tokens: int
+
+
+class ResponseObject(_Doc):
+    """OpenAI's ``response`` object (``POST /v1/responses``, ``GET /v1/responses/{id}``)."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: Literal["completed", "incomplete", "failed", "in_progress"]
+    model: str
+    output: list[dict[str, Any]]
+    usage: ResponseUsage | None
+    error: dict[str, Any] | None = None
+    incomplete_details: dict[str, Any] | None = None
+    previous_response_id: str | None = None
+
+
+class ResponseDeleted(_Doc):
+    id: str
+    object: Literal["response"]
+    deleted: bool

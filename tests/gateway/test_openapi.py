@@ -122,3 +122,18 @@ def test_two_different_schemas_with_one_name_are_refused() -> None:
     schema_ref(api_models.Usage, schemas)
     with pytest.raises(ValueError, match="'Usage'"):
         schema_ref(Usage, schemas)
+
+
+async def test_the_responses_endpoints_are_documented_with_a_working_example(gateway: Any) -> None:
+    client = await gateway()
+    doc = await (await client.get("/openapi.json")).json()
+    assert set(doc["paths"]["/v1/responses"]) == {"post"}
+    assert set(doc["paths"]["/v1/responses/{response_id}"]) == {"get", "delete"}
+    post = doc["paths"]["/v1/responses"]["post"]
+    assert post["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": REF.format(model="ResponseObject")
+    }
+    [example] = doc["components"]["schemas"]["ResponsesRequest"]["examples"]
+    assert example["model"] == "mock-gpt-model"
+    answer = await client.post("/v1/responses", json=example)
+    assert answer.status == 200 and (await answer.json())["object"] == "response"

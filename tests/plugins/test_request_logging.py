@@ -27,6 +27,7 @@ ACCESS_FIELDS = {
     "request_id",
     "method",
     "path",
+    "endpoint",
     "status",
     "model",
     "backend",
@@ -102,6 +103,7 @@ async def test_access_line_of_a_chat_completion(gateway: Any, log: JsonLog, fini
     assert line["level"] == "info"
     assert line["method"] == "POST"
     assert line["path"] == "/v1/chat/completions"
+    assert line["endpoint"] == "chat.completions"
     assert line["status"] == 200
     assert line["model"] == MOCK_MODEL
     assert line["backend"] == "mock"

@@ -45,6 +45,12 @@ class Reply:
     crlf: bool = False  # stream: lines end with \r\n
     one_write: bool = False  # stream: every event in a single write
     json_for_stream: bool = False  # answer a stream request with a JSON completion
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, arguments): finish "tool_calls"
+    finish_reason: str = ""  # the answer's finish_reason (default: "tool_calls" with tool calls, else "stop")
+
+    @property
+    def finish(self) -> str:
+        return self.finish_reason or ("tool_calls" if self.tool_calls else "stop")
 
 
 class OpenAIUpstream:
@@ -185,9 +191,9 @@ def _completion(reply: Reply, model: str) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": reply.content, "refusal": None},
+                "message": {"role": "assistant", "content": reply.content or None, "refusal": None, **_calls(reply)},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": reply.finish,
             }
         ],
         "usage": _usage(reply),
@@ -196,6 +202,17 @@ def _completion(reply: Reply, model: str) -> dict[str, Any]:
     if not reply.report_usage:
         del completion["usage"]
     return completion
+
+
+def _calls(reply: Reply) -> dict[str, Any]:
+    """A message's ``tool_calls`` (none: no key)."""
+    if not reply.tool_calls:
+        return {}
+    calls = [
+        {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": arguments}}
+        for i, (name, arguments) in enumerate(reply.tool_calls)
+    ]
+    return {"tool_calls": calls}
 
 
 def _chunks(reply: Reply, model: str, with_usage: bool) -> list[dict[str, Any]]:
@@ -212,10 +229,16 @@ def _chunks(reply: Reply, model: str, with_usage: bool) -> list[dict[str, Any]]:
             **extra,
         }
 
-    words = reply.content.split(" ")
+    words = reply.content.split(" ") if reply.content else []
     pieces = [{"role": "assistant", "content": "", "refusal": None}]
     pieces += [{"content": w if i == len(words) - 1 else w + " "} for i, w in enumerate(words)]
-    chunks = [chunk(delta) for delta in pieces] + [chunk({}, "stop")]
+    for i, (name, arguments) in enumerate(reply.tool_calls):  # OpenAI's way: id and name, then the arguments
+        head = {"index": i, "id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": ""}}
+        pieces.append({"tool_calls": [head]})
+        half = len(arguments) // 2
+        for part in (arguments[:half], arguments[half:]):
+            pieces.append({"tool_calls": [{"index": i, "function": {"arguments": part}}]})
+    chunks = [chunk(delta) for delta in pieces] + [chunk({}, reply.finish)]
     if with_usage:
         chunks.append({**chunk({}), "choices": [], "usage": _usage(reply)})
     return chunks
