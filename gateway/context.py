@@ -67,9 +67,9 @@ class Attempt:
 class RequestContext:
     """Everything known about one request. Plugins read and edit it; ``state`` is their scratch space.
 
-    ``endpoint`` names the operation (``chat.completions``, ``completions``, ``embeddings``, ``messages``, ``responses``,
-    ``models.list``, ``models.retrieve``, ``health``, ``info``) or is empty for a path the gateway
-    does not serve.
+    ``endpoint`` names the operation (``chat.completions``, ``completions``, ``embeddings``,
+    ``messages``, ``responses``, ``models.list``, ``models.retrieve``, ``health``, ``info``, ...; the
+    constants of ``gateway.endpoints``) or is empty for a path the gateway does not serve.
     """
 
     request: web.Request
