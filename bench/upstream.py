@@ -1,9 +1,12 @@
 """A mock OpenAI-compatible upstream that is not the bottleneck: a bare asyncio protocol (uvloop when
 installed) answering keep-alive HTTP/1.1 with canned bytes.
 
-- ``POST .../chat/completions`` with ``"stream": true``: a 20-chunk SSE stream, each event its own
-  write, then the usage chunk when asked for and ``data: [DONE]``;
-- without it: one ``chat.completion`` JSON;
+- ``POST .../chat/completions`` with ``"stream": true``: a 20-chunk SSE stream (then the usage chunk
+  when asked for, and ``data: [DONE]``), the whole answer in ONE write, as a provider's chunks often
+  arrive several to a read;
+- model ``mock-split``: the same stream, each event its own write, ``SPLIT_GAP`` seconds apart (so
+  that each reaches the reader alone);
+- without ``stream``: one ``chat.completion`` JSON;
 - model ``mock-slow``: the stream sends one chunk per second (for holding many streams open);
 - ``GET .../models``: the model list.
 
@@ -17,6 +20,8 @@ import asyncio
 import json
 
 CHUNKS = 20
+SPLIT_GAP = 0.002
+MODELS_SERVED = ("mock", "mock-split", "mock-slow")
 WORDS = [f"w{i:02d} " for i in range(CHUNKS)]
 CONTENT = "".join(WORDS)
 USAGE = {"prompt_tokens": 12, "completion_tokens": CHUNKS, "total_tokens": 12 + CHUNKS}
@@ -84,12 +89,14 @@ CANNED: dict[tuple[str, bool, bool], list[bytes]] = {}
 
 
 def _answer(model: str, stream: bool, with_usage: bool) -> list[bytes]:
-    """The writes of one answer, built once per kind."""
+    """The writes of one answer, built once per kind: a stream in one write, or (``mock-split``,
+    ``mock-slow``) one write per event."""
     key = (model, stream, with_usage)
     if key not in CANNED:
         if stream:
             events = [_chunked(e) for e in _events(model, with_usage)] + [b"0\r\n\r\n"]
-            CANNED[key] = [_head("200 OK", "text/event-stream", None) + events[0], *events[1:]]
+            writes = [_head("200 OK", "text/event-stream", None) + events[0], *events[1:]]
+            CANNED[key] = writes if model in ("mock-split", "mock-slow") else [b"".join(writes)]
         else:
             body = _completion(model)
             CANNED[key] = [_head("200 OK", "application/json", len(body)) + body]
@@ -97,7 +104,7 @@ def _answer(model: str, stream: bool, with_usage: bool) -> list[bytes]:
 
 
 MODELS = json.dumps(
-    {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "bench"} for m in ("mock",)]}
+    {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "bench"} for m in MODELS_SERVED]}
 ).encode()
 
 
@@ -133,16 +140,15 @@ class Upstream(asyncio.Protocol):
         stream = bool(request.get("stream"))
         with_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         writes = _answer(model, stream, with_usage)
-        if stream and model == "mock-slow":
-            asyncio.get_running_loop().create_task(self.trickle(writes))
+        if len(writes) > 1:
+            asyncio.get_running_loop().create_task(self.trickle(writes, 1.0 if model == "mock-slow" else SPLIT_GAP))
             return
-        for data in writes:
-            self.transport.write(data)
+        self.transport.write(writes[0])
 
-    async def trickle(self, writes: list[bytes]) -> None:
+    async def trickle(self, writes: list[bytes], gap: float) -> None:
         for i, data in enumerate(writes):
             if i:
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(gap)
             if self.transport.is_closing():
                 return
             self.transport.write(data)
