@@ -173,6 +173,12 @@ class Response:
         else:
             self._drain = asyncio.get_running_loop().call_later(DRAIN, self._settle)
 
+    def abort(self) -> None:
+        """Done with an answer whose rest is not wanted (a broken stream): its connection is closed
+        at once rather than drained for reuse."""
+        self.connection.close()
+        self.release()
+
     def _settle(self) -> None:
         if self._settled:
             return

@@ -47,6 +47,7 @@ from gateway.upstream.errors import (
     url_secrets,
 )
 from gateway.upstream.http_client import HttpClient, Response
+from gateway.upstream.sse_blocks import DEFAULT_MAX_EVENT, EventBlocks
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _MODEL = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
@@ -77,6 +78,11 @@ class OpenAICompatConfig(BackendConfig):
     connect_timeout: float = Field(10.0, gt=0, description="seconds allowed to connect")
     models_ttl: float = Field(300.0, ge=0, description="seconds the upstream's model list is cached")
     max_connections: int = Field(0, ge=0, description="open connections to the upstream at most (0: no limit)")
+    max_event_size: int = Field(
+        DEFAULT_MAX_EVENT,
+        gt=0,
+        description="bytes one streamed event may hold; a larger one ends the stream with a bad_gateway error event",
+    )
     stream_usage: bool = Field(
         True,
         description="always ask a stream for its usage (stream_options.include_usage) and drop the usage "
@@ -196,12 +202,14 @@ class OpenAICompatBackend(Backend):
                         for chunk in to_chunks(answer, include_usage(ctx.body)):
                             yield chunk
                     return
-                events = _Events(self, ctx, drop_usage, _renamer(ctx.model) if rename else None, secrets)
+                events = _Events(self, ctx, drop_usage, _Renamer(ctx.model) if rename else None, secrets)
                 async for data in response.content.iter_any():
                     block = events.feed(data)
                     if block:
                         yield block
                     if events.failure is not None:
+                        if events.blocks.problem is not None:  # the rest of a broken stream is not read
+                            response.abort()
                         raise events.failure
                     if events.done:
                         return
@@ -283,11 +291,13 @@ class OpenAICompatBackend(Backend):
 
 
 class _Events:
-    """Cuts an upstream's SSE bytes into blocks of whole events, one ``feed`` per network read:
-    ``[DONE]`` removed (the gateway sends its own), the usage event read (and dropped when only the
-    gateway asked for it), an error event turned into ``failure``. Per read: a few byte searches."""
+    """Cuts an upstream's SSE bytes into blocks of whole events, one ``feed`` per network read
+    (``gateway.upstream.sse_blocks``: only the new bytes scanned, each event checked by its first and
+    last bytes, one event's size capped): ``[DONE]`` removed (the gateway sends its own), the usage
+    event read (and dropped when only the gateway asked for it), an error event, a malformed or an
+    oversized one turned into ``failure``. A block that needs no rewrite goes out as it came in."""
 
-    __slots__ = ("backend", "ctx", "done", "drop_usage", "failure", "pending", "renamer", "secrets")
+    __slots__ = ("backend", "blocks", "ctx", "drop_usage", "failure", "renamer", "secrets")
 
     def __init__(
         self,
@@ -298,28 +308,27 @@ class _Events:
         secrets: tuple[str | None, ...],
     ) -> None:
         self.backend, self.ctx, self.drop_usage, self.renamer, self.secrets = backend, ctx, drop_usage, renamer, secrets
-        self.pending = b""
-        self.done = False
+        self.blocks = EventBlocks(backend.config.max_event_size)
         self.failure: UpstreamError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.blocks.done
 
     def feed(self, data: bytes) -> bytes:
         """The whole events ``data`` completes, ready for the client (may be empty)."""
-        pending = self.pending + data
-        if b"\r" in pending:  # CRLF lines, a pair possibly cut between two reads
-            pending = pending.replace(b"\r\n", b"\n")
-        end = pending.rfind(_EVENT_END)
-        if end < 0:
-            self.pending = pending
-            return b""
-        block, self.pending = pending[: end + 2], pending[end + 2 :]
-        done = _DONE.search(block) if b"[DONE]" in block else None
-        if done is not None:
-            block, self.done = block[: done.start()], True
-        if b'"error"' in block or _USAGE.search(block):
-            block, self.failure = self.backend._inspect(self.ctx, block, self.drop_usage, self.secrets)
-        if self.drop_usage:
+        blocks = self.blocks
+        block = blocks.feed(data)
+        if blocks.problem is not None:
+            self.failure = UpstreamError(f"Backend {self.backend.name!r} {blocks.problem}.")
+        if not block:
+            return block
+        if self.drop_usage:  # ``"usage": null`` on each chunk: only the gateway asked for usage
             for null in _NULL_USAGE:
                 block = block.replace(null, b"")
+        if b'"error"' in block or _carries_usage(block):
+            block, failure = self.backend._inspect(self.ctx, block, self.drop_usage, self.secrets)
+            self.failure = failure or self.failure
         if self.renamer is not None:
             block = self.renamer(block)
         return block
@@ -327,7 +336,13 @@ class _Events:
     def ended(self) -> bool:
         """At the end of the upstream's body: whether the stream was complete ([DONE] without the
         blank line after it counts)."""
-        return self.done or _DONE.match(self.pending) is not None
+        return self.done or _DONE.match(self.blocks.pending()) is not None
+
+
+def _carries_usage(block: bytes) -> bool:
+    """Whether a ``"usage"`` field of ``block`` holds more than null (three counts, no parsing)."""
+    fields = block.count(b'"usage"')
+    return bool(fields) and fields != block.count(b'"usage":null') + block.count(b'"usage": null')
 
 
 def _reports_error(payload: bytes) -> bool:
@@ -351,10 +366,29 @@ def _data(event: bytes) -> bytes:
     return b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
 
 
-def _renamer(model: str) -> Callable[[bytes], bytes]:
-    """Rewrite every ``"model": "..."`` field of a block of events to ``model``."""
-    replacement = b'"model":' + orjson.dumps(model).replace(b"\\", b"\\\\")
-    return lambda block: _MODEL.sub(replacement, block)
+class _Renamer:
+    """Rewrites every ``"model": "..."`` field of a block of events to the client's model name. The
+    first block is rewritten by pattern and teaches the upstream's own spelling of the field; a later
+    block whose every ``"model"`` is that exact field is rewritten by a plain byte replace (anything
+    else, such as another model name or spacing, goes by pattern again)."""
+
+    __slots__ = ("field", "pattern_replacement", "replacement")
+
+    def __init__(self, model: str) -> None:
+        self.replacement = b'"model":' + orjson.dumps(model)
+        self.pattern_replacement = self.replacement.replace(b"\\", b"\\\\")  # re.sub reads escapes
+        self.field: bytes | None = None
+
+    def __call__(self, block: bytes) -> bytes:
+        field = self.field
+        if field is not None:
+            fields = block.count(field)
+            if fields == block.count(b'"model"'):  # in valid JSON a string's quotes are escaped: keys only
+                return block.replace(field, self.replacement) if fields else block
+        found = _MODEL.search(block)
+        if found is not None:
+            self.field = found.group()
+        return _MODEL.sub(self.pattern_replacement, block)
 
 
 @hookimpl

@@ -372,6 +372,110 @@ def test_a_block_is_read_event_by_event_only_from_its_usage_event_on(monkeypatch
     assert len(read) == 1
 
 
+async def test_a_renamed_stream_names_the_client_model_in_every_block_whatever_the_upstream_writes(
+    aiohttp_server: Any, gateway: Any
+) -> None:
+    """The rename learns the upstream's field from the first block and replaces it as bytes after;
+    a block naming another model, or spacing it otherwise, is still rewritten."""
+    spaced = delta_event("c").replace(b'"model":"gpt-4o-mini"', b'"model" : "gpt-4o-mini-2024"')
+    writes = [delta_event("a"), delta_event("b") + delta_event("c").replace(b"gpt-4o-mini", b"gpt-4o"), spaced]
+    base_url = await raw_sse_upstream(aiohttp_server, *writes, delta_event(None, "stop") + b"data: [DONE]\n\n")
+    client = await gateway(compat_config(base_url, [{"name": "fast", "backend": "up", "model": "gpt-4o-mini"}]))
+    resp = await client.post("/v1/chat/completions", json={**chat(stream=True), "model": "fast"})
+    chunks = [orjson.loads(e) for e in events(await resp.read())[:-1]]
+    assert [c["model"] for c in chunks] == ["fast"] * 5
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "abcc"
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"hello world", b"data: {not json", b"data: [1, 2]", b"event: x\nhello", b"event: message\nid: 7"]
+)
+async def test_garbage_from_the_upstream_ends_the_stream_with_an_error_event(
+    aiohttp_server: Any, gateway: Any, garbage: bytes
+) -> None:
+    """What is not ``data: {...}`` never reaches the client: the events before it do, then the
+    gateway's bad_gateway error event, no [DONE]; with the openai SDK the client gets an APIError
+    (not a JSON decode error)."""
+    from openai import APIError, AsyncOpenAI
+
+    base_url = await raw_sse_upstream(
+        aiohttp_server, delta_event("Hi"), garbage + b"\n\n" + delta_event(" there"), b"data: [DONE]\n\n"
+    )
+    client = await gateway(compat_config(base_url))
+    raw = await (await client.post("/v1/chat/completions", json=chat(stream=True))).read()
+    payloads = events(raw)
+    assert garbage not in raw and b"[DONE]" not in raw and b"there" not in raw
+    assert orjson.loads(payloads[0])["choices"][0]["delta"]["content"] == "Hi"
+    error = orjson.loads(payloads[-1])["error"]
+    assert error["code"] == "bad_gateway" and "'up'" in error["message"] and "malformed" in error["message"]
+
+    oai = AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
+    with pytest.raises(APIError, match="malformed"):
+        async for _ in await oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):  # type: ignore[arg-type]
+            pass
+    await oai.close()
+
+
+@pytest.mark.parametrize("before", [b":::\n\n", b": keep-alive\n\n", b"event: message\nid: 7\nretry: 10\n"])
+async def test_comments_and_sse_fields_are_not_garbage(aiohttp_server: Any, gateway: Any, before: bytes) -> None:
+    """``:::`` is an SSE comment (a line starting with a colon): clients skip it, so it passes, as do
+    a keep-alive comment and the fields an event may carry beside its data."""
+    from openai import AsyncOpenAI
+
+    base_url = await raw_sse_upstream(
+        aiohttp_server, delta_event("Hi"), before + delta_event(" there"), b"data: [DONE]\n\n"
+    )
+    client = await gateway(compat_config(base_url, stream_usage=False))
+    oai = AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
+    stream = await oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+    assert "".join([c.choices[0].delta.content or "" async for c in stream]) == "Hi there"
+    await oai.close()
+
+
+async def big_event_upstream(aiohttp_server: Any, size: int) -> str:
+    """An upstream whose one event of ``size`` bytes of content arrives in 64 KiB writes."""
+    from aiohttp import web
+
+    async def chat_completions(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        head, tail = delta_event("<>").split(b"<>")
+        piece = b"x" * 65536
+        try:
+            await response.write(head)
+            for _ in range(size // len(piece)):
+                if request.transport is None or request.transport.is_closing():
+                    return response  # the gateway gave up on it
+                await response.write(piece)
+            await response.write(tail + delta_event(None, "stop") + b"data: [DONE]\n\n")
+        except ConnectionError:
+            pass
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    return str((await aiohttp_server(app)).make_url("/v1"))
+
+
+@pytest.mark.parametrize("megabytes", [20, 80])
+async def test_an_event_over_max_event_size_ends_the_stream_with_an_error_event(
+    aiohttp_server: Any, gateway: Any, megabytes: int
+) -> None:
+    base_url = await big_event_upstream(aiohttp_server, megabytes << 20)
+    client = await gateway(compat_config(base_url, timeout=10))
+    raw = await (await client.post("/v1/chat/completions", json=chat(stream=True))).read()
+    (payload,) = events(raw)
+    error = orjson.loads(payload)["error"]
+    assert error["code"] == "bad_gateway" and f"over {8 << 20} bytes" in error["message"]
+
+
+async def test_a_big_event_under_max_event_size_passes_whole(aiohttp_server: Any, gateway: Any) -> None:
+    base_url = await big_event_upstream(aiohttp_server, 3 << 20)
+    client = await gateway(compat_config(base_url, max_event_size=4 << 20, stream_usage=False, timeout=10))
+    payloads = events(await (await client.post("/v1/chat/completions", json=chat(stream=True))).read())
+    assert payloads[-1] == b"[DONE]" and len(orjson.loads(payloads[0])["choices"][0]["delta"]["content"]) == 3 << 20
+
+
 # Failures -------------------------------------------------------------------------------------
 
 
