@@ -85,7 +85,10 @@ class ResponsesIngress:
         return self.response
 
     def encoder(self) -> StreamEncoder:
-        self.encoder_ = StreamEncoder(self.request, self.response_id, self._model(), self.ctx.body or {})
+        ctx = self.ctx
+        self.encoder_ = StreamEncoder(
+            self.request, self.response_id, self._model(), ctx.body or {}, ctx.upstream_errors
+        )
         return self.encoder_
 
     async def finished(self) -> None:

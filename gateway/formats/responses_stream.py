@@ -32,6 +32,8 @@ class StreamEncoder:
 
     __slots__ = (
         "_calls",
+        "_failures",
+        "_failures_before",
         "_finish",
         "_item",
         "_output",
@@ -46,8 +48,19 @@ class StreamEncoder:
         "response_id",
     )
 
-    def __init__(self, request: Mapping[str, Any], response_id: str, model: str, chat_body: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        request: Mapping[str, Any],
+        response_id: str,
+        model: str,
+        chat_body: Mapping[str, Any],
+        upstream_errors: list[str] | None = None,
+    ) -> None:
+        """``upstream_errors``: the request's list of backend failures (``ctx.upstream_errors``); one
+        added after the start makes a failure ``response.failed`` rather than an ``error`` event."""
         self.request, self.response_id, self.model = request, response_id, model
+        self._failures = upstream_errors if upstream_errors is not None else []
+        self._failures_before = len(self._failures)
         self.input_tokens = estimate_prompt_tokens(chat_body.get("messages"))
         self.created_at: int | None = None
         self.response: dict[str, Any] | None = None
@@ -156,8 +169,8 @@ class StreamEncoder:
         return out + self._event(kind, {"response": self.response})
 
     def error(self, error: GatewayError) -> bytes:
-        """``response.failed`` when the backend failed (its status is 5xx, or a 429), else ``error``."""
-        if error.status >= 500 or error.status == 429:
+        """``response.failed`` when the backend failed after the start, else (a plugin's filter) ``error``."""
+        if len(self._failures) > self._failures_before:
             failed = fmt.failure(error.status, error.message)
             self.response = self._snapshot("failed", output=self._output, error=failed)
             return self._event("response.failed", {"response": self.response})

@@ -14,20 +14,11 @@ from openai import OpenAI
 
 from gateway.config import ConfigError
 from gateway.loading import load
-from gateway.state import StateConfig, open_store
 from gateway.state.responses import INDEX, ResponsesConfig, StoredResponses
 from gateway.testing import ServerThread, make_app, mock_config
+from tests.gateway import test_state
 
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> Any:
-    if request.param == "redis":
-        config = StateConfig(store="redis", url=request.getfixturevalue("redis_url"), timeout_ms=500)
-    else:
-        config = StateConfig()
-    store = open_store(config)
-    yield store
-    await store.close()
+store = test_state.store  # the fixture: the memory store, then a real Redis
 
 
 def record(text: str) -> dict[str, Any]:
