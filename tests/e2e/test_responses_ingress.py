@@ -274,9 +274,19 @@ def test_function_call_round_trip(proxied: str, fake: OpenAIUpstream) -> None:
 
 
 def test_streamed_function_call(proxied: str, fake: OpenAIUpstream) -> None:
-    fake.reply(Reply(content="Let me look.", tool_calls=[("get_weather", '{"city": "Oslo"}')]))
+    fake.reply(Reply(content="Let me look.", tool_calls=[("get_weather", '{"city": "Oslo"}')]), Reply(content="Cold."))
     with sdk(proxied) as client:
         events = list(client.responses.create(model="gpt-4o-mini", input="Oslo?", tools=[WEATHER], stream=True))
+        result: Any = {"type": "function_call_output", "call_id": "call_0", "output": "-3"}
+        previous = events[-1].response.id  # type: ignore[union-attr]
+        with client.responses.stream(model="gpt-4o-mini", input=[result], previous_response_id=previous) as stream:
+            assert stream.get_final_response().output_text == "Cold."
+    call = {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    assert fake.requests[1].body["messages"] == [
+        {"role": "user", "content": "Oslo?"},
+        {"role": "assistant", "content": "Let me look.", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_0", "content": "-3"},
+    ]
     kinds = [e.type for e in events]
     assert kinds[:4] == TEXT_EVENTS[:4]
     tail = [k for k in kinds if k != "response.output_text.delta" and k != "response.function_call_arguments.delta"]
