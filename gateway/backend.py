@@ -33,10 +33,12 @@ class Backend(ABC):
 
     ``chat(ctx)`` is one async iterator for both modes. Streaming (``ctx.stream``): it yields
     ``chat.completion.chunk`` dicts, or ``bytes`` holding one or more complete, framed SSE events
-    (``data: {...}\n\n``) that go to the client as they are (the pass-through path); it never
-    yields ``[DONE]``. Non-streaming: it yields exactly one
-    ``chat.completion`` dict. It sets ``ctx.usage`` when the usage is known, and raises
-    ``gateway.errors.GatewayError`` subclasses for failures. The model to ask for is
+    (``data: {...}\n\n``) that go to the client as they are (the pass-through path). It yields no
+    ``[DONE]`` but for one case: its last block may end with the upstream's ``data: [DONE]\n\n``
+    (exactly those bytes, ``gateway.streaming.DONE``) when they came together, and then the pipeline
+    sends the block, [DONE] and the response's end in one write, and no [DONE] of its own.
+    Non-streaming: it yields exactly one ``chat.completion`` dict. It sets ``ctx.usage`` when the
+    usage is known, and raises ``gateway.errors.GatewayError`` subclasses for failures. The model to ask for is
     ``ctx.deployment.model``; the request is ``ctx.body``.
 
     Two optional endpoints follow the same rules (the default of each raises a 404

@@ -222,6 +222,7 @@ async def _stream(
         encoder = ingress.encoder()
     else:
         encoder = endpoint.stream_encoder(ctx.model or "", ctx.body or {}) if endpoint.stream_encoder else None
+    tail = b""  # the stream's last bytes, sent with its end in one write
     try:  # ConnectionError here comes from a write: the client went away
         try:
             if encoder is not None:
@@ -230,7 +231,7 @@ async def _stream(
                 ctx.chunks += 1
                 if counting:
                     if type(item) is bytes:
-                        events += item.count(b"data:")
+                        events += item.count(b"data:") - item.endswith(DONE)
                     else:
                         chars += streamed_chars(item)
                 if encoder is not None:  # another dialect: each chunk translated
@@ -241,6 +242,8 @@ async def _stream(
                 elif filters:
                     for chunk in apply_filters(filters, decode_items(item)):
                         await write(encode_event(chunk))
+                elif type(item) is bytes and item.endswith(DONE):  # the last block, the upstream's [DONE] in it
+                    await response.write_eof(item)  # the events, [DONE] and the end in one write
                 else:  # pass-through: the backend's events go out as they are
                     await write(encode_event(item))
                 watchdog.since = since = loop.time()
@@ -258,22 +261,20 @@ async def _stream(
                     ctx.max_gap = waited
             watchdog.since = None
             if encoder is not None:
-                tail = b"".join(encoder.feed(chunk) for chunk in flush_filters(filters))
-                tail += encoder.end(events + (chars + 3) // 4)
+                ending = b"".join(encoder.feed(chunk) for chunk in flush_filters(filters))
+                ending += encoder.end(events + (chars + 3) // 4)
                 if ingress is not None:
                     await ingress.finished()
-                await write(tail)
+                tail = ending
             else:
-                for chunk in flush_filters(filters):
-                    await write(encode_event(chunk))
-                await write(DONE)
+                tail = b"".join([*(encode_event(chunk) for chunk in flush_filters(filters)), DONE])
         except ConnectionError:
             raise
         except Exception as exc:  # the backend failed (already a GatewayError), or a plugin's filter
             ctx.error = exc
             rendered = await render_error(ctx, exc)
-            await write(encoder.error(rendered) if encoder is not None else encode_event(rendered.to_dict()))
-        await response.write_eof()
+            tail = encoder.error(rendered) if encoder is not None else encode_event(rendered.to_dict())
+        await response.write_eof(tail)
     except ConnectionError as exc:
         ctx.status, ctx.error = CLIENT_CLOSED, exc
     finally:

@@ -30,6 +30,7 @@ from gateway.context import RequestContext
 from gateway.errors import ModelNotFoundError, UpstreamError
 from gateway.formats import completions as completions_format
 from gateway.formats.chat import completion_to_chunks, include_usage
+from gateway.streaming import DONE
 from gateway.upstream.errors import (
     BaseUrl,
     Credential,
@@ -205,6 +206,8 @@ class OpenAICompatBackend(Backend):
                 events = _Events(self, ctx, drop_usage, _Renamer(ctx.model) if rename else None, secrets)
                 async for data in response.content.iter_any():
                     block = events.feed(data)
+                    if events.done and events.failure is None:  # [DONE] came with it: one write for both
+                        block += DONE
                     if block:
                         yield block
                     if events.failure is not None:

@@ -236,6 +236,47 @@ async def test_any_framing_reaches_the_client_as_whole_events(
     assert text == "Hello from upstream"
 
 
+async def http_chunks(client: TestClient, body: dict[str, Any]) -> list[bytes]:
+    """The HTTP chunks of the gateway's answer as they come on the wire: one per write."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    data = orjson.dumps(body)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(data), data)
+    )
+    raw = await reader.read()
+    writer.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    pieces = []
+    while True:
+        size, _, rest = rest.partition(b"\r\n")
+        if int(size, 16) == 0:
+            return pieces
+        pieces.append(rest[: int(size, 16)])
+        rest = rest[int(size, 16) + 2 :]
+
+
+@pytest.mark.parametrize("one_write", [True, False])
+async def test_events_that_arrive_together_go_out_together_each_whole(
+    gateway: Any, upstream: OpenAIUpstream, one_write: bool
+) -> None:
+    """Delivered the way the upstream delivered it: a stream that came in one read leaves in one
+    write, [DONE] and the end of the response with it; one whose events came one by one leaves one
+    by one, each event whole."""
+    upstream.default = Reply(one_write=one_write, chunk_delay=0 if one_write else 0.02)
+    client = await start(gateway, upstream)
+    pieces = await http_chunks(client, chat(stream=True))
+    if one_write:
+        (piece,) = pieces
+        assert piece.endswith(b"\n\ndata: [DONE]\n\n") and piece.count(b"data: ") == 6  # role, 3 words, stop, [DONE]
+    else:
+        assert len(pieces) == 6 and pieces[-1] == b"data: [DONE]\n\n"
+        assert all(p.startswith(b"data: {") and p.endswith(b"}\n\n") and p.count(b"\n\n") == 1 for p in pieces[:-1])
+
+
 def delta_event(content: str | None, finish: str | None = None, end: bytes = b"\n\n") -> bytes:
     delta = {} if content is None else {"content": content}
     choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
