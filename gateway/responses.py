@@ -73,7 +73,7 @@ class ResponsesIngress:
 
     def answer(self, completion: Mapping[str, Any]) -> dict[str, Any]:
         """The ``response`` object for a ``chat.completion``."""
-        output, finish = fmt.output_items(completion)
+        output, finish = fmt.output_items(completion, fmt.custom_tools(self.request))
         self.response = fmt.response_object(
             self.request,
             self.response_id,

@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from gateway.errors import InvalidRequestError
 
 #: Request fields copied as they are into the chat request.
@@ -23,6 +25,15 @@ INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 #: Item types that carry nothing a chat backend could use (a model's reasoning): skipped.
 SKIPPED_ITEMS = frozenset({"reasoning", "item_reference"})
+CALL_ITEMS = ("function_call", "custom_tool_call")
+OUTPUT_ITEMS = ("function_call_output", "custom_tool_call_output")
+#: The chat parameters of a ``custom`` tool (free-form text input, as Codex's ``apply_patch``).
+CUSTOM_PARAMETERS = {
+    "type": "object",
+    "properties": {"input": {"type": "string", "description": "The tool's input, as free-form text"}},
+    "required": ["input"],
+    "additionalProperties": False,
+}
 
 
 def new_id(prefix: str) -> str:
@@ -55,16 +66,16 @@ def validate(body: Any) -> None:
                 f"Invalid value for 'input[{i}].role': expected 'user', 'assistant', 'system' or 'developer'.",
                 f"input[{i}].role",
             )
-        if kind not in ("message", "function_call", "function_call_output", *SKIPPED_ITEMS):
+        if kind not in ("message", *CALL_ITEMS, *OUTPUT_ITEMS, *SKIPPED_ITEMS):
             raise _invalid(f"Input items of type '{kind}' are not supported by this gateway.", f"input[{i}].type")
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise _invalid("Invalid type for 'tools': expected an array.", "tools")
     for i, tool in enumerate(tools or ()):
-        if not isinstance(tool, dict) or tool.get("type") != "function" or not tool.get("name"):
+        if not isinstance(tool, dict) or tool.get("type") not in ("function", "custom") or not tool.get("name"):
             kind = tool.get("type") if isinstance(tool, dict) else None
             raise _invalid(
-                f"Tools of type '{kind}' are not supported by this gateway: only function tools with a name.",
+                f"Tools of type '{kind}' are not supported by this gateway: only function and custom tools.",
                 f"tools[{i}]",
             )
     for key in ("instructions", "previous_response_id"):
@@ -113,12 +124,37 @@ def to_chat(body: Mapping[str, Any], history: list[dict[str, Any]]) -> dict[str,
 
 
 def _chat_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": tool["name"], "parameters": tool.get("parameters") or {"type": "object"}}
+    """A chat function tool; a ``custom`` tool takes its free-form text as the string ``input``."""
+    if tool["type"] == "custom":
+        function: dict[str, Any] = {"name": tool["name"], "parameters": CUSTOM_PARAMETERS}
+        description = tool.get("description") or ""
+        grammar = tool.get("format") if isinstance(tool.get("format"), Mapping) else {}
+        if grammar.get("type") == "grammar" and grammar.get("definition"):
+            syntax = grammar.get("syntax", "")
+            description = f"{description}\n\nThe input follows this {syntax} grammar:\n{grammar['definition']}".lstrip()
+        if description:
+            function["description"] = description
+        return {"type": "function", "function": function}
+    function = {"name": tool["name"], "parameters": tool.get("parameters") or {"type": "object"}}
     if tool.get("description"):
         function["description"] = tool["description"]
     if tool.get("strict") is not None:
         function["strict"] = tool["strict"]
     return {"type": "function", "function": function}
+
+
+def custom_tools(request: Mapping[str, Any]) -> frozenset[str]:
+    """The names of the request's ``custom`` tools: their calls are ``custom_tool_call`` items."""
+    return frozenset(t["name"] for t in request.get("tools") or () if t.get("type") == "custom")
+
+
+def custom_input(arguments: str) -> str:
+    """A custom tool's text from the chat call's arguments (``{"input": ...}``; else as they are)."""
+    try:
+        parsed = orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return arguments
+    return parsed["input"] if isinstance(parsed, dict) and isinstance(parsed.get("input"), str) else arguments
 
 
 def _response_format(text_format: Any) -> dict[str, Any] | None:
@@ -132,7 +168,8 @@ def _response_format(text_format: Any) -> dict[str, Any] | None:
 
 def input_messages(items: Any) -> list[dict[str, Any]]:
     """The chat messages of ``input``: a string is one user message; consecutive ``function_call``
-    items join the assistant message before them, each ``function_call_output`` is a ``tool`` message."""
+    (and ``custom_tool_call``) items join the assistant message before them, each ``*_output`` is a
+    ``tool`` message."""
     if items is None:
         return []
     if isinstance(items, str):
@@ -140,18 +177,19 @@ def input_messages(items: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for item in items:
         kind = item.get("type", "message")
-        if kind == "function_call":
-            call = {
-                "id": item.get("call_id"),
-                "type": "function",
-                "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""},
-            }
+        if kind in CALL_ITEMS:
+            if kind == "custom_tool_call":
+                arguments = orjson.dumps({"input": item.get("input") or ""}).decode()
+            else:
+                arguments = item.get("arguments") or ""
+            function = {"name": item.get("name"), "arguments": arguments}
+            call = {"id": item.get("call_id"), "type": "function", "function": function}
             last = out[-1] if out else None
             if last is not None and last["role"] == "assistant" and last.get("_open"):
                 last.setdefault("tool_calls", []).append(call)
             else:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call], "_open": True})
-        elif kind == "function_call_output":
+        elif kind in OUTPUT_ITEMS:
             output = item.get("output")
             text = output if isinstance(output, str) else _text_of(output)
             out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
@@ -208,6 +246,17 @@ def function_call_item(
         "call_id": call_id,
         "name": name,
         "arguments": arguments,
+    }
+
+
+def custom_call_item(item_id: str, call_id: str, name: str, text: str, status: str = "completed") -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "custom_tool_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "input": text,
     }
 
 
@@ -275,12 +324,17 @@ def response_object(
 
 
 def _echoed_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
+    if tool.get("type") != "function":
+        return dict(tool)
     return {"description": None, "parameters": None, "strict": True, **tool}
 
 
-def output_items(completion: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+def output_items(
+    completion: Mapping[str, Any], custom: frozenset[str] = frozenset()
+) -> tuple[list[dict[str, Any]], str | None]:
     """The output items of a ``chat.completion`` and its ``finish_reason``: a ``message`` with the
-    text (or refusal), then a ``function_call`` per tool call."""
+    text (or refusal), then a ``function_call`` per tool call (``custom_tool_call`` for a tool named
+    in ``custom``)."""
     choice = (completion.get("choices") or [{}])[0]
     reply = choice.get("message") or {}
     finish = choice.get("finish_reason")
@@ -292,10 +346,15 @@ def output_items(completion: Mapping[str, Any]) -> tuple[list[dict[str, Any]], s
         items.append(message_item(new_id("msg_"), [{"type": "refusal", "refusal": reply["refusal"]}], status))
     for call in reply.get("tool_calls") or ():
         function = call.get("function") or {}
-        call_id = call.get("id") or new_id("call_")
-        items.append(
-            function_call_item(new_id("fc_"), call_id, function.get("name") or "", function.get("arguments") or "")
+        call_id, name, arguments = (
+            call.get("id") or new_id("call_"),
+            function.get("name") or "",
+            function.get("arguments"),
         )
+        if name in custom:
+            items.append(custom_call_item(new_id("ctc_"), call_id, name, custom_input(arguments or "")))
+        else:
+            items.append(function_call_item(new_id("fc_"), call_id, name, arguments or ""))
     return items, finish
 
 
@@ -303,9 +362,9 @@ def chat_reply(output: list[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The assistant chat message of a response's output (to continue the conversation), or None."""
     text = "".join(part.get("text", "") for item in output if item["type"] == "message" for part in item["content"])
     calls = [
-        {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}
+        {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": _arguments(item)}}
         for item in output
-        if item["type"] == "function_call"
+        if item["type"] in CALL_ITEMS
     ]
     if not text and not calls:
         return None
@@ -313,6 +372,12 @@ def chat_reply(output: list[Mapping[str, Any]]) -> dict[str, Any] | None:
     if calls:
         reply["tool_calls"] = calls
     return reply
+
+
+def _arguments(item: Mapping[str, Any]) -> str:
+    if item["type"] == "custom_tool_call":
+        return orjson.dumps({"input": item["input"]}).decode()
+    return item["arguments"]
 
 
 def failure(status: int, message: str) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Each event is ``event: <type>`` + ``data: {..., "type": <type>, "sequence_number": n}``, numbered
 from 0: ``response.created``, ``response.in_progress``, then per output item ``output_item.added``,
 (a message) ``content_part.added``, ``output_text.delta``..., ``output_text.done``,
-``content_part.done``, (a function call) ``function_call_arguments.delta``..., ``.done``, then
+``content_part.done``, (a function call) ``function_call_arguments.delta``..., ``.done``, (a
+custom tool's call) ``custom_tool_call_input.delta`` and ``.done`` with the whole input, then
 ``output_item.done``; last ``response.completed`` (``response.incomplete`` when the answer was cut
 by ``max_output_tokens`` or a content filter), or ``response.failed`` when the backend failed after
 the start (``error`` for any other failure). Plain dicts encoded with orjson: no models per chunk.
@@ -32,6 +33,7 @@ class StreamEncoder:
 
     __slots__ = (
         "_calls",
+        "_custom",
         "_failures",
         "_failures_before",
         "_finish",
@@ -71,6 +73,7 @@ class StreamEncoder:
         self._calls: dict[int, dict[str, Any]] = {}  # tool call index -> its item
         self._finish: str | None = None
         self._usage: dict[str, Any] | None = None  # what the backend reported
+        self._custom = fmt.custom_tools(request)  # their calls: custom_tool_call items, the input whole at the end
 
     def _event(self, kind: str, data: dict[str, Any]) -> bytes:
         data["type"] = kind
@@ -114,6 +117,11 @@ class StreamEncoder:
             out += self._event("response.output_text.done", {**where, "text": text, "logprobs": []})
             item["content"] = [fmt.output_text(text)]
             out += self._event("response.content_part.done", {**where, "part": fmt.output_text(text)})
+        elif item["type"] == "custom_tool_call":
+            where = {"item_id": item["id"], "output_index": index}
+            item["input"] = text = fmt.custom_input(item.pop("arguments"))
+            out += self._event("response.custom_tool_call_input.delta", {**where, "delta": text})
+            out += self._event("response.custom_tool_call_input.done", {**where, "input": text})
         else:
             where = {"item_id": item["id"], "output_index": index}
             out += self._event("response.function_call_arguments.done", {**where, "arguments": item["arguments"]})
@@ -148,14 +156,18 @@ class StreamEncoder:
         function = call.get("function") or {}
         item = self._calls.get(position)
         if item is None:
-            call_id = call.get("id") or fmt.new_id("call_")
-            item = fmt.function_call_item(fmt.new_id("fc_"), call_id, function.get("name") or "", "", "in_progress")
+            call_id, name = call.get("id") or fmt.new_id("call_"), function.get("name") or ""
+            if name in self._custom:
+                item = fmt.custom_call_item(fmt.new_id("ctc_"), call_id, name, "", "in_progress")
+            else:
+                item = fmt.function_call_item(fmt.new_id("fc_"), call_id, name, "", "in_progress")
             self._calls[position] = item
             out += self._open(item)
+            item.setdefault("arguments", "")  # a custom call's, until its input is known
         fragment = function.get("arguments")
-        if fragment:
+        if fragment and "arguments" in item:
             item["arguments"] += fragment
-            if item is self._item:  # a late fragment of a call already done only joins its arguments
+            if item is self._item and item["type"] == "function_call":  # a late fragment only joins the arguments
                 where = {"item_id": item["id"], "output_index": len(self._output) - 1}
                 out += self._event("response.function_call_arguments.delta", {**where, "delta": fragment})
         return out

@@ -453,3 +453,53 @@ def test_every_backend_answers_responses(kind: str) -> None:
     assert final.output_text == "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert final.output_text and final.previous_response_id == first.id
     assert len(fake.requests) >= 2
+
+
+PATCH_TOOL: Any = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Apply a patch.",
+    "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"},
+}
+
+
+def test_custom_tools_as_codex_sends_them(proxied: str, fake: OpenAIUpstream) -> None:
+    """A ``custom`` tool (Codex's ``apply_patch``) is a chat function taking its text as ``input``;
+    its call comes back as a ``custom_tool_call`` item, streamed or not, and its output continues."""
+    arguments = json.dumps({"input": "*** Begin Patch\n*** End Patch"})
+    fake.reply(Reply(content="", tool_calls=[("apply_patch", arguments)]))
+    fake.reply(Reply(content="", tool_calls=[("apply_patch", arguments)]), Reply(content="Patched."))
+    with sdk(proxied) as client:
+        first = client.responses.create(model="gpt-4o-mini", input="Fix it", tools=[PATCH_TOOL])
+        events = list(client.responses.create(model="gpt-4o-mini", input="Fix it", tools=[PATCH_TOOL], stream=True))
+        final = events[-1].response  # type: ignore[union-attr]
+        result: Any = {"type": "custom_tool_call_output", "call_id": "call_0", "output": "Done!"}
+        last = client.responses.create(
+            model="gpt-4o-mini", input=[result], previous_response_id=final.id, tools=[PATCH_TOOL]
+        )
+    for response in (first, final):
+        [call] = response.output
+        assert call.type == "custom_tool_call" and call.id.startswith("ctc_")  # type: ignore[union-attr]
+        assert call.input == "*** Begin Patch\n*** End Patch" and call.call_id == "call_0"  # type: ignore[union-attr]
+    kinds = [e.type for e in events]
+    assert kinds[2:6] == [
+        "response.output_item.added",
+        "response.custom_tool_call_input.delta",
+        "response.custom_tool_call_input.done",
+        "response.output_item.done",
+    ]
+    assert last.output_text == "Patched." and last.tools[0].type == "custom"
+    tool = fake.requests[0].body["tools"][0]["function"]
+    assert tool["name"] == "apply_patch" and tool["parameters"]["required"] == ["input"]
+    assert "lark grammar:\nstart: /.+/" in tool["description"]
+    compact = json.dumps(json.loads(arguments), separators=(",", ":"))  # the stored call, as the gateway wrote it
+    assert fake.requests[2].body["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_0", "type": "function", "function": {"name": "apply_patch", "arguments": compact}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_0", "content": "Done!"},
+    ]
