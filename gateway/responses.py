@@ -15,6 +15,7 @@ from gateway.context import RequestContext
 from gateway.errors import NotFoundError
 from gateway.formats import responses as fmt
 from gateway.formats.responses_stream import StreamEncoder
+from gateway.formats.responses_tools import tool_kinds
 from gateway.state import StoreUnavailable
 from gateway.state.responses import StoredResponses
 
@@ -73,7 +74,7 @@ class ResponsesIngress:
 
     def answer(self, completion: Mapping[str, Any]) -> dict[str, Any]:
         """The ``response`` object for a ``chat.completion``."""
-        output, finish = fmt.output_items(completion, fmt.custom_tools(self.request))
+        output, finish = fmt.output_items(completion, tool_kinds(self.request))
         self.response = fmt.response_object(
             self.request,
             self.response_id,

@@ -13,9 +13,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from gateway.errors import InvalidRequestError
+from gateway.formats import responses_tools as tools
 
 #: Request fields copied as they are into the chat request.
 CHAT_FIELDS = ("temperature", "top_p", "parallel_tool_calls", "user")
@@ -27,13 +26,9 @@ ROLES = {"user": "user", "assistant": "assistant", "system": "system", "develope
 SKIPPED_ITEMS = frozenset({"reasoning", "item_reference"})
 CALL_ITEMS = ("function_call", "custom_tool_call")
 OUTPUT_ITEMS = ("function_call_output", "custom_tool_call_output")
-#: The chat parameters of a ``custom`` tool (free-form text input, as Codex's ``apply_patch``).
-CUSTOM_PARAMETERS = {
-    "type": "object",
-    "properties": {"input": {"type": "string", "description": "The tool's input, as free-form text"}},
-    "required": ["input"],
-    "additionalProperties": False,
-}
+
+
+NO_KINDS = tools.ToolKinds()
 
 
 def new_id(prefix: str) -> str:
@@ -68,16 +63,7 @@ def validate(body: Any) -> None:
             )
         if kind not in ("message", *CALL_ITEMS, *OUTPUT_ITEMS, *SKIPPED_ITEMS):
             raise _invalid(f"Input items of type '{kind}' are not supported by this gateway.", f"input[{i}].type")
-    tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise _invalid("Invalid type for 'tools': expected an array.", "tools")
-    for i, tool in enumerate(tools or ()):
-        if not isinstance(tool, dict) or tool.get("type") not in ("function", "custom") or not tool.get("name"):
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            raise _invalid(
-                f"Tools of type '{kind}' are not supported by this gateway: only function and custom tools.",
-                f"tools[{i}]",
-            )
+    tools.validate_tools(body.get("tools"))
     for key in ("instructions", "previous_response_id"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise _invalid(f"Invalid type for '{key}': expected a string.", key)
@@ -107,8 +93,9 @@ def to_chat(body: Mapping[str, Any], history: list[dict[str, Any]]) -> dict[str,
             out[key] = body[key]
     if body.get("max_output_tokens") is not None:
         out["max_tokens"] = body["max_output_tokens"]
-    if body.get("tools"):
-        out["tools"] = [_chat_tool(tool) for tool in body["tools"]]
+    offered = tools.chat_tools(body.get("tools"))
+    if offered:
+        out["tools"] = offered
     choice = body.get("tool_choice")
     if isinstance(choice, str):
         out["tool_choice"] = choice
@@ -121,40 +108,6 @@ def to_chat(body: Mapping[str, Any], history: list[dict[str, Any]]) -> dict[str,
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
     return out
-
-
-def _chat_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
-    """A chat function tool; a ``custom`` tool takes its free-form text as the string ``input``."""
-    if tool["type"] == "custom":
-        function: dict[str, Any] = {"name": tool["name"], "parameters": CUSTOM_PARAMETERS}
-        description = tool.get("description") or ""
-        grammar = tool.get("format") if isinstance(tool.get("format"), Mapping) else {}
-        if grammar.get("type") == "grammar" and grammar.get("definition"):
-            syntax = grammar.get("syntax", "")
-            description = f"{description}\n\nThe input follows this {syntax} grammar:\n{grammar['definition']}".lstrip()
-        if description:
-            function["description"] = description
-        return {"type": "function", "function": function}
-    function = {"name": tool["name"], "parameters": tool.get("parameters") or {"type": "object"}}
-    if tool.get("description"):
-        function["description"] = tool["description"]
-    if tool.get("strict") is not None:
-        function["strict"] = tool["strict"]
-    return {"type": "function", "function": function}
-
-
-def custom_tools(request: Mapping[str, Any]) -> frozenset[str]:
-    """The names of the request's ``custom`` tools: their calls are ``custom_tool_call`` items."""
-    return frozenset(t["name"] for t in request.get("tools") or () if t.get("type") == "custom")
-
-
-def custom_input(arguments: str) -> str:
-    """A custom tool's text from the chat call's arguments (``{"input": ...}``; else as they are)."""
-    try:
-        parsed = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        return arguments
-    return parsed["input"] if isinstance(parsed, dict) and isinstance(parsed.get("input"), str) else arguments
 
 
 def _response_format(text_format: Any) -> dict[str, Any] | None:
@@ -179,7 +132,7 @@ def input_messages(items: Any) -> list[dict[str, Any]]:
         kind = item.get("type", "message")
         if kind in CALL_ITEMS:
             if kind == "custom_tool_call":
-                arguments = orjson.dumps({"input": item.get("input") or ""}).decode()
+                arguments = tools.custom_arguments(item.get("input") or "")
             else:
                 arguments = item.get("arguments") or ""
             function = {"name": item.get("name"), "arguments": arguments}
@@ -237,9 +190,9 @@ def message_item(item_id: str, content: list[dict[str, Any]], status: str = "com
 
 
 def function_call_item(
-    item_id: str, call_id: str, name: str, arguments: str, status: str = "completed"
+    item_id: str, call_id: str, name: str, arguments: str, status: str = "completed", namespace: str | None = None
 ) -> dict[str, Any]:
-    return {
+    item = {
         "id": item_id,
         "type": "function_call",
         "status": status,
@@ -247,6 +200,9 @@ def function_call_item(
         "name": name,
         "arguments": arguments,
     }
+    if namespace is not None:
+        item["namespace"] = namespace
+    return item
 
 
 def custom_call_item(item_id: str, call_id: str, name: str, text: str, status: str = "completed") -> dict[str, Any]:
@@ -330,11 +286,11 @@ def _echoed_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def output_items(
-    completion: Mapping[str, Any], custom: frozenset[str] = frozenset()
+    completion: Mapping[str, Any], kinds: tools.ToolKinds = NO_KINDS
 ) -> tuple[list[dict[str, Any]], str | None]:
     """The output items of a ``chat.completion`` and its ``finish_reason``: a ``message`` with the
-    text (or refusal), then a ``function_call`` per tool call (``custom_tool_call`` for a tool named
-    in ``custom``)."""
+    text (or refusal), then a ``function_call`` per tool call (a ``custom_tool_call`` for a custom
+    tool: ``tools.ToolKinds``)."""
     choice = (completion.get("choices") or [{}])[0]
     reply = choice.get("message") or {}
     finish = choice.get("finish_reason")
@@ -351,10 +307,11 @@ def output_items(
             function.get("name") or "",
             function.get("arguments"),
         )
-        if name in custom:
-            items.append(custom_call_item(new_id("ctc_"), call_id, name, custom_input(arguments or "")))
+        if name in kinds.custom:
+            items.append(custom_call_item(new_id("ctc_"), call_id, name, tools.custom_input(arguments or "")))
         else:
-            items.append(function_call_item(new_id("fc_"), call_id, name, arguments or ""))
+            namespace = kinds.namespaces.get(name)
+            items.append(function_call_item(new_id("fc_"), call_id, name, arguments or "", namespace=namespace))
     return items, finish
 
 
@@ -376,7 +333,7 @@ def chat_reply(output: list[Mapping[str, Any]]) -> dict[str, Any] | None:
 
 def _arguments(item: Mapping[str, Any]) -> str:
     if item["type"] == "custom_tool_call":
-        return orjson.dumps({"input": item["input"]}).decode()
+        return tools.custom_arguments(item["input"])
     return item["arguments"]
 
 

@@ -20,6 +20,7 @@ import orjson
 from gateway.errors import GatewayError
 from gateway.formats import responses as fmt
 from gateway.formats.chat import estimate_prompt_tokens, usage
+from gateway.formats.responses_tools import custom_input, tool_kinds
 
 
 def event(kind: str, data: dict[str, Any]) -> bytes:
@@ -33,11 +34,11 @@ class StreamEncoder:
 
     __slots__ = (
         "_calls",
-        "_custom",
         "_failures",
         "_failures_before",
         "_finish",
         "_item",
+        "_kinds",
         "_output",
         "_seq",
         "_text",
@@ -73,7 +74,7 @@ class StreamEncoder:
         self._calls: dict[int, dict[str, Any]] = {}  # tool call index -> its item
         self._finish: str | None = None
         self._usage: dict[str, Any] | None = None  # what the backend reported
-        self._custom = fmt.custom_tools(request)  # their calls: custom_tool_call items, the input whole at the end
+        self._kinds = tool_kinds(request)  # custom tools' calls: custom_tool_call items, the input whole at the end
 
     def _event(self, kind: str, data: dict[str, Any]) -> bytes:
         data["type"] = kind
@@ -119,7 +120,7 @@ class StreamEncoder:
             out += self._event("response.content_part.done", {**where, "part": fmt.output_text(text)})
         elif item["type"] == "custom_tool_call":
             where = {"item_id": item["id"], "output_index": index}
-            item["input"] = text = fmt.custom_input(item.pop("arguments"))
+            item["input"] = text = custom_input(item.pop("arguments"))
             out += self._event("response.custom_tool_call_input.delta", {**where, "delta": text})
             out += self._event("response.custom_tool_call_input.done", {**where, "input": text})
         else:
@@ -157,10 +158,11 @@ class StreamEncoder:
         item = self._calls.get(position)
         if item is None:
             call_id, name = call.get("id") or fmt.new_id("call_"), function.get("name") or ""
-            if name in self._custom:
+            if name in self._kinds.custom:
                 item = fmt.custom_call_item(fmt.new_id("ctc_"), call_id, name, "", "in_progress")
             else:
-                item = fmt.function_call_item(fmt.new_id("fc_"), call_id, name, "", "in_progress")
+                namespace = self._kinds.namespaces.get(name)
+                item = fmt.function_call_item(fmt.new_id("fc_"), call_id, name, "", "in_progress", namespace)
             self._calls[position] = item
             out += self._open(item)
             item.setdefault("arguments", "")  # a custom call's, until its input is known

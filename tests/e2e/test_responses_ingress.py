@@ -201,7 +201,8 @@ async def test_bad_requests_are_openai_errors(url: str) -> None:
         for body, param in [
             ({"model": MODEL}, "input"),
             ({"model": MODEL, "input": 3}, "input"),
-            ({"model": MODEL, "input": "hi", "tools": [{"type": "web_search"}]}, "tools[0]"),
+            ({"model": MODEL, "input": "hi", "tools": [{"type": "function"}]}, "tools[0].name"),
+            ({"model": MODEL, "input": "hi", "tools": [{"name": "f"}]}, "tools[0]"),
             ({"model": MODEL, "input": [{"role": "robot", "content": "hi"}]}, "input[0].role"),
             ({"input": "hi"}, "model"),
         ]:
@@ -503,3 +504,21 @@ def test_custom_tools_as_codex_sends_them(proxied: str, fake: OpenAIUpstream) ->
         },
         {"role": "tool", "tool_call_id": "call_0", "content": "Done!"},
     ]
+
+
+def test_codex_tool_list_namespaces_flattened_hosted_tools_not_offered(proxied: str, fake: OpenAIUpstream) -> None:
+    """Codex CLI's tool list (as 0.171 sends it): function tools, a ``namespace`` of functions and the
+    hosted ``web_search``, which no chat backend can run."""
+    close: Any = {"type": "function", "name": "close_agent", "parameters": {"type": "object"}, "strict": False}
+    namespace: Any = {"type": "namespace", "name": "multi_agent_v1", "description": "Agents.", "tools": [close]}
+    hosted: Any = {"type": "web_search", "external_web_access": False}
+    fake.reply(Reply(content="", tool_calls=[("close_agent", '{"target": "a1"}')]))
+    with sdk(proxied) as client:
+        response = client.responses.create(
+            model="gpt-4o-mini", input="Close a1", tools=[WEATHER, namespace, hosted], store=False
+        )
+    assert [t["function"]["name"] for t in fake.last.body["tools"]] == ["get_weather", "close_agent"]
+    [call] = response.output
+    assert call.type == "function_call" and call.name == "close_agent"  # type: ignore[union-attr]
+    assert call.namespace == "multi_agent_v1"  # type: ignore[union-attr]
+    assert [tool.type for tool in response.tools] == ["function", "namespace", "web_search"]
