@@ -7,19 +7,19 @@ names the file, the key path (``backends[1].base_url``) and what is wrong.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from gateway.backend import BackendConfig
-from gateway.model_table import ModelIndex, ModelRoute, table_problems
+from gateway.config_problems import did_you_mean, validation_problems
+from gateway.model_table import ModelIndex, ModelRoute, RouterConfig, inherit, table_problems
 from gateway.state.config import StateConfig
 from gateway.state.responses import ResponsesConfig
 
@@ -69,6 +69,7 @@ class GatewayConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     backends: list[BackendConfig] = Field(default_factory=list)
+    router: RouterConfig = Field(default_factory=RouterConfig, description="what every entry of models inherits")
     models: list[ModelRoute] = Field(default_factory=list)
     default_model: str | None = Field(None, description="model that answers requests for the model `default`")
     require_model: bool = Field(True, description="false: a request that names no model gets default_model")
@@ -214,67 +215,6 @@ def _interpolate(value: Any, env: Mapping[str, str], path: str, missing: list[tu
     return value
 
 
-def key_path(loc: tuple[Any, ...]) -> str:
-    """``("backends", 1, "base_url")`` -> ``backends[1].base_url`` (also OpenAI's ``param`` notation)."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def validation_problems(
-    exc: ValidationError, prefix: tuple[Any, ...] = (), model: type[BaseModel] | None = None
-) -> list[tuple[str, str]]:
-    """(key path, message) of each error; an unknown key of ``model`` gets a "did you mean"."""
-    problems = []
-    for err in exc.errors(include_url=False):
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        if err["type"] == "extra_forbidden" and model is not None:
-            msg += _did_you_mean(str(err["loc"][-1]), _keys_at(model, err["loc"][:-1]))
-        if _shows_input(err):
-            msg += f" (got {err['input']!r})"
-        problems.append((key_path(prefix + tuple(err["loc"])), msg))
-    return problems
-
-
-def _did_you_mean(key: str, known: Any) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _keys_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
-    """The keys the pydantic model nested at ``loc`` accepts (none when the path leaves the models)."""
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return []
-        model = next(
-            (
-                a
-                for a in (field.annotation, *get_args(field.annotation))
-                if isinstance(a, type) and issubclass(a, BaseModel)
-            ),
-            None,
-        )
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        return []
-    return [name for name, f in model.model_fields.items() if not f.exclude] + [
-        f.alias for f in model.model_fields.values() if f.alias
-    ]
-
-
-_SECRET_WORDS = ("key", "token", "secret", "password", "auth")
-
-
-def _shows_input(err: Any) -> bool:
-    """Echo a bad value in the message unless it is a container or may be a secret."""
-    if err["type"] in ("missing", "extra_forbidden") or isinstance(err.get("input"), (dict, list, type(None))):
-        return False
-    return not any(word in str(part).lower() for part in err["loc"] for word in _SECRET_WORDS)
-
-
 def validate_config(
     raw: Mapping[str, Any],
     *,
@@ -288,6 +228,14 @@ def validate_config(
     raw_backends = raw.pop("backends", None) or []
     problems: list[tuple[str, str]] = []
     config: GatewayConfig | None = None
+    if "defaults" in raw and "router" not in raw:  # the issue's other name for it: one name only
+        raw.pop("defaults")
+        problems.append(("defaults", "write what every model inherits under `router:` (README, 'Router defaults')"))
+    router, defaults = _router_defaults(raw.pop("router", None), problems)
+    own_fallbacks: list[bool] = []  # per entry of models: whether it lists its own fallbacks
+    if defaults and isinstance(raw.get("models"), list):
+        own_fallbacks = [isinstance(entry, Mapping) and "fallbacks" in entry for entry in raw["models"]]
+        raw["models"] = [inherit(entry, defaults) for entry in raw["models"]]
     try:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
@@ -302,17 +250,25 @@ def validate_config(
     if config is None:
         raise ConfigError(source, problems)
     config.source = source
+    config.router = router
     config.backends = backends
     config.plugin_sections = plugin_sections
 
     if not config.models:
-        config.models = _implicit_routes(backends)
-    elif "models" in raw:
+        config.models = _implicit_routes(backends, defaults)
+    if defaults.get("fallbacks"):
+        _drop_own_fallbacks(config, own_fallbacks)
+    if raw.get("models") or defaults.get("fallbacks"):
         # a backend that failed validation is still declared: no false "no backend named" for it
         declared = {b.name for b in backends} | {
             e["name"] for e in raw_backends if isinstance(e, dict) and isinstance(e.get("name"), str)
         }
-        problems.extend(table_problems(config.models, declared))
+        for path, problem in table_problems(config.models, declared):
+            inherited = _INHERITED_FALLBACK.fullmatch(path) if defaults.get("fallbacks") else None
+            if inherited and not _owns(own_fallbacks, int(inherited[1])):
+                path = f"router.fallbacks{inherited[2]}"  # the router's list, not the entry's
+            if (path, problem) not in problems:
+                problems.append((path, problem))
     if config.default_model and config.find_route(config.default_model) is None:
         problems.append(("default_model", f"no entry in models serves {config.default_model!r}"))
     if problems:
@@ -370,14 +326,41 @@ def _validate_sections(
             (
                 f"plugins.{section}",
                 "no loaded plugin declares this section (is the plugin disabled or not installed?)"
-                + _did_you_mean(section, sections),
+                + did_you_mean(section, sections),
             )
         )
     return validated
 
 
-def _implicit_routes(backends: list[BackendConfig]) -> list[ModelRoute]:
+_INHERITED_FALLBACK = re.compile(r"models\[(\d+)\]\.fallbacks(\[\d+\])")
+
+
+def _router_defaults(router: Any, problems: list[tuple[str, str]]) -> tuple[RouterConfig, dict[str, Any]]:
+    """The ``router`` section, validated, and as given (the defaults entries inherit; none when it
+    has problems, which are reported under ``router``)."""
+    if router is None:
+        return RouterConfig(), {}
+    try:
+        validated = RouterConfig.model_validate(router)
+    except ValidationError as exc:
+        problems.extend(validation_problems(exc, ("router",), RouterConfig))
+        return RouterConfig(), {}
+    return validated, dict(router)
+
+
+def _owns(own_fallbacks: list[bool], i: int) -> bool:
+    return i < len(own_fallbacks) and own_fallbacks[i]
+
+
+def _drop_own_fallbacks(config: GatewayConfig, own_fallbacks: list[bool]) -> None:
+    """An entry that inherited the router's ``fallbacks`` does not fall back to itself."""
+    for i, route in enumerate(config.models):
+        if not _owns(own_fallbacks, i):
+            route.fallbacks = [name for name in route.fallbacks if config.find_route(name) is not route]
+
+
+def _implicit_routes(backends: list[BackendConfig], defaults: Mapping[str, Any]) -> list[ModelRoute]:
     """Without a ``models`` table, each backend serves the models it declares, or every name (`*`)."""
-    routes = [ModelRoute(name=m, backend=b.name) for b in backends for m in b.models]
-    routes += [ModelRoute(name="*", backend=b.name) for b in backends if not b.models]
-    return routes
+    entries = [{"name": m, "backend": b.name} for b in backends for m in b.models]
+    entries += [{"name": "*", "backend": b.name} for b in backends if not b.models]
+    return [ModelRoute.model_validate(inherit(entry, defaults)) for entry in entries]

@@ -15,6 +15,8 @@ class GatewayError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "server_error"
     code: ClassVar[str | None] = None
+    #: The HTTP status the upstream answered with, when this error is its answer (retry ``on_status``).
+    upstream_status: int | None = None
 
     def __init__(
         self,

@@ -21,8 +21,8 @@ from gateway.config import (
     interpolate,
     read_config,
     validate_config,
-    validation_problems,
 )
+from gateway.config_problems import validation_problems
 from gateway.plugin_manager import build_plugin_manager, describe
 
 ConfigSource = str | os.PathLike[str] | Mapping[str, Any]

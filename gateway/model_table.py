@@ -8,9 +8,10 @@ retries, timeouts and hedged requests.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -48,6 +49,18 @@ class RetryConfig(_Section):
         0.2, ge=0, description="retries may add this fraction of the model's requests (over the last 10 seconds)"
     )
     min_retries_per_second: float = Field(5.0, ge=0, description="retries always allowed, whatever the budget")
+    on_status: list[int] | None = Field(
+        None,
+        description="upstream HTTP statuses that are retried (default: 429 and every 5xx); timeouts and "
+        "broken connections always are",
+    )
+
+    @field_validator("on_status")
+    @classmethod
+    def _statuses(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(not 400 <= status <= 599 for status in value):
+            raise ValueError("each status must be an HTTP error status, from 400 to 599")
+        return value
 
 
 class TimeoutsConfig(_Section):
@@ -144,6 +157,35 @@ class ModelRoute(_Section):
     def resilient(self) -> bool:
         """Whether requests for this model may take more than one plain attempt."""
         return self.retry.attempts > 1 or bool(self.fallbacks) or self.hedge is not None
+
+
+class RouterConfig(_Section):
+    """Defaults of every entry of ``models`` (the top-level ``router:``): ``retry``, ``timeouts`` and
+    ``circuit`` are merged key by key (an entry's own keys win; ``circuit: null`` turns it off),
+    ``fallbacks`` is inherited as a whole list unless the entry gives its own."""
+
+    retry: RetryConfig | None = Field(None, description="retries of every model")
+    timeouts: TimeoutsConfig | None = Field(None, description="timeouts of every model")
+    circuit: CircuitConfig | None = Field(None, description="a circuit breaker for every model's deployments")
+    fallbacks: list[str] | None = Field(None, description="models every model falls back to (not itself)")
+
+
+INHERITED = ("retry", "timeouts", "circuit")
+
+
+def inherit(entry: Any, defaults: Mapping[str, Any]) -> Any:
+    """A raw ``models`` entry with the ``router`` defaults (raw, already validated) it does not set."""
+    if not isinstance(entry, Mapping):
+        return entry
+    out = dict(entry)
+    for key in INHERITED:
+        base = defaults.get(key)
+        own = entry.get(key, {})
+        if isinstance(base, Mapping) and isinstance(own, Mapping):
+            out[key] = {**base, **own}
+    if "fallbacks" not in entry and defaults.get("fallbacks"):
+        out["fallbacks"] = list(defaults["fallbacks"])
+    return out
 
 
 def is_pattern(name: str) -> bool:

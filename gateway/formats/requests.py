@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 from pydantic_core import PydanticCustomError
 
-from gateway.config import key_path
+from gateway.config_problems import key_path
 from gateway.errors import InvalidRequestError
 
 

@@ -169,7 +169,7 @@ async def next_attempt(
 ) -> Deployment:
     """The deployment to try after ``error``, counted as a retry (and as a fallback when it serves
     another model than ``route``); raise ``error`` when it is final or nothing is left to try."""
-    if verdict(error) == "final":
+    if verdict(error, route.retry.on_status if route else None) == "final":
         raise error
     nxt = await next_deployment(ctx, select, watchdog, last_call)
     if nxt is None:

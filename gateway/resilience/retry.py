@@ -6,7 +6,7 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Literal
 
 from gateway.errors import GatewayError, RateLimitError, UpstreamError
@@ -18,10 +18,18 @@ CONTEXT_LENGTH = "context_length_exceeded"
 Verdict = Literal["retry", "fallback", "final"]
 
 
-def verdict(error: BaseException) -> Verdict:
+def verdict(error: BaseException, on_status: Collection[int] | None = None) -> Verdict:
     """``retry``: the deployment failed (5xx, 429, timeout, connection refused or reset): another
     attempt may succeed. ``fallback``: the model cannot serve this request (its context is too
-    short): only another model may. ``final``: the request itself is wrong; the client sees it."""
+    short): only another model may. ``final``: the request itself is wrong; the client sees it.
+    With ``on_status`` (the model's ``retry.on_status``), an upstream's answer with a listed status
+    is retried, a 429 or 5xx not listed is final; timeouts and broken connections are always retried."""
+    status = getattr(error, "upstream_status", None)
+    if on_status is not None and status is not None:
+        if status in on_status:
+            return "retry"
+        if status >= 500 or status == 429:
+            return "final"
     if isinstance(error, UpstreamError | RateLimitError):
         return "retry"
     if isinstance(error, GatewayError) and error.code == CONTEXT_LENGTH:

@@ -168,8 +168,22 @@ def http_error(
     secrets: Iterable[str | None] = (),
     overloaded: Container[int] = (),
 ) -> GatewayError:
-    """The error a client sees for an upstream's error answer (see the module docstring);
-    ``overloaded``: the statuses by which this upstream says it is overloaded."""
+    """The error a client sees for an upstream's error answer (see the module docstring), with the
+    upstream's ``status`` as ``upstream_status``; ``overloaded``: the statuses by which this upstream
+    says it is overloaded."""
+    error = _http_error(backend, status, body, headers, secrets, overloaded)
+    error.upstream_status = status
+    return error
+
+
+def _http_error(
+    backend: str,
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str] | None,
+    secrets: Iterable[str | None],
+    overloaded: Container[int],
+) -> GatewayError:
     details = error_details(body)
     message = scrub(details.get("message") or "", secrets)[:MAX_ERROR_MESSAGE]
     headers = headers or {}

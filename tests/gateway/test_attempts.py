@@ -10,6 +10,7 @@ import openai
 import orjson
 import pytest
 
+from gateway.keys import generations_key
 from tests.gateway.two_deployments import (
     CONTEXT_TOO_LONG,
     MESSAGES,
@@ -229,3 +230,68 @@ async def test_headers_of_a_failed_attempt_do_not_leak_into_the_answer(
     assert served_by(resp) == ("secondary", "2")
     assert "x-ratelimit-remaining-requests" not in resp.headers and "Retry-After" not in resp.headers
     assert resp.headers["x-request-id"] == "req_1"  # the secondary's own
+
+
+# Router defaults and on_status -------------------------------------------------------------------
+
+
+def router_setup(primary: OpenAIUpstream, secondary: OpenAIUpstream, router: dict[str, Any]) -> dict[str, Any]:
+    """Models ``m`` (primary) and ``spare`` (secondary) with nothing of their own: the router's settings."""
+    config = setup(primary, secondary, {"name": "m", "backend": "primary"}, {"name": "spare", "backend": "secondary"})
+    return {**config, "router": router}
+
+
+async def test_on_status_retries_the_listed_statuses_only(
+    gateway: Any, primary: OpenAIUpstream, secondary: OpenAIUpstream
+) -> None:
+    router = {"retry": {"attempts": 3, "backoff": 0.01, "on_status": [429, 503]}}
+    client = await gateway(router_setup(primary, secondary, router))
+    primary.fail(1, status=503)
+    primary.fail(1, status=429)
+    response = await post(client)
+    assert response.status == 200 and served_by(response) == ("primary", "3")
+    assert len(primary.requests) == 3
+
+    primary.fail(1, status=500)  # not listed: the client gets it at once
+    response = await post(client)
+    assert response.status == 502
+    assert (await response.json())["error"]["code"] == "bad_gateway"
+    assert len(primary.requests) == 4
+
+
+async def test_on_status_may_retry_a_client_error_status(
+    gateway: Any, primary: OpenAIUpstream, secondary: OpenAIUpstream
+) -> None:
+    router = {"retry": {"attempts": 2, "backoff": 0.01, "on_status": [409]}}
+    client = await gateway(router_setup(primary, secondary, router))
+    primary.fail(1, status=409)
+    response = await post(client)
+    assert response.status == 200 and served_by(response) == ("primary", "2")
+
+
+async def test_models_fall_back_to_the_router_fallbacks_and_an_entry_overrides(
+    gateway: Any, primary: OpenAIUpstream, secondary: OpenAIUpstream
+) -> None:
+    config = router_setup(primary, secondary, {"fallbacks": ["spare"]})
+    config["models"].append({"name": "alone", "backend": "primary", "fallbacks": []})
+    client = await gateway(config)
+    primary.fail(1, status=500)
+    response = await post(client)
+    assert response.status == 200 and served_by(response) == ("secondary", "2")
+    primary.fail(1, status=500)
+    assert (await post(client, model="alone")).status == 502  # its own (empty) list wins
+    secondary.fail(1, status=500)
+    assert (await post(client, model="spare")).status == 502  # the fallback does not fall back to itself
+
+
+async def test_a_reload_changes_what_every_model_inherits(
+    gateway: Any, primary: OpenAIUpstream, secondary: OpenAIUpstream
+) -> None:
+    client = await gateway(router_setup(primary, secondary, {}))
+    primary.fail(1, status=503)
+    assert (await post(client)).status == 502  # no retries by default
+    retrying = router_setup(primary, secondary, {"retry": {"attempts": 2, "backoff": 0.01}})
+    assert await client.server.app[generations_key].reload(retrying)
+    primary.fail(1, status=503)
+    response = await post(client)
+    assert response.status == 200 and served_by(response) == ("primary", "2")

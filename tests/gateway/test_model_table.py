@@ -117,3 +117,73 @@ def test_default_model_may_be_an_alias() -> None:
 
 def test_watch_config_must_not_be_negative() -> None:
     assert problems({"server": {"watch_config": -1}})[0].startswith("server.watch_config: Input should be")
+
+
+# Router defaults -------------------------------------------------------------------------------
+
+ROUTER = {
+    "retry": {"attempts": 3, "backoff": 0.01, "on_status": [429, 500, 502, 503]},
+    "timeouts": {"first_byte": 5, "idle": 2},
+    "circuit": {"failures": 2},
+    "fallbacks": ["spare"],
+}
+
+
+def test_every_entry_inherits_the_router_section() -> None:
+    config = load(
+        table(
+            {"name": "a", "backend": "one"},
+            {"name": "b*", "backend": "two"},
+            {"name": "spare", "backend": "two"},
+            router=ROUTER,
+        )
+    ).config
+    a, b, spare = config.models
+    for route in (a, b, spare):
+        assert (route.retry.attempts, route.retry.backoff, route.retry.on_status) == (3, 0.01, [429, 500, 502, 503])
+        assert route.retry.max_backoff == 2.0  # the model's own default for what the router leaves out
+        assert (route.timeouts.first_byte, route.timeouts.idle, route.timeouts.total) == (5, 2, None)
+        assert route.circuit is not None and (route.circuit.failures, route.circuit.window) == (2, 30.0)
+    assert a.fallbacks == b.fallbacks == ["spare"]
+    assert spare.fallbacks == []  # not itself
+    assert config.router.retry.attempts == 3  # type: ignore[union-attr]
+
+
+def test_an_entry_overrides_key_by_key_and_replaces_fallbacks() -> None:
+    own = {
+        "name": "a",
+        "backend": "one",
+        "retry": {"attempts": 1},
+        "timeouts": {"idle": 9},
+        "circuit": None,
+        "fallbacks": [],
+    }
+    config = load(table(own, {"name": "spare", "backend": "two"}, router=ROUTER)).config
+    a = config.models[0]
+    assert (a.retry.attempts, a.retry.backoff, a.retry.on_status) == (1, 0.01, [429, 500, 502, 503])
+    assert (a.timeouts.first_byte, a.timeouts.idle) == (5, 9)
+    assert a.circuit is None and a.fallbacks == [] and not a.resilient
+
+
+def test_without_a_models_table_the_implicit_routes_inherit_too() -> None:
+    config = load({"backends": [{"name": "one", "type": "mock"}], "router": {"retry": {"attempts": 2}}}).config
+    assert config.models and all(route.retry.attempts == 2 for route in config.models)
+
+
+@pytest.mark.parametrize(
+    ("router", "expected"),
+    [
+        ({"retry": {"atempts": 2}}, "router.retry.atempts: unknown key (did you mean 'attempts'?)"),
+        ({"retry": {"on_status": [200]}}, "router.retry.on_status: Value error, each status must be an HTTP error"),
+        ({"hedge": {}}, "router.hedge: unknown key"),
+        ({"fallbacks": ["nowhere"]}, "router.fallbacks[0]: no entry in models serves 'nowhere'"),
+    ],
+)
+def test_router_mistakes_are_named_under_router(router: dict[str, Any], expected: str) -> None:
+    found = problems(table({"name": "a", "backend": "one"}, {"name": "b", "backend": "one"}, router=router))
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+def test_defaults_is_not_a_second_name_for_router() -> None:
+    found = problems(table({"name": "a", "backend": "one"}, defaults={"retry": {"attempts": 2}}))
+    assert found == ["defaults: write what every model inherits under `router:` (README, 'Router defaults')"]

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from gateway.errors import (
+    GatewayError,
     InvalidRequestError,
     RateLimitError,
     ServiceUnavailableError,
@@ -16,7 +17,7 @@ from gateway.errors import (
 )
 from gateway.model_table import RetryConfig
 from gateway.resilience.retry import RetryBudget, backoff, retry_after, verdict
-from gateway.upstream.errors import UpstreamClientError
+from gateway.upstream.errors import UpstreamClientError, http_error
 
 
 @pytest.mark.parametrize(
@@ -70,3 +71,21 @@ def test_the_budget_has_a_floor_per_second() -> None:
     now = [1000.0]
     budget = RetryBudget(ratio=0, min_per_second=0.2, ttl=10, clock=lambda: now[0])
     assert [budget.withdraw() for _ in range(3)] == [True, True, False]
+
+
+def test_on_status_picks_the_upstream_statuses_retried() -> None:
+    def answered(status: int) -> GatewayError:
+        return http_error("b", status, b"{}")
+
+    on_status = [429, 503]
+    assert [verdict(answered(s), on_status) for s in (429, 503, 500, 502, 400)] == [
+        "retry",
+        "retry",
+        "final",
+        "final",
+        "final",
+    ]
+    assert verdict(UpstreamTimeoutError("silent"), on_status) == "retry"  # no status: always retried
+    assert verdict(UpstreamError("refused"), on_status) == "retry"
+    assert verdict(answered(409), [409]) == "retry"
+    assert verdict(answered(500)) == "retry"  # without on_status: 429 and every 5xx
