@@ -129,6 +129,11 @@ class ModelRoute(_Section):
     circuit: CircuitConfig | None = Field(None, description="a circuit breaker per deployment (default: none)")
     hedge: HedgeConfig | None = Field(None, description="hedged requests (default: off)")
     response_model: str | None = Field(None, description="the model name responses show (default: the one asked for)")
+    strip_prefix: bool = Field(
+        True,
+        description="a provider wildcard (`openai/*`) asks its deployments for the name without `openai/`; "
+        "false: for the name as requested (an upstream whose own names carry it)",
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> ModelRoute:
@@ -152,6 +157,17 @@ class ModelRoute(_Section):
     @property
     def is_pattern(self) -> bool:
         return is_pattern(self.name)
+
+    @cached_property
+    def prefix(self) -> str | None:
+        """``openai/`` for a provider wildcard ``openai/*``: the part its deployments are not asked
+        for (``openai/gpt-4o`` -> ``gpt-4o``) and that its backends' listed models get on /v1/models."""
+        head = self.name[:-1]
+        return head if self.strip_prefix and self.name.endswith("/*") and not is_pattern(head) else None
+
+    def upstream_name(self, requested: str) -> str:
+        """The model name a deployment without its own ``model`` is asked for."""
+        return requested[len(self.prefix) :] if self.prefix and requested.startswith(self.prefix) else requested
 
     @cached_property
     def resilient(self) -> bool:

@@ -222,7 +222,8 @@ async def _one_model(ctx: RequestContext) -> dict[str, Any]:
 
 async def all_models(generation: Generation) -> list[dict[str, Any]]:
     """Every model the ``models`` table serves: exact names and aliases as they are, patterns expanded
-    from the lists of their deployments' backends. A backend that fails to list, or takes longer than
+    from the lists of their deployments' backends (under its prefix for a provider wildcard such as
+    ``openai/*``, whose backends list their own names). A backend that fails to list, or takes longer than
     ``LISTING_TIMEOUT`` seconds, is logged and skipped."""
     routes, backends = generation.config.models, generation.backends
     listed = [(route, backends[t.backend]) for route in routes if route.is_pattern for t in route.targets]
@@ -237,8 +238,11 @@ async def all_models(generation: Generation) -> list[dict[str, Any]]:
         if isinstance(listing, BaseException):
             structlog.get_logger("gateway").warning("listing models failed", backend=backend.name, error=str(listing))
             continue
+        prefix = route.prefix
         for model in listing:
-            if fnmatchcase(model["id"], route.name):
+            if prefix is not None:  # a provider wildcard lists its backends' models under its prefix
+                found.setdefault(prefix + model["id"], {**model, "id": prefix + model["id"]})
+            elif fnmatchcase(model["id"], route.name):
                 found.setdefault(model["id"], model)
     return list(found.values())
 

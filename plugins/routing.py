@@ -105,7 +105,7 @@ class _Plan:
     def deployment(self, target: _Target, requested: str) -> Deployment:
         if target.fixed is not None:
             return target.fixed
-        return Deployment(target.backend, requested, target.name, self.route, target.stats)
+        return Deployment(target.backend, self.route.upstream_name(requested), target.name, self.route, target.stats)
 
     def pick(self, skip: set[str]) -> _Target | None:
         """The strategy's choice among the available deployments not in ``skip``."""

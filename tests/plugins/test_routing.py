@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from openai import AsyncOpenAI
 
 from gateway import Deployment, hookimpl
 from gateway.context import RequestContext
 from gateway.testing import RecordingPlugin, make_app, recorded
+from tests.upstreams.openai import OpenAIUpstream
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
@@ -113,7 +115,7 @@ async def test_a_pattern_with_deployments_asks_each_for_the_requested_name(aioht
             {"name": "r1", "type": "recording", "models": ["team/x"]},
             {"name": "r2", "type": "recording", "models": ["team/x"]},
         ],
-        "models": [{"name": "team/*", "deployments": [{"backend": "r1"}, {"backend": "r2"}]}],
+        "models": [{"name": "team/*", "deployments": [{"backend": "r1"}, {"backend": "r2"}], "strip_prefix": False}],
     }
     app = make_app(config, plugins=[RecordingPlugin()])
     client = await aiohttp_client(app)
@@ -191,3 +193,55 @@ async def test_every_model_response_names_its_deployment(gateway: Any, stream: b
     assert float(resp.headers["x-gateway-overhead-ms"]) >= 0
     other = await client.get("/v1/models")
     assert "x-gateway-backend" not in other.headers and "x-gateway-overhead-ms" not in other.headers
+
+
+# Provider wildcards ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def openai_upstream(aiohttp_server: Any) -> OpenAIUpstream:
+    fake = OpenAIUpstream()
+    server = await aiohttp_server(fake.app)
+    fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
+    return fake
+
+
+def wildcard(upstream: OpenAIUpstream, **route: Any) -> dict[str, Any]:
+    backend = {"name": "openai", "type": "openai_compat", "base_url": upstream.base_url, "api_key": "sk-up"}  # type: ignore[attr-defined]
+    return {"backends": [backend], "models": [{"name": "openai/*", "backend": "openai", **route}]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_provider_wildcard_strips_its_prefix_on_the_way_up(
+    gateway: Any, openai_upstream: OpenAIUpstream, stream: bool
+) -> None:
+    client = await gateway(wildcard(openai_upstream))
+    async with AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0) as oai:
+        if stream:
+            chunks = [
+                c
+                async for c in await oai.chat.completions.create(model="openai/gpt-4o", messages=MESSAGES, stream=True)
+            ]
+            assert {c.model for c in chunks} == {"openai/gpt-4o"}
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from upstream"
+        else:
+            answer = await oai.chat.completions.create(model="openai/gpt-4o", messages=MESSAGES)
+            assert answer.model == "openai/gpt-4o"  # the client's own name
+            assert answer.choices[0].message.content == "Hello from upstream"
+    assert openai_upstream.last.body["model"] == "gpt-4o"
+
+
+async def test_a_provider_wildcard_lists_its_backends_models_under_its_prefix(
+    gateway: Any, openai_upstream: OpenAIUpstream
+) -> None:
+    client = await gateway(wildcard(openai_upstream))
+    listed = [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]]
+    assert sorted(listed) == ["openai/gpt-4o", "openai/gpt-4o-mini", "openai/text-embedding-3-small"]
+    retrieved = await client.get("/v1/models/openai/gpt-4o")
+    assert retrieved.status == 200 and (await retrieved.json())["id"] == "openai/gpt-4o"
+
+
+async def test_strip_prefix_false_asks_for_the_name_as_requested(gateway: Any, openai_upstream: OpenAIUpstream) -> None:
+    client = await gateway(wildcard(openai_upstream, strip_prefix=False))
+    assert (await ask(client, "openai/gpt-4o")).status == 200
+    assert openai_upstream.last.body["model"] == "openai/gpt-4o"
