@@ -49,7 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--config", dest="config_option", help=f"config file (default: $GATEWAY_CONFIG or {DEFAULT_CONFIG})"
     )
 
-    plugins = commands.add_parser("plugins", help="list the loaded plugins and the hooks each implements")
+    plugins = commands.add_parser(
+        "plugins", help="list the plugins (enabled: the hooks each implements; disabled) and the section each owns"
+    )
     plugins.add_argument("--config", default=default_config)
     plugins.add_argument("--json", action="store_true", help="print JSON")
 
@@ -94,7 +96,8 @@ def list_plugins(path: str, as_json: bool) -> int:
     for plugin in plugins:
         sections = ", ".join(f"plugins.{s}" for s in plugin["sections"])  # type: ignore[attr-defined]
         owns = f" [config: {sections}]" if sections else ""
-        print(f"{plugin['name']}: {', '.join(plugin['hooks'])}{owns}")  # type: ignore[arg-type]
+        what = ", ".join(plugin["hooks"]) if plugin["enabled"] else "disabled (plugins.disabled)"  # type: ignore[arg-type]
+        print(f"{plugin['name']}: {what}{owns}")
     return 0
 
 

@@ -3,8 +3,9 @@ its backends. ``gateway check-config``, ``serve``, reloads and the tests all loa
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from gateway.config import (
     validate_config,
 )
 from gateway.config_problems import validation_problems
-from gateway.plugin_manager import build_plugin_manager, describe
+from gateway.plugin_manager import DEFAULT_PLUGINS, build_plugin_manager, builtin_name, describe
 
 ConfigSource = str | os.PathLike[str] | Mapping[str, Any]
 
@@ -38,8 +39,9 @@ class Loaded:
 
 
 def plugin_overview(source: str | os.PathLike[str]) -> list[dict[str, object]]:
-    """Each plugin the config loads, the hooks it implements and the config sections it owns, without
-    validating the rest: ``gateway plugins`` works with ``${VAR}``s unset."""
+    """Each plugin the config loads, the hooks it implements and the config sections it owns, then
+    each it disables (``enabled: False``), without validating the rest: ``gateway plugins`` works
+    with ``${VAR}``s unset."""
     name = str(source)
     raw = interpolate(read_config(source), name, environment(Path(source).resolve().parent), unset=[])
     try:
@@ -49,13 +51,36 @@ def plugin_overview(source: str | os.PathLike[str]) -> list[dict[str, object]]:
     pm = build_plugin_manager(settings.enabled, settings.disabled, (), source=name)
     owned: dict[str, list[str]] = {}
     for impl in pm.hook.gateway_register_config.get_hookimpls():
-        register = lambda section, _model, _name=impl.plugin_name: owned.setdefault(_name, []).append(section)  # noqa: E731
-        impl.function(**{arg: register for arg in impl.argnames})
+        owned[impl.plugin_name] = _sections(impl.function)
     enabled = set(settings.enabled)
-    return [
-        {**plugin, "sections": owned.get(str(plugin["name"]), []), "enabled_by_config": plugin["name"] in enabled}
+    loaded = [
+        {
+            **plugin,
+            "enabled": True,
+            "sections": owned.get(str(plugin["name"]), []),
+            "enabled_by_config": plugin["name"] in enabled,
+        }
         for plugin in describe(pm)
     ]
+    builtins = {builtin_name(path): path for path in DEFAULT_PLUGINS}
+    disabled = [
+        {"name": plugin, "hooks": [], "enabled": False, "sections": _builtin_sections(builtins.get(plugin))}
+        for plugin in settings.disabled
+    ]
+    return loaded + disabled
+
+
+def _sections(register_config: Callable[..., Any]) -> list[str]:
+    """The config sections a ``gateway_register_config`` implementation declares."""
+    sections: list[str] = []
+    register_config(register=lambda section, _model: sections.append(section))
+    return sections
+
+
+def _builtin_sections(path: str | None) -> list[str]:
+    """The sections a built-in plugin would own, were it loaded."""
+    hook = getattr(importlib.import_module(path), "gateway_register_config", None) if path else None
+    return _sections(hook) if hook is not None else []
 
 
 def load(source: ConfigSource, plugins: Iterable[object] = ()) -> Loaded:

@@ -3,6 +3,7 @@ in one run, "did you mean", LiteLLM habits (``os.environ/NAME``, ``model_list``)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,23 @@ def test_plugins_lists_without_the_variables_set(tmp_path: Path) -> None:
     result = cli("plugins", "--config", write(tmp_path, THREE_PROBLEMS.replace("allow_origin:", "allow_origins:")))
     assert result.returncode == 0, result.stderr
     assert "cors: gateway_register_config, gateway_setup_app [config: plugins.cors]" in result.stdout.splitlines()
+
+
+def test_plugins_shows_which_are_enabled_and_which_disabled(tmp_path: Path) -> None:
+    path = write(tmp_path, "backends: [{name: mock, type: mock}]\nplugins: {disabled: [metrics, cors]}\n")
+    result = cli("plugins", "--config", path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-2:] == [
+        "metrics: disabled (plugins.disabled)",
+        "cors: disabled (plugins.disabled) [config: plugins.cors]",
+    ]
+    assert "request_logging: gateway_process_response, gateway_register_config, gateway_request_finished," in (
+        " ".join(lines)
+    )
+    plugins = {p["name"]: p for p in json.loads(cli("plugins", "--json", "--config", path).stdout)}
+    assert (plugins["cors"]["enabled"], plugins["cors"]["sections"], plugins["cors"]["hooks"]) == (False, ["cors"], [])
+    assert plugins["routing"]["enabled"] and plugins["auth_api_keys"]["sections"] == ["auth_api_keys"]
 
 
 def test_litellm_os_environ_reaches_the_upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
