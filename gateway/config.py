@@ -18,7 +18,7 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from gateway.backend import BackendConfig
-from gateway.config_problems import did_you_mean, validation_problems
+from gateway.config_problems import did_you_mean, line_of, node_lines, validation_problems
 from gateway.model_table import ModelIndex, ModelRoute, RouterConfig, inherit, table_problems
 from gateway.state.config import StateConfig
 from gateway.state.responses import ResponsesConfig
@@ -28,14 +28,19 @@ if TYPE_CHECKING:
 
 
 class ConfigError(Exception):
-    """A config problem: ``problems`` is a list of (key path, message); ``source`` the file."""
+    """A config problem: ``problems`` is a list of (key path, message); ``source`` the file; ``lines``
+    the line of each key path in it (``read_config``), shown as ``file:12: path: message``."""
 
-    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+    def __init__(self, source: str, problems: list[tuple[str, str]], lines: Mapping[str, int] | None = None) -> None:
         self.source = source
         self.problems = problems
-        super().__init__(
-            "\n".join(f"{source}: {path}: {msg}" if path else f"{source}: {msg}" for path, msg in problems)
-        )
+        self.lines = lines
+        super().__init__("\n".join(self.describe(path, msg) for path, msg in problems))
+
+    def describe(self, path: str, message: str) -> str:
+        line = line_of(path, self.lines) if self.lines else None
+        where = f"{self.source}:{line}" if line else self.source
+        return f"{where}: {path}: {message}" if path else f"{where}: {message}"
 
 
 class _Section(BaseModel):
@@ -103,26 +108,32 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML config file (not yet interpolated)."""
+def read_config(path: str | os.PathLike[str], lines: dict[str, int] | None = None) -> dict[str, Any]:
+    """Read a YAML config file (not yet interpolated); fill ``lines`` with the line of each key path."""
     source = str(path)
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [("", f"cannot read config file: {exc.strerror or exc}")]) from None
+    loader = _UniqueKeyLoader(text)  # a SafeLoader subclass
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        node = loader.get_single_node()
+        raw = loader.construct_document(node) if node is not None else None
     except _DuplicateKey as exc:
         raise ConfigError(source, [(exc.path, f"line {exc.line}: duplicate key {exc.key!r}")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(source, [("", f"invalid YAML: {where}{getattr(exc, 'problem', None) or exc}")]) from None
+    finally:
+        loader.dispose()
     if raw is None:
         raise ConfigError(source, [("", "the config file is empty (write at least `backends:` and `models:`)")])
     if not isinstance(raw, dict):
         raise ConfigError(source, [("", "the top level must be a mapping of sections")])
+    if lines is not None:
+        node_lines(node, "", lines)
     if "model_list" in raw:
         raise ConfigError(
             source,
@@ -133,6 +144,7 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
                     " (README, 'Coming from LiteLLM')",
                 )
             ],
+            lines,
         )
     return raw
 

@@ -1,11 +1,14 @@
 """Config problems as (key path, message): pydantic's errors in the YAML's own terms, with a "did you
-mean" for a misspelt key and never a value that may be a secret."""
+mean" for a misspelt key and never a value that may be a secret; and the line of each key path."""
 
 from __future__ import annotations
 
 import difflib
+import re
+from collections.abc import Mapping
 from typing import Any, get_args
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
 
@@ -68,3 +71,32 @@ def _shows_input(err: Any) -> bool:
     if err["type"] in ("missing", "extra_forbidden") or isinstance(err.get("input"), (dict, list, type(None))):
         return False
     return not any(word in str(part).lower() for part in err["loc"] for word in _SECRET_WORDS)
+
+
+_LAST_PART = re.compile(r"(\.[^.\[]*|\[\d+\])$")
+
+
+def line_of(path: str, lines: Mapping[str, int]) -> int | None:
+    """The line of ``path`` in the file, else of the nearest enclosing key that is there."""
+    while path:
+        if path in lines:
+            return lines[path]
+        trimmed = _LAST_PART.sub("", path)
+        if trimmed == path:
+            return None
+        path = trimmed
+    return None
+
+
+def node_lines(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
+    """The line of every key and list item under ``node``, by key path (``backends[1].base_url``)."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = f"{path}.{key.value}" if path else str(key.value)
+            lines.setdefault(child, key.start_mark.line + 1)
+            node_lines(value, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            child = f"{path}[{i}]"
+            lines.setdefault(child, item.start_mark.line + 1)
+            node_lines(item, child, lines)

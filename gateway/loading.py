@@ -85,12 +85,22 @@ def _builtin_sections(path: str | None) -> list[str]:
 
 def load(source: ConfigSource, plugins: Iterable[object] = ()) -> Loaded:
     """Read (a path) or take (a mapping) a config, load the plugins it names plus ``plugins``, and
-    validate everything; raise ``ConfigError`` naming the file, the key path and the problem."""
+    validate everything; raise ``ConfigError`` naming the file, the line, the key path and the problem."""
+    lines: dict[str, int] = {}
     if isinstance(source, Mapping):
         name, tree, env = "<config>", dict(source), environment()
     else:
         name = str(source)
-        tree, env = read_config(source), environment(Path(source).resolve().parent)
+        tree, env = read_config(source, lines), environment(Path(source).resolve().parent)
+    try:
+        return _load(name, tree, env, plugins)
+    except ConfigError as exc:
+        if exc.lines is None and exc.source == name and lines:
+            raise ConfigError(name, exc.problems, lines) from None
+        raise
+
+
+def _load(name: str, tree: dict[str, Any], env: Mapping[str, str], plugins: Iterable[object]) -> Loaded:
     unset: list[tuple[str, str]] = []  # every unset variable, reported with the other problems
     raw = interpolate(tree, name, env, unset=unset)
     try:

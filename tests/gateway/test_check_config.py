@@ -40,15 +40,48 @@ def test_every_problem_is_reported_in_one_run(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = result.stderr.splitlines()[1:]
     assert lines == [
-        f"{path}: backends[1].api_key: environment variable GW_TEST_NOT_SET_1 is not set"
+        f"{path}:5: backends[1].api_key: environment variable GW_TEST_NOT_SET_1 is not set"
         " (write ${GW_TEST_NOT_SET_1:-default} for a default)",
-        f"{path}: plugins.cors.max_age: environment variable GW_TEST_NOT_SET_2 is not set"
+        f"{path}:9: plugins.cors.max_age: environment variable GW_TEST_NOT_SET_2 is not set"
         " (write ${GW_TEST_NOT_SET_2:-default} for a default)",
-        f"{path}: server.hots: unknown key (did you mean 'host'?)",
-        f"{path}: backends[0].type: unknown backend type 'mokc'"
+        f"{path}:2: server.hots: unknown key (did you mean 'host'?)",
+        f"{path}:4: backends[0].type: unknown backend type 'mokc'"
         " (known: anthropic, http_template, mock, openai_compat, replay, sourcegraph)",
-        f"{path}: plugins.cors.allow_origin: unknown key (did you mean 'allow_origins'?)",
+        f"{path}:9: plugins.cors.allow_origin: unknown key (did you mean 'allow_origins'?)",
     ]  # and no false "models[0].backend: no backend named 'mock'"
+
+
+LINES = """\
+server:
+  port: 8000
+backends:
+  - name: mock
+    type: mock
+    timeout: -1
+models:
+  - {name: mock-gpt-model, backend: mock}
+  - name: other
+    backend: nowhere
+router:
+  retry:
+    atempts: 2
+plugins:
+  auth_api_keys:
+    keys:
+      - {name: a}
+"""
+
+
+def test_each_problem_names_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, LINES)
+    result = cli("check-config", path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()[1:]
+    assert lines[0] == f"{path}:13: router.retry.atempts: unknown key (did you mean 'attempts'?)"
+    assert lines[1].startswith(f"{path}:6: backends[0].timeout: Input should be greater than 0")
+    assert lines[2].startswith(f"{path}:17: plugins.auth_api_keys.keys[0]: Value error, give exactly one of")
+    assert lines[3].startswith(f"{path}:10: models[1].backend: no backend named 'nowhere'")
+    assert len(lines) == 4
 
 
 def test_positional_form_and_singular_counts() -> None:

@@ -142,8 +142,8 @@ def test_bad_config_exits_2_with_a_message(tmp_path: Path, command: list[str]) -
     result = cli(*command, str(path), PORT=str(free_port()))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
-    assert f"{path}: backends[0].bogus: unknown key" in result.stderr
-    assert f"{path}: models[0].backend: " in result.stderr and "nowhere" in result.stderr
+    assert f"{path}:2: backends[0].bogus: unknown key" in result.stderr  # file:line: key path: problem
+    assert f"{path}:4: models[0].backend: " in result.stderr and "nowhere" in result.stderr
     assert result.stdout == ""
 
 

@@ -242,7 +242,7 @@ def test_missing_var_names_the_key_path_and_the_variable(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     message = str(exc_info.value)
-    assert message.startswith(f"{path}: backends[0].reply: ")
+    assert message.startswith(f"{path}:3: backends[0].reply: ")
     assert "GW_TEST_UNSET" in message
     assert "not set" in message
 
@@ -258,7 +258,7 @@ def test_missing_var_in_a_nested_list(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError) as exc_info:
         load(path)
-    assert str(exc_info.value).startswith(f"{path}: plugins.cors.allow_origins[1]: ")
+    assert str(exc_info.value).startswith(f"{path}:4: plugins.cors.allow_origins[1]: ")
     assert "GW_TEST_UNSET" in str(exc_info.value)
 
 
@@ -357,14 +357,14 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
     path = write(tmp_path, MOCK + "bogus_section: 1\n")
     with pytest.raises(ConfigError) as exc_info:
         load(path)
-    assert errors_of(exc_info) == [f"{path}: bogus_section: unknown key"]
+    assert errors_of(exc_info) == [f"{path}:6: bogus_section: unknown key"]
 
 
 def test_unknown_key_in_a_core_section(tmp_path: Path) -> None:
     path = write(tmp_path, MOCK + "server: {port: 1, prot: 2}\n")
     with pytest.raises(ConfigError) as exc_info:
         load(path)
-    assert errors_of(exc_info) == [f"{path}: server.prot: unknown key (did you mean 'port'?)"]
+    assert errors_of(exc_info) == [f"{path}:6: server.prot: unknown key (did you mean 'port'?)"]
 
 
 def test_unknown_key_inside_a_backend(tmp_path: Path) -> None:
@@ -377,7 +377,7 @@ def test_unknown_key_inside_a_backend(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError) as exc_info:
         load(path)
-    assert errors_of(exc_info) == [f"{path}: backends[0].bogus: unknown key"]
+    assert errors_of(exc_info) == [f"{path}:3: backends[0].bogus: unknown key"]
 
 
 def test_backend_without_a_type(tmp_path: Path) -> None:
@@ -392,7 +392,7 @@ def test_backend_without_a_type(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     [line] = errors_of(exc_info)
-    assert line.startswith(f"{path}: backends[1].type: ")
+    assert line.startswith(f"{path}:4: backends[1].type: ")
     assert "missing" in line and "mock" in line
 
 
@@ -408,7 +408,7 @@ def test_backend_with_an_unknown_type_lists_known_types(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc_info:
         load(path, plugins=[SecretPlugin()])
     [line] = errors_of(exc_info)
-    assert line.startswith(f"{path}: backends[1].type: ")
+    assert line.startswith(f"{path}:4: backends[1].type: ")
     assert "warp_drive" in line
     known = line.partition("(known: ")[2].rstrip(")").split(", ")
     assert {"mock", "openai_compat", "secretive"} <= set(known) and known == sorted(known)
@@ -418,7 +418,7 @@ def test_backend_not_a_mapping(tmp_path: Path) -> None:
     path = write(tmp_path, "backends: [mock]\n")
     with pytest.raises(ConfigError) as exc_info:
         load(path)
-    assert errors_of(exc_info)[0].startswith(f"{path}: backends[0]: ")
+    assert errors_of(exc_info)[0].startswith(f"{path}:1: backends[0]: ")
 
 
 def test_duplicate_backend_names(tmp_path: Path) -> None:
@@ -433,7 +433,7 @@ def test_duplicate_backend_names(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     [line] = errors_of(exc_info)
-    assert line.startswith(f"{path}: backends[1].name: ")
+    assert line.startswith(f"{path}:4: backends[1].name: ")
     assert "duplicate" in line and "'same'" in line
 
 
@@ -450,7 +450,7 @@ def test_model_pointing_to_an_unknown_backend(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     [line] = errors_of(exc_info)
-    assert line.startswith(f"{path}: models[0].backend: ")
+    assert line.startswith(f"{path}:5: models[0].backend: ")
     assert "nowhere" in line and "mock" in line
 
 
@@ -459,7 +459,7 @@ def test_default_model_nothing_serves(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     [line] = errors_of(exc_info)
-    assert line.startswith(f"{path}: default_model: ")
+    assert line.startswith(f"{path}:6: default_model: ")
     assert "gpt-99" in line
 
 
@@ -482,7 +482,7 @@ def test_unknown_plugin_section(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     [line] = errors_of(exc_info)
-    assert line.startswith(f"{path}: plugins.nope: ")
+    assert line.startswith(f"{path}:7: plugins.nope: ")
 
 
 def test_bad_value_in_a_plugin_section(tmp_path: Path) -> None:
@@ -490,7 +490,7 @@ def test_bad_value_in_a_plugin_section(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     [line] = errors_of(exc_info)
-    assert line.startswith(f"{path}: plugins.cors.max_age: ")
+    assert line.startswith(f"{path}:7: plugins.cors.max_age: ")
     assert "-3" in line
 
 
@@ -508,9 +508,9 @@ def test_every_problem_is_reported_one_per_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     lines = errors_of(exc_info)
-    paths = [line.removeprefix(f"{path}: ").split(": ")[0] for line in lines]
+    paths = [line.split(": ")[1] for line in lines]
     assert paths == ["backends[0].bogus", "backends[1].type", "models[0].backend"]
-    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert [line.split(": ")[0] for line in lines] == [f"{path}:3", f"{path}:4", f"{path}:6"]  # file:line
     assert exc_info.value.source == str(path)
     assert [p for p, _ in exc_info.value.problems] == paths
 
@@ -523,7 +523,7 @@ def test_a_bad_value_is_shown(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc_info:
         load(path)
     [line] = errors_of(exc_info)
-    assert line.startswith(f"{path}: server.port: ")
+    assert line.startswith(f"{path}:6: server.port: ")
     assert "'eighty'" in line
 
 
@@ -538,7 +538,7 @@ def test_a_bad_value_in_a_backend_is_shown(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc_info:
         load(path, plugins=[SecretPlugin()])
     [line] = errors_of(exc_info)
-    assert line.startswith(f"{path}: backends[0].retries: ")
+    assert line.startswith(f"{path}:3: backends[0].retries: ")
     assert "'lots'" in line
 
 
@@ -556,7 +556,7 @@ def test_secret_backend_value_is_not_shown(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ConfigError) as exc_info:
         load(path, plugins=[SecretPlugin()])
     message = str(exc_info.value)
-    assert f"{path}: backends[1].api_key: " in message
+    assert f"{path}:4: backends[1].api_key: " in message
     assert "27182818284" not in message
     # a non-secret field of the same backend still shows its value
     assert "backends[2].base_url" in message and "16180339887" in message
@@ -568,7 +568,7 @@ def test_secret_plugin_value_is_not_shown(tmp_path: Path, field: str) -> None:
     with pytest.raises(ConfigError) as exc_info:
         load(path, plugins=[SecretPlugin()])
     message = str(exc_info.value)
-    assert f"{path}: plugins.vault.{field}: " in message
+    assert f"{path}:3: plugins.vault.{field}: " in message
     assert "98765432123" not in message
     assert "plugins.vault.size" in message and "'big'" in message
 
