@@ -200,14 +200,11 @@ async def test_every_model_response_names_its_deployment(gateway: Any, stream: b
 
 @pytest.fixture
 async def openai_upstream(aiohttp_server: Any) -> OpenAIUpstream:
-    fake = OpenAIUpstream()
-    server = await aiohttp_server(fake.app)
-    fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
-    return fake
+    return await OpenAIUpstream().serve(aiohttp_server)
 
 
 def wildcard(upstream: OpenAIUpstream, **route: Any) -> dict[str, Any]:
-    backend = {"name": "openai", "type": "openai_compat", "base_url": upstream.base_url, "api_key": "sk-up"}  # type: ignore[attr-defined]
+    backend = {"name": "openai", "type": "openai_compat", "base_url": upstream.base_url, "api_key": "sk-up"}
     return {"backends": [backend], "models": [{"name": "openai/*", "backend": "openai", **route}]}
 
 
