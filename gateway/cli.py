@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -15,6 +17,7 @@ from gateway import __version__
 from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.config import ConfigError, GatewayConfig, environment
 from gateway.generation import reload_on_sighup
+from gateway.keys import lifecycle_key
 from gateway.lifecycle import AIOHTTP_MARGIN
 from gateway.loading import load, plugin_overview
 from gateway.log import setup_logging
@@ -134,9 +137,15 @@ def run(path: str, host: str | None, port: int | None, workers: int = 1) -> int:
     if workers > 1:
         _check_shared_state(config)
     _raise_open_files_limit()
+    taken = _port_taken(host, port, reuse_port=workers > 1)
+    if taken:  # said before anything claims the gateway is starting
+        print(f"error: cannot listen on {host}:{port}: {taken}", file=sys.stderr)
+        return 1
+    docs = {"docs": f"http://{_browsable(host)}:{port}/docs"} if loaded.pm.has_plugin("docs") else {}
     structlog.get_logger("gateway").info(
         "gateway starting",
         url=f"http://{host}:{port}",
+        **docs,
         config=path,
         version=__version__,
         models=[route.name for route in config.models],
@@ -147,6 +156,7 @@ def run(path: str, host: str | None, port: int | None, workers: int = 1) -> int:
         try:
             app = create_app(loaded)
             reload_on_sighup(app)
+            app.on_cleanup.append(app[lifecycle_key].log_stopped)
             web.run_app(
                 app,
                 host=host,
@@ -163,6 +173,23 @@ def run(path: str, host: str | None, port: int | None, workers: int = 1) -> int:
         return 0
 
     return supervise(workers, serve) if workers > 1 else serve()
+
+
+def _port_taken(host: str, port: int, reuse_port: bool) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, not ours), else None; port 0 always can."""
+    if port == 0:
+        return None
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        with socket.create_server((host, port), family=family, reuse_port=reuse_port):
+            return None
+    except OSError as exc:
+        return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def _browsable(host: str) -> str:
+    """A host a browser on this machine can open: ``localhost`` for the every-address ones."""
+    return "localhost" if host in ("0.0.0.0", "::", "") else host
 
 
 def _raise_open_files_limit() -> None:

@@ -17,10 +17,11 @@ import structlog
 _SECRET_KEY = re.compile(
     r"(?i)(?:^|[_.-])(?:api[_-]?key|key|token|secret|password|passwd|authorization|auth|cookie|credentials?)$"
 )
-#: A credential in a text: a bearer token, an ``sk-`` key, a ``token``/``basic`` header value, a URL's
-#: secret-named query parameter (``?key=``, ``&access_token=``) or the password in its user info.
+#: A credential in a text: a bearer token (not a placeholder such as ``YOUR_KEY`` in a hint), an
+#: ``sk-`` key, a ``token``/``basic`` header value, a URL's secret-named query parameter (``?key=``,
+#: ``&access_token=``) or the password in its user info.
 _SECRET_VALUE = re.compile(
-    r"(?i)\b(bearer\s*)[\w.~+/=-]{8,}|\bsk-[\w-]{6,}|^(token\s+|basic\s+)\S+$"
+    r"(?i)\b(bearer\s*)(?!(?-i:YOUR_[A-Z_]*)\b)[\w.~+/=-]{8,}|\bsk-[\w-]{6,}|^(token\s+|basic\s+)\S+$"
     r"|([?&](?:[\w.-]*[_.-])?(?:api[_-]?key|key|token|secret|password|passwd|signature|sig|auth)=)[^&#\s\"']+"
     r"|(://[^/\s:@]+:)[^/\s@]+(?=@)"
 )
@@ -28,14 +29,20 @@ REDACTED = "[REDACTED]"
 
 
 def redact(value: Any) -> Any:
-    """``value`` with credentials masked: secret-named keys of mappings, bearer/``sk-`` strings."""
+    """``value`` with credentials masked: the values of secret-named keys of mappings (not a setting
+    such as ``forward_client_key: true``, nor an unset one), bearer/``sk-`` strings."""
     if isinstance(value, str):
         return _SECRET_VALUE.sub(_mask, value) if _may_hold_secret(value) else value
     if isinstance(value, dict):
-        return {k: REDACTED if is_secret_key(str(k)) else redact(v) for k, v in value.items()}
+        return {k: REDACTED if is_secret_key(str(k)) and masks(v) else redact(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value
+
+
+def masks(value: Any) -> bool:
+    """Whether the value of a secret-named key is masked: not ``true``/``false`` or unset (``null``)."""
+    return value is not None and not isinstance(value, bool)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -94,7 +101,7 @@ def redact_processor(_logger: Any, _method: str, event_dict: dict[str, Any]) -> 
     ):
         return event_dict
     for key, value in event_dict.items():
-        if is_secret_key(key):
+        if is_secret_key(key) and masks(value):
             event_dict[key] = REDACTED
             continue
         if len(_PLAIN_KEYS) < _PLAIN_KEYS_MAX:
@@ -206,7 +213,8 @@ def setup_logging(fmt: str = "auto", level: str = "info", stream: Any = None) ->
         redact_processor,
     ]
     if console:
-        processors.append(structlog.dev.ConsoleRenderer())
+        # fields in the order logged; colours only on a terminal (not in a file `format: console` writes)
+        processors.append(structlog.dev.ConsoleRenderer(sort_keys=False, colors=stream.isatty()))
         factory: Any = structlog.PrintLoggerFactory(stream)
     else:
         processors.append(render_json)

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from gateway import ChunkFilter, hookimpl
 from gateway.context import RequestContext
 from gateway.endpoints import CHAT, COMPLETIONS, MESSAGES, RESPONSES
-from gateway.log import REDACTED, is_secret_key, redact, write_event
+from gateway.errors import GatewayError, InternalError
+from gateway.log import REDACTED, is_secret_key, masks, redact, write_event
 
 STATE = "request_logging.response"  # ctx.state: the response body (a dict, or a stream's collector)
 STREAMING = (CHAT.name, COMPLETIONS.name, MESSAGES.name, RESPONSES.name)  # access lines that say `stream`
@@ -51,7 +52,7 @@ class BodyLoggingConfig(BaseModel):
                 value = pattern.sub(lambda _: self.replacement, value)
             return value
         if isinstance(value, dict):
-            return {k: REDACTED if is_secret_key(str(k)) else self.scrub(v) for k, v in value.items()}
+            return {k: REDACTED if is_secret_key(str(k)) and masks(v) else self.scrub(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.scrub(v) for v in value]
         return value
@@ -104,9 +105,11 @@ def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> N
 
 @hookimpl
 async def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> None:
-    """Write the access line: id, method, path, endpoint, status, model, backend (the one that served, its
-    deployment's name when it differs, the attempts when there were several), stream, timings, tokens
-    (``usage_estimated`` when the gateway estimated them) and, with body logging on, the bodies."""
+    """Write the access line, its fields in this order (the console shows them so): method, path,
+    status, duration, endpoint, model, backend (the one that served, its deployment's name when it differs,
+    the attempts when there were several), stream, time to first byte, tokens (``usage_estimated``
+    when the gateway estimated them), cache, principal, error, with body logging on the bodies, then
+    the request id; at the level ``level`` says."""
     request = ctx.request
     status = ctx.status
     settings: RequestLoggingConfig = ctx.config.plugin_config("request_logging")
@@ -146,7 +149,19 @@ async def gateway_request_finished(ctx: RequestContext, error: BaseException | N
         fields["error"] = f"{type(error).__name__}: {error}"
     if settings.bodies.enabled:
         await _add_bodies(ctx, settings.bodies, fields)
-    write_event(ctx.log, "error" if status >= 500 else "info", "request", fields)
+    write_event(ctx.log, level(status, error), "request", fields)
+
+
+def level(status: int, error: BaseException | None) -> str:
+    """The access line's level: ``info`` below 500 (a 4xx is the client's mistake, logged as any
+    answer); ``warning`` for a 5xx an upstream caused (502, 503, 504); ``error`` when the gateway
+    itself failed (a 500: ``InternalError``, or an exception that is no ``GatewayError``)."""
+    if status < 500:
+        return "info"
+    own = (
+        status == 500 or isinstance(error, InternalError) or (error is not None and not isinstance(error, GatewayError))
+    )
+    return "error" if own else "warning"
 
 
 async def _add_bodies(ctx: RequestContext, bodies: BodyLoggingConfig, fields: dict[str, Any]) -> None:

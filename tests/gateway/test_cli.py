@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -265,6 +266,11 @@ def test_serve_env_port_and_graceful_shutdown(tmp_path: Path, servers: list[Serv
     assert server.wait(5) == 0
     assert time.monotonic() - sent_at < 5
     assert "Traceback" not in server.output
+    events = logged(server.output)
+    assert events["gateway starting"]["docs"] == f"http://127.0.0.1:{env_port}/docs"
+    stopped = events["gateway stopped"]  # one line: what was drained, in how long
+    assert (stopped["drained"], stopped["ended_by_timeout"]) == (1, 0)
+    assert 0.2 < stopped["seconds"] < 5
 
 
 def test_dotenv_in_the_cwd_names_the_config(tmp_path: Path) -> None:
@@ -312,6 +318,8 @@ def test_a_stream_longer_than_the_grace_period_ends_with_an_error_event(tmp_path
     assert json.loads(rest[-1][6:])["error"]["code"] == "service_unavailable"
     assert b"data: [DONE]" not in rest
     assert server.wait(5) == 0
+    stopped = logged(server.output)["gateway stopped"]
+    assert (stopped["drained"], stopped["ended_by_timeout"]) == (0, 1)
 
 
 def test_a_port_in_use_is_one_line_not_a_traceback(servers: list[Server]) -> None:
@@ -319,10 +327,15 @@ def test_a_port_in_use_is_one_line_not_a_traceback(servers: list[Server]) -> Non
     first = Server(["--config", CONFIG, "--port", str(port)], {})
     servers.append(first)
     first.wait_up(port)
-    result = cli("serve", "--config", CONFIG, "--port", str(port))
+    result = cli("serve", "--config", CONFIG, "--port", str(port), HOST="127.0.0.1")
     assert result.returncode == 1
-    assert f"cannot listen on 0.0.0.0:{port}" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert "gateway starting" not in result.stdout  # refused before it claims to start
+
+
+def logged(output: str) -> dict[str, dict[str, Any]]:
+    """The JSON log lines of a ``gateway serve``'s output, by event."""
+    return {line["event"]: line for line in map(json.loads, (t for t in output.splitlines() if t.startswith("{")))}
 
 
 # Several workers ------------------------------------------------------------------------------

@@ -184,14 +184,14 @@ async def test_unknown_model_is_logged_with_its_status(gateway: Any, log: JsonLo
     assert line["error"].startswith("ModelNotFoundError: ")
 
 
-async def test_upstream_failure_is_logged_as_an_error(gateway: Any, log: JsonLog, finished: Finished) -> None:
+async def test_upstream_failure_is_logged_as_a_warning(gateway: Any, log: JsonLog, finished: Finished) -> None:
     client = await gateway(mock_config(failure={"mode": "error", "status": 503}), plugins=[finished])
     response = await client.post("/v1/chat/completions", json=CHAT)
     assert response.status == 502
     await finished.wait(1)
     [line] = log.access()
     assert line["status"] == 502
-    assert line["level"] == "error"
+    assert line["level"] == "warning"  # the upstream failed, not the gateway
     assert line["backend"] == "mock"
     assert line["error"].startswith("UpstreamError: ")
 
@@ -236,8 +236,60 @@ async def test_level_warning_keeps_only_failures(
     assert (await client.post("/v1/chat/completions", json=CHAT)).status == 502
     await finished.wait(2)
     assert [(line["path"], line["status"], line["level"]) for line in log.access()] == [
-        ("/v1/chat/completions", 502, "error")
+        ("/v1/chat/completions", 502, "warning")
     ]
+
+
+async def test_the_gateway_failing_itself_is_logged_as_an_error(gateway: Any, log: JsonLog, finished: Finished) -> None:
+    client = await gateway(plugins=[Leaky(), finished])
+    response = await client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-x-12345678"})
+    assert response.status == 500
+    await finished.wait(1)
+    [line] = log.access()
+    assert (line["status"], line["level"]) == (500, "error")
+
+
+async def test_the_console_access_line_starts_with_method_path_status_duration(
+    gateway: Any, finished: Finished
+) -> None:
+    out = io.StringIO()
+    setup_logging("console", "info", stream=out)
+    client = await gateway(plugins=[finished])
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+    await finished.wait(1)
+    [line] = [line for line in out.getvalue().splitlines() if " request " in line]
+    names = [part.split("=", 1)[0] for part in line.split("request", 1)[1].split() if "=" in part]
+    assert names[:4] == ["method", "path", "status", "duration_ms"]
+    assert names[4:] == [
+        "endpoint",
+        "model",
+        "backend",
+        "stream",
+        "ttfb_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "request_id",
+    ]
+
+
+async def test_our_own_hint_and_true_false_settings_are_not_masked(
+    gateway: Any, log: JsonLog, finished: Finished
+) -> None:
+    backend = {"name": "up", "type": "openai_compat", "base_url": "http://127.0.0.1:9/v1", "forward_client_key": True}
+    keys = {"keys": [{"name": "a", "key": "sk-a-0123456789"}]}
+    config = {"backends": [backend], "models": [{"name": "m", "backend": "up"}], "plugins": {"auth_api_keys": keys}}
+    client = await gateway(config, plugins=[finished])
+    response = await client.post("/v1/chat/completions", json={**CHAT, "model": "m"})
+    assert response.status == 401
+    message = (await response.json())["error"]["message"]
+    await finished.wait(1)
+    [line] = log.access()
+    assert "Authorization: Bearer YOUR_KEY" in message and "Authorization: Bearer YOUR_KEY" in line["error"]
+    info = await (await client.get("/info", headers={"Authorization": "Bearer sk-a-0123456789"})).json()
+    [shown] = [b for b in info["backends"] if b["name"] == "up"]
+    assert shown["forward_client_key"] is True
+    structlog.get_logger("gateway").info("settings", forward_client_key=True, api_key="sk-a-0123456789")
+    assert log.lines()[-1]["forward_client_key"] is True and log.lines()[-1]["api_key"] == REDACTED
 
 
 def test_unknown_request_logging_key_is_a_config_error() -> None:
