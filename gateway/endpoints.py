@@ -78,6 +78,10 @@ HEALTH = "health"
 INFO = "info"
 RESPONSES_RETRIEVE = "responses.retrieve"
 RESPONSES_DELETE = "responses.delete"
+#: ``ctx.endpoint`` of the docs plugin's routes: ``/openapi.json`` (whose document passes through
+#: ``gateway_process_response``, so an auth plugin marks the operations that need a key), the pages.
+OPENAPI = "openapi"
+DOCS = "docs"
 
 
 async def _one(result: Awaitable[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

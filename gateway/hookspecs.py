@@ -133,8 +133,8 @@ def gateway_stream_filter(ctx: RequestContext) -> ChunkFilter | None:
 @hookspec
 def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> None:
     """Post-process a non-streamed response dict (chat completion, text completion, embeddings
-    list, models list, model; ``ctx.endpoint`` says which) in place, before it is serialised. All
-    impls run, in call order. May be async.
+    list, models list, model, /info, the OpenAPI document of ``/openapi.json``; ``ctx.endpoint``
+    says which) in place, before it is serialised. All impls run, in call order. May be async.
     """
 
 

@@ -4,7 +4,11 @@ Every route handler describes itself with ``@operation(...)`` (core and plugin r
 document lists every route the app has; request bodies are the pydantic models that validate them
 (``gateway.formats.requests``), responses the models in ``gateway.formats.response_models``. A
 route whose handler has no description still appears, with a placeholder summary; ``hidden=True``
-leaves out a route that is not an API endpoint (a page's assets).
+leaves out a route that is not an API endpoint (a page's assets), and a second path of a handler
+(``/chat/completions`` beside ``/v1/chat/completions``) is served but not listed. ``example`` is the
+body Swagger UI's "Try it out" starts from: one the default config answers. Which operations need a
+key is for an auth plugin to say (``gateway_process_response`` with ``ctx.endpoint == "openapi"``,
+``require_key``): the document itself asks for none.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Operation:
     content_type: str | None = None  # the type of a 200 body that is not JSON (text/plain, text/html)
     description: str = ""
     hidden: bool = False  # not an API endpoint: left out of the document
+    example: dict[str, Any] | None = None  # the request body "Try it out" starts from
 
 
 def operation(summary: str, **details: Any) -> Callable[[Handler], Handler]:
@@ -63,8 +68,10 @@ def described(handler: object) -> Operation | None:
 
 
 def documented_routes(router: web.UrlDispatcher) -> list[tuple[str, str, web.AbstractRoute]]:
-    """``(method, path, route)`` of every route the document lists (lowercase methods, canonical paths)."""
+    """``(method, path, route)`` of every route the document lists (lowercase methods, canonical paths):
+    not the hidden ones, nor a handler's later paths for the same method (aliases)."""
     found = []
+    seen: set[tuple[object, str]] = set()
     for route in router.routes():
         if route.method in UNDOCUMENTED_METHODS or route.resource is None:
             continue
@@ -72,7 +79,10 @@ def documented_routes(router: web.UrlDispatcher) -> list[tuple[str, str, web.Abs
         if op is not None and op.hidden:
             continue
         methods = ANY_METHOD if route.method == "*" else (route.method.lower(),)
-        found += [(method, route.resource.canonical, route) for method in methods]
+        for method in methods:
+            if (route.handler, method) not in seen:
+                seen.add((route.handler, method))
+                found.append((method, route.resource.canonical, route))
     return found
 
 
@@ -81,41 +91,48 @@ def build_document(router: web.UrlDispatcher, *, title: str, version: str, descr
     schemas: dict[str, Any] = {}
     paths: dict[str, dict[str, Any]] = {}
     tags: dict[str, None] = {}
-    first_path: dict[tuple[object, str], str] = {}  # a handler's first path per method; later ones are aliases
     for method, path, route in documented_routes(router):
         op = described(route.handler) or Operation(
             f"{method.upper()} {path}", description="Added by a plugin that does not describe it."
         )
-        alias_of = first_path.setdefault((route.handler, method), path)
-        paths.setdefault(path, {})[method] = _operation(op, method, path, alias_of, schemas)
+        paths.setdefault(path, {})[method] = _operation(op, method, path, schemas)
         tags[op.tag] = None
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": title, "version": version, "description": description},
         "tags": [{"name": tag} for tag in tags],
         "paths": paths,
-        "components": {
-            "schemas": dict(sorted(schemas.items())),
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key, when the gateway needs one"}
-            },
-        },
-        "security": [{}, {"bearer": []}],  # a key is optional unless an auth plugin asks for one
+        "components": {"schemas": dict(sorted(schemas.items()))},
     }
 
 
-def _operation(op: Operation, method: str, path: str, alias_of: str, schemas: dict[str, Any]) -> dict[str, Any]:
+BEARER = {"type": "http", "scheme": "bearer", "description": "An API key of this gateway"}
+
+
+def require_key(document: dict[str, Any], needs: Callable[[str], bool], optional: bool = False) -> None:
+    """Mark the operations of the paths for which ``needs(path)`` is true as asking for a bearer key
+    (Swagger UI's lock; ``optional``: a key may be sent), and add the scheme behind "Authorize"."""
+    marked = False
+    for path, operations in document["paths"].items():
+        if needs(path):
+            for op in operations.values():
+                op["security"] = [{}, {"bearer": []}] if optional else [{"bearer": []}]
+                marked = True
+    if marked:
+        document["components"]["securitySchemes"] = {"bearer": BEARER}
+
+
+def _operation(op: Operation, method: str, path: str, schemas: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"operationId": _operation_id(method, path), "summary": op.summary, "tags": [op.tag]}
-    notes = [f"The same as `{method.upper()} {alias_of}`."] if alias_of != path else []
     if op.description:
-        notes.append(op.description)
-    if notes:
-        result["description"] = " ".join(notes)
+        result["description"] = op.description
     if names := _PATH_PARAM.findall(path):
         string = {"type": "string"}
         result["parameters"] = [{"name": n, "in": "path", "required": True, "schema": string} for n in names]
     if op.request is not None:
-        body = {"schema": schema_ref(op.request, schemas, "validation")}
+        body: dict[str, Any] = {"schema": schema_ref(op.request, schemas, "validation")}
+        if op.example is not None:
+            body["example"] = op.example
         result["requestBody"] = {"required": True, "content": {JSON: body}}
     content: dict[str, Any] = {}
     if op.response is not None:

@@ -63,6 +63,17 @@ NAME = "llm-gateway"
 LISTING_TIMEOUT = MODELS_TIMEOUT + 2.0
 
 
+#: The model of the default config (config/gateway.yaml) and a user message: the bodies Swagger UI's
+#: "Try it out" starts from, which that config answers unchanged.
+EXAMPLE_MODEL = "mock-gpt-model"
+_HELLO = [{"role": "user", "content": "Hello! Say hi back."}]
+CHAT_EXAMPLE = {"model": EXAMPLE_MODEL, "messages": _HELLO}
+COMPLETION_EXAMPLE = {"model": EXAMPLE_MODEL, "prompt": "Say hi back.", "max_tokens": 16}
+EMBEDDING_EXAMPLE = {"model": EXAMPLE_MODEL, "input": "Hello!"}
+MESSAGES_EXAMPLE = {"model": EXAMPLE_MODEL, "max_tokens": 256, "messages": _HELLO}
+RESPONSES_EXAMPLE = {"model": EXAMPLE_MODEL, "input": "Hello! Say hi back."}
+
+
 def setup_routes(app: web.Application) -> None:
     """The core routes; ``/v1`` paths also answer without the prefix (seed clients use both)."""
     router = app.router
@@ -77,8 +88,8 @@ def setup_routes(app: web.Application) -> None:
         router.add_delete(f"{prefix}/responses/{{response_id}}", delete_response)
     router.add_post("/v1/messages", handle_messages)
     router.add_post("/v1/messages/count_tokens", handle_count_tokens)
-    router.add_get("/", health)
     router.add_get("/health", health)
+    router.add_get("/", health)  # an alias: served, not in the document
     router.add_get("/info", info)
 
 
@@ -86,6 +97,7 @@ def setup_routes(app: web.Application) -> None:
     "Create a chat completion",
     tag="chat",
     request=ChatCompletionRequest,
+    example=CHAT_EXAMPLE,
     response=ChatCompletion,
     stream=ChatCompletionChunk,
     description="OpenAI's chat completions; fields the gateway does not check pass through to the backend. "
@@ -99,6 +111,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     "Create a completion (legacy)",
     tag="completions",
     request=CompletionRequest,
+    example=COMPLETION_EXAMPLE,
     response=TextCompletion,
     stream=TextCompletion,
     description="OpenAI's legacy text completions, for backends that serve them; they stream like chat completions.",
@@ -107,7 +120,9 @@ async def handle_completions(request: web.Request) -> web.StreamResponse:
     return await model_endpoint(request[ctx_key], COMPLETIONS)
 
 
-@operation("Create embeddings", tag="embeddings", request=EmbeddingRequest, response=EmbeddingList)
+@operation(
+    "Create embeddings", tag="embeddings", request=EmbeddingRequest, example=EMBEDDING_EXAMPLE, response=EmbeddingList
+)
 async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     return await model_endpoint(request[ctx_key], EMBEDDINGS)
 
@@ -116,6 +131,7 @@ async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     "Create a message (Anthropic Messages API)",
     tag="messages",
     request=MessagesRequest,
+    example=MESSAGES_EXAMPLE,
     response=Message,
     description="Anthropic's Messages API over every backend: translated to chat completions and back "
     "(Anthropic's named SSE events when streamed; errors in Anthropic's shape).",
@@ -128,6 +144,7 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
     "Create a response (OpenAI Responses API)",
     tag="responses",
     request=ResponsesRequest,
+    example=RESPONSES_EXAMPLE,
     response=ResponseObject,
     description="OpenAI's Responses API over every backend: translated to chat completions and back. "
     'With `"stream": true` the answer is `text/event-stream` of typed events (`event: response.created`, '
@@ -167,7 +184,13 @@ async def _delete_response(ctx: RequestContext) -> dict[str, Any]:
     return {"id": response_id, "object": "response", "deleted": True}
 
 
-@operation("Count the tokens of a message (Anthropic)", tag="messages", request=MessagesRequest, response=TokenCount)
+@operation(
+    "Count the tokens of a message (Anthropic)",
+    tag="messages",
+    request=MessagesRequest,
+    example=MESSAGES_EXAMPLE,
+    response=TokenCount,
+)
 async def handle_count_tokens(request: web.Request) -> web.Response:
     ctx = request[ctx_key]
     ctx.endpoint = "messages.count_tokens"

@@ -36,10 +36,11 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model
 from gateway import hookimpl
 from gateway.config import GatewayConfig
 from gateway.context import Principal, RequestContext
-from gateway.endpoints import HEALTH, INFO, MODELS_LIST, MODELS_RETRIEVE
+from gateway.endpoints import HEALTH, INFO, MODELS_LIST, MODELS_RETRIEVE, OPENAPI
 from gateway.errors import AuthenticationError, ModelNotFoundError, PermissionDeniedError
 from gateway.keys import ctx_key
 from gateway.limits import Limits
+from gateway.openapi import require_key
 
 SECTION = "auth_api_keys"
 #: Endpoints that ask ``gateway_authenticate`` but are guarded only when their path is in ``protect``.
@@ -223,7 +224,11 @@ def gateway_authenticate(ctx: RequestContext) -> Principal | None:
 
 @hookimpl(trylast=True)  # after every plugin that adds to the list (transforms' aliases): the key has the last word
 def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> None:
-    """``/v1/models`` lists only the models the caller's key may use; another one is 404."""
+    """``/v1/models`` lists only the models the caller's key may use; another one is 404. On
+    ``/openapi.json``, the operations that need a key get Swagger UI's lock."""
+    if ctx.endpoint == OPENAPI:
+        _lock_operations(ctx.config.plugin_config(SECTION), response)
+        return
     entry: ApiKey | None = ctx.state.get(SECTION)
     if entry is None or entry.models is None:
         return
@@ -231,3 +236,15 @@ def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> N
         response["data"] = [model for model in response.get("data", ()) if entry.allows(model.get("id", ""))]
     elif ctx.endpoint == MODELS_RETRIEVE and not entry.allows(str(response.get("id", ""))):
         raise ModelNotFoundError(ctx.model or "")
+
+
+def _lock_operations(settings: AuthConfig, document: dict[str, Any]) -> None:
+    """The API (``/v1/...``) needs a key unless auth is off (``optional``, ``passthrough``: it may take
+    one); the ``protect`` paths need one of the keys."""
+    if not settings.active:
+        return
+    guarded = set(settings.protect) if settings.keys else set()
+    required = settings.mode == "required"
+    require_key(document, lambda path: path in guarded or (required and path.startswith("/v1/")))
+    if not required:
+        require_key(document, lambda path: path.startswith("/v1/") and path not in guarded, optional=True)

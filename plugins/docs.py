@@ -15,13 +15,12 @@ from pydantic import BaseModel
 
 from gateway import __version__, hookimpl
 from gateway.config import GatewayConfig
+from gateway.endpoints import DOCS, OPENAPI
 from gateway.errors import NotFoundError
 from gateway.keys import ctx_key
 from gateway.openapi import build_document, operation
 from gateway.replies import json_response
 
-DOCS = "docs"  # ctx.endpoint of the documentation pages
-OPENAPI = "openapi"  # ctx.endpoint of GET /openapi.json
 TITLE = "llm-gateway"
 DESCRIPTION = (
     "An OpenAI-compatible LLM gateway: point any OpenAI client at it. Streaming responses "
@@ -101,11 +100,14 @@ def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
 
     @operation("The OpenAPI document of this gateway", tag="docs", content_type="application/json")
     async def openapi_json(request: web.Request) -> web.Response:
-        request[ctx_key].endpoint = OPENAPI
+        ctx = request[ctx_key]
+        ctx.endpoint = OPENAPI
         if not document:
             built = build_document(request.app.router, title=TITLE, version=__version__, description=DESCRIPTION)
             document.append(orjson.dumps(built))
-        return web.Response(body=document[0], content_type="application/json")
+        built = orjson.loads(document[0])  # a copy per request: plugins mark it for this config
+        await ctx.generation.hooks.call_all("gateway_process_response", ctx=ctx, response=built)
+        return json_response(built)
 
     @operation("Swagger UI: browse and try the API", tag="docs", content_type="text/html")
     async def docs_page(request: web.Request) -> web.Response:

@@ -29,7 +29,7 @@ from gateway import hookimpl, in_flight
 from gateway.backend import BackendRegistry
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
-from gateway.endpoints import HEALTH, INFO
+from gateway.endpoints import DOCS, HEALTH, INFO, OPENAPI
 from gateway.keys import backends_key, ctx_key
 from gateway.openapi import operation
 from gateway.state import store_of
@@ -46,8 +46,8 @@ ENDPOINT = "metrics"  # ctx.endpoint of GET /metrics
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CIRCUIT_STATES = ("closed", "half_open", "open")
 #: ``ctx.endpoint`` of requests that are counted but not timed: operations and docs, not the API
-#: ("": a path nothing serves; ``docs`` and ``openapi``: the docs plugin's pages).
-UNTIMED = frozenset({"", HEALTH, INFO, ENDPOINT, "docs", "openapi"})
+#: ("": a path nothing serves).
+UNTIMED = frozenset({"", HEALTH, INFO, ENDPOINT, DOCS, OPENAPI})
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
