@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
 from openai import OpenAI
@@ -106,3 +107,30 @@ def test_a_response_stored_by_one_gateway_is_read_and_continued_by_another(redis
             first.responses.retrieve(created.id)
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("on_error", ["allow", "deny"])
+def test_an_unreachable_store(on_error: str) -> None:
+    """``allow``: the answer goes out unstored (what needs a stored response is a 503 either way);
+    ``deny``: a request to store is a 503, and a stream ends with an ``error`` event."""
+    from tests.upstreams.redis_server import free_port
+
+    state = {"store": "redis", "url": f"redis://127.0.0.1:{free_port()}/0", "timeout_ms": 50, "on_error": on_error}
+    with ServerThread(make_app({**mock_config(), "state": state})) as server:
+        client = OpenAI(base_url=server.url + "/v1", api_key="sk-a", max_retries=0)
+        if on_error == "allow":
+            response = client.responses.create(model="mock-gpt-model", input="hi")
+            assert response.output_text == "hi"
+        else:
+            with pytest.raises(openai.InternalServerError) as caught:
+                client.responses.create(model="mock-gpt-model", input="hi")
+            assert caught.value.status_code == 503
+            events = list(client.responses.create(model="mock-gpt-model", input="hi", stream=True))
+            assert events[-1].type == "error" and events[-1].code == "state_store_unavailable"  # type: ignore[union-attr]
+        assert client.responses.create(model="mock-gpt-model", input="hi", store=False).output_text == "hi"
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.responses.create(model="mock-gpt-model", input="hi", previous_response_id="resp_1")
+        assert caught.value.status_code == 503
+        with pytest.raises(openai.InternalServerError):
+            client.responses.retrieve("resp_1")
+        client.close()
