@@ -348,7 +348,18 @@ def test_request_settings_reach_the_upstream_as_chat(proxied: str, fake: OpenAIU
             user="u1",
             text={"format": {"type": "json_schema", "name": "thing", "schema": schema, "strict": True}},
         )
-    sent = fake.last.body
+        echoed = client.responses.create(
+            model="gpt-4o-mini",
+            input="JSON please",
+            tools=[WEATHER],
+            tool_choice={"type": "function", "name": "get_weather"},
+            text={"format": {"type": "json_object"}},
+        )
+    assert fake.last.body["response_format"] == {"type": "json_object"}
+    assert fake.last.body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert echoed.text is not None and echoed.text.format is not None and echoed.text.format.type == "json_object"
+    assert echoed.tool_choice.type == "function" and echoed.tool_choice.name == "get_weather"  # type: ignore[union-attr]
+    sent = fake.requests[-2].body
     assert sent["max_tokens"] == 50 and sent["top_p"] == 0.5 and sent["parallel_tool_calls"] is False
     assert sent["user"] == "u1" and "metadata" not in sent and "store" not in sent
     assert sent["response_format"] == {
