@@ -2,6 +2,8 @@
 
 Each class carries its HTTP status, OpenAI ``type`` and default ``code``; raise one anywhere in the
 pipeline (plugins and backends included) and the client gets ``{"error": {...}}`` with that status.
+A front door in another API's dialect shows the same error in that API's shape: ``DialectError``
+(the ``error_renderer`` plugin chooses the dialect by endpoint).
 """
 
 from __future__ import annotations
@@ -129,3 +131,14 @@ class UpstreamError(GatewayError):
 class UpstreamTimeoutError(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class DialectError(GatewayError):
+    """A gateway error shown in another API's error shape (``/v1/messages``: Anthropic's), with the
+    same status, param, code and headers: subclass it and override ``to_dict``. The ``error_renderer``
+    plugin wraps the error of a front door's request in its dialect's subclass; a plugin that adds a
+    front door in another dialect does the same in its own ``gateway_handle_error``."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message, param=error.param, code=error.code, status=error.status, headers=error.headers)
+        self.type = error.type  # type: ignore[misc]

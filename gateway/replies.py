@@ -10,7 +10,6 @@ from aiohttp import web
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InternalError
-from gateway.formats.messages import AnthropicError
 
 log = structlog.get_logger("gateway")
 
@@ -26,8 +25,6 @@ async def render_error(ctx: RequestContext, exc: BaseException) -> GatewayError:
         error = None
     if not isinstance(error, GatewayError):
         error = InternalError("The server had an error processing your request.")
-    if ctx.endpoint.startswith("messages") or ctx.request.path.startswith("/v1/messages"):
-        return AnthropicError(error)  # Anthropic's clients get Anthropic's error shape
     return error
 
 

@@ -1,5 +1,9 @@
 """The default error rendering: gateway errors as they are, HTTP errors mapped, anything else a
-logged 500 that tells the client only the request id."""
+logged 500 that tells the client only the request id; in the dialect of the front door the request
+came through (``DIALECTS``: Anthropic's shape on ``/v1/messages``), OpenAI's everywhere else.
+
+Another dialect is added the same way, by a plugin: its own ``gateway_handle_error`` returns its
+``gateway.errors.DialectError`` subclass for its endpoint's requests."""
 
 from __future__ import annotations
 
@@ -7,12 +11,33 @@ from aiohttp import web
 
 from gateway import hookimpl
 from gateway.context import RequestContext
-from gateway.errors import GatewayError, InternalError, InvalidRequestError, MethodNotAllowedError, NotFoundError
+from gateway.errors import (
+    DialectError,
+    GatewayError,
+    InternalError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+)
+from gateway.formats.messages import AnthropicError
+
+#: Front doors in another dialect: (``ctx.endpoint`` prefix, path prefix, the error shape). The path
+#: covers a request the gateway could not name an endpoint for (``/v1/messages/nope``: 404).
+DIALECTS: tuple[tuple[str, str, type[DialectError]], ...] = (("messages", "/v1/messages", AnthropicError),)
 
 
 @hookimpl(trylast=True)
 def gateway_handle_error(ctx: RequestContext, error: BaseException) -> GatewayError:
-    """Render ``error`` for the client."""
+    """Render ``error`` for the client, in the dialect of the endpoint."""
+    rendered = as_gateway_error(ctx, error)
+    for endpoint, path, shape in DIALECTS:
+        if ctx.endpoint.startswith(endpoint) or ctx.request.path.startswith(path):
+            return rendered if isinstance(rendered, shape) else shape(rendered)
+    return rendered
+
+
+def as_gateway_error(ctx: RequestContext, error: BaseException) -> GatewayError:
+    """``error`` as the ``GatewayError`` the client sees (OpenAI's shape)."""
     if isinstance(error, GatewayError):
         return error
     if isinstance(error, web.HTTPException):

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError, InvalidRequestError
+from gateway.errors import DialectError, GatewayError, InvalidRequestError
 from gateway.formats.chat import estimate_prompt_tokens
 
 #: Anthropic's ``stop_reason`` -> OpenAI's ``finish_reason`` (anything else: ``stop``).
@@ -311,12 +311,8 @@ def error_body(error: GatewayError) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": error.message}}
 
 
-class AnthropicError(GatewayError):
+class AnthropicError(DialectError):
     """A gateway error rendered in Anthropic's shape, with the same status."""
-
-    def __init__(self, error: GatewayError) -> None:
-        super().__init__(error.message, param=error.param, code=error.code, status=error.status, headers=error.headers)
-        self.type = error.type  # type: ignore[misc]
 
     def to_dict(self) -> dict[str, Any]:
         return error_body(self)
