@@ -53,6 +53,15 @@ class Backend(ABC):
 
     ``gateway.formats.completions`` and ``gateway.formats.embeddings`` build these objects.
 
+    A backend that speaks a front door's own dialect lists that endpoint in ``native_endpoints``
+    (``{"messages"}``: Anthropic's Messages API) and implements ``native(ctx)``: an async iterator like
+    ``chat`` that sends ``ctx.client_body`` (the client's request, untranslated; the model to ask for
+    is ``ctx.deployment.model``) and yields the answer in that dialect: one dict when not streaming;
+    streaming, framed SSE event bytes (``event: ...\ndata: ...\n\n``) that go to the client as they
+    are. It sets ``ctx.usage`` (OpenAI's names: ``prompt_tokens``, ``completion_tokens``). The pipeline
+    calls it instead of ``chat`` when the deployment's backend declares the endpoint, no plugin changed
+    the translated ``ctx.body`` and none set ``ctx.translate`` (see ``gateway.endpoints``).
+
     When a response ends with ``ctx.usage`` still None, the pipeline estimates it (see
     ``gateway.formats.chat``), counting a stream's output as it passes. A backend that sets
     ``ctx.usage`` for every response, also for a stream cut short, says so with ``reports_usage``:
@@ -64,6 +73,8 @@ class Backend(ABC):
     owned_by: ClassVar[str] = "gateway"
     #: True: ``ctx.usage`` is always set (the pipeline skips counting streamed output for an estimate).
     reports_usage: ClassVar[bool] = False
+    #: Front doors (``ctx.endpoint`` names) answered in their own dialect by ``native(ctx)``.
+    native_endpoints: ClassVar[frozenset[str]] = frozenset()
     #: ``closed``, ``open`` or ``half_open``: set by circuit-breaking code; /metrics shows it.
     circuit_state: str = "closed"
 
@@ -95,6 +106,10 @@ class Backend(ABC):
     async def embeddings(self, ctx: RequestContext) -> dict[str, Any]:
         """Answer an embeddings request (see the class docstring); optional."""
         raise UnsupportedEndpointError(str(ctx.model), self.name, "v1/embeddings")
+
+    def native(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:
+        """Answer a front door's request in its own dialect (see the class docstring); optional."""
+        raise UnsupportedEndpointError(str(ctx.model), self.name, f"native {ctx.endpoint}")
 
     def describe(self) -> dict[str, Any]:
         """What /info shows: the config, with ``SecretStr`` fields masked by pydantic and anything

@@ -77,6 +77,11 @@ class RequestContext:
     generation: Generation  # the config generation the request is pinned to
     endpoint: str = ""
     body: dict[str, Any] | None = None  # the parsed JSON body, unknown fields included; editable
+    # A front door in another dialect (``/v1/messages``): the request as the client sent it, before
+    # its translation into the chat form (``body``). A backend that speaks the dialect gets it as it
+    # is (``Backend.native``) unless a plugin changed ``body`` or set ``translate``.
+    client_body: dict[str, Any] | None = None
+    translate: bool = False  # a plugin must see this front-door request's answer in the chat form
     model: str | None = None  # the model the client asked for, after `default` resolution
     stream: bool = False
     principal: Principal | None = None

@@ -23,6 +23,7 @@ from gateway.responses import ResponsesIngress
 if TYPE_CHECKING:
     from gateway.backend import Backend
     from gateway.context import RequestContext
+    from gateway.errors import GatewayError
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,19 @@ class Endpoint:
     # A front door whose translation needs the request itself (``/v1/responses``): ``ingress(ctx,
     # body)`` is an ``Ingress`` for the request, in place of the three translations above.
     ingress: Callable[[RequestContext, dict[str, Any]], Ingress] | None = None
+    # the final event of a stream a backend answered natively that failed: the error in the dialect
+    error_event: Callable[[GatewayError], bytes] | None = None
+
+    def native(self, ctx: RequestContext, backend: Backend | None) -> bool:
+        """Whether ``backend`` answers this front door's request in its own dialect (``Backend.native``):
+        it declares the endpoint, no plugin set ``ctx.translate``, and none changed the translated
+        body (apart from its model): the client's request can go upstream as it was sent."""
+        client = ctx.client_body
+        if backend is None or client is None or self.name not in backend.native_endpoints or ctx.translate:
+            return False
+        assert self.translate_in is not None and ctx.body is not None
+        body = ctx.body
+        return {**self.translate_in(client), "model": body.get("model")} == body
 
 
 class Ingress(Protocol):
@@ -112,12 +126,13 @@ EMBEDDINGS = Endpoint(
 MESSAGES = Endpoint(
     "messages",
     messages_format.validate,
-    lambda backend, ctx: backend.chat(ctx),
+    lambda backend, ctx: backend.native(ctx) if MESSAGES.native(ctx, backend) else backend.chat(ctx),
     chat_format.estimated_usage,
     chat_format.completion_to_chunks,
     messages_format.to_chat,
     messages_format.from_completion,
     messages_format.StreamEncoder,
+    error_event=messages_format.error_event,
 )
 RESPONSES = Endpoint(
     "responses",

@@ -112,6 +112,8 @@ async def respond(
     """A non-streamed answer: ``gateway_process_response``, then JSON (in the endpoint's dialect)."""
     await ctx.generation.hooks.call_all("gateway_process_response", ctx=ctx, response=response)
     translate_out = endpoint.translate_out if endpoint is not None else None
+    if translate_out is not None and endpoint is not None and endpoint.native(ctx, ctx.backend):
+        translate_out = None  # the backend answered in the client's dialect
     if ingress is not None or translate_out is not None:
         if ctx.usage is not None and not response.get("usage"):
             response["usage"] = ctx.usage
@@ -151,7 +153,7 @@ async def model_endpoint(ctx: RequestContext, endpoint: Endpoint) -> web.StreamR
     if ingress is not None:
         body = ingress.chat_body()
     elif endpoint.translate_in is not None:  # another dialect's front door: the chat form from here on
-        body = endpoint.translate_in(body)
+        ctx.client_body, body = body, endpoint.translate_in(body)
     resolve_model(ctx, body)
     ctx.body, ctx.stream = body, endpoint.to_chunks is not None and bool(body.get("stream"))
     await admit(ctx, ingress)
@@ -209,7 +211,10 @@ async def _stream(
     failure ends the stream with one error event, no [DONE]. Unless the backend ``reports_usage``,
     the output is counted for a usage estimate (``ctx.streamed_tokens``): a chunk dict's text, a
     pass-through block's ``data:`` events (one ``bytes.count``; see ``gateway.formats.chat``)."""
+    native = endpoint.translate_in is not None and endpoint.native(ctx, ctx.backend)  # the client's dialect
     filters = ctx.generation.hooks.call("gateway_stream_filter", ctx=ctx)
+    if native:  # chunk filters read chat chunks: a native stream passes as it is (see Backend.native)
+        filters = []
     # pass-through: the headers go with the first event; a filter may hold that back, so not then
     response = (web.StreamResponse if filters else EventStreamResponse)(headers=SSE_HEADERS)
     await response.prepare(ctx.request)
@@ -218,10 +223,11 @@ async def _stream(
     backend = ctx.backend
     counting = backend is not None and not backend.reports_usage
     events = chars = 0
+    encoder = None
     if ingress is not None:
         encoder = ingress.encoder()
-    else:
-        encoder = endpoint.stream_encoder(ctx.model or "", ctx.body or {}) if endpoint.stream_encoder else None
+    elif endpoint.stream_encoder is not None and not native:  # another dialect, translated chunk by chunk
+        encoder = endpoint.stream_encoder(ctx.model or "", ctx.body or {})
     tail = b""  # the stream's last bytes, sent with its end in one write
     try:  # ConnectionError here comes from a write: the client went away
         try:
@@ -266,14 +272,19 @@ async def _stream(
                 if ingress is not None:
                     await ingress.finished()
                 tail = ending
-            else:
+            elif not native:  # a native stream ends as its dialect ends it
                 tail = b"".join([*(encode_event(chunk) for chunk in flush_filters(filters)), DONE])
         except ConnectionError:
             raise
         except Exception as exc:  # the backend failed (already a GatewayError), or a plugin's filter
             ctx.error = exc
             rendered = await render_error(ctx, exc)
-            tail = encoder.error(rendered) if encoder is not None else encode_event(rendered.to_dict())
+            if encoder is not None:
+                tail = encoder.error(rendered)
+            elif native and endpoint.error_event is not None:
+                tail = endpoint.error_event(rendered)
+            else:
+                tail = encode_event(rendered.to_dict())
         await response.write_eof(tail)
     except ConnectionError as exc:
         ctx.status, ctx.error = CLIENT_CLOSED, exc

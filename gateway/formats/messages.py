@@ -299,7 +299,12 @@ class StreamEncoder:
         return out + event("message_stop", {"type": "message_stop"})
 
     def error(self, error: GatewayError) -> bytes:
-        return event("error", error_body(error))
+        return error_event(error)
+
+
+def error_event(error: GatewayError) -> bytes:
+    """The ``error`` event that ends a stream which failed after it started."""
+    return event("error", error_body(error))
 
 
 # Errors -----------------------------------------------------------------------------------------

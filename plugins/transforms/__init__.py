@@ -57,6 +57,7 @@ def gateway_process_request(ctx: RequestContext) -> None:
                 filters.append(rule.filters)
     if filters:
         ctx.state[FILTERS] = filters
+        ctx.translate = True  # the filters read chat replies: no native pass-through (/v1/messages)
 
 
 @hookimpl(tryfirst=True)

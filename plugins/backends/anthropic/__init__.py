@@ -2,11 +2,15 @@
 (``POST {base_url}/v1/messages``), for OpenAI clients.
 
 Requests, replies and streams are translated by ``anthropic_messages`` (its docstring says what
-becomes of each request field). Upstream errors map like every backend's (``gateway.upstream.errors``):
-a 4xx keeps its status, message and Anthropic's error type; 429 keeps ``Retry-After``; 529
-(overloaded) -> 503 ``upstream_overloaded``; other 5xx -> 502. An ``error`` event in the middle of a
-stream ends the client's stream with the same error as a final event. Models are the configured
-``models``, else Anthropic's ``GET /v1/models`` (every page), cached ``models_ttl`` seconds.
+becomes of each request field). ``/v1/messages`` requests pass through natively (``native``): the
+client's body goes upstream as it was sent, with the deployment's model and the client's
+``anthropic-version`` and ``anthropic-beta`` headers (else the configured ones), and Anthropic's
+answer or events come back as they are, their usage counted. Upstream errors map like every
+backend's (``gateway.upstream.errors``): a 4xx keeps its status, message and Anthropic's error
+type; 429 keeps ``Retry-After``; 529 (overloaded) -> 503 ``upstream_overloaded``; other 5xx -> 502.
+An ``error`` event in the middle of a stream ends the client's stream with the same error as a
+final event. Models are the configured ``models``, else Anthropic's ``GET /v1/models`` (every
+page), cached ``models_ttl`` seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from gateway.backend import Backend, BackendConfig, model_object
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamError
 from gateway.formats.chat import completion_to_chunks, include_usage
+from gateway.formats.messages import StreamEncoder
 from gateway.upstream.errors import (
     BaseUrl,
     Credential,
@@ -44,6 +49,7 @@ from gateway_plugins.backends.anthropic.messages import (
     SAMPLING_REMOVED_IN,
     completion,
     messages_request,
+    usage_of,
 )
 from gateway_plugins.backends.anthropic.stream import StreamTranslator
 
@@ -60,6 +66,10 @@ ERROR_STATUS = {
     "timeout_error": 504,
     "overloaded_error": 529,
 }
+#: Request headers of a ``/v1/messages`` client that go upstream with its request (native pass-through).
+CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
+#: Stream events the native pass-through reads (the rest pass unread).
+USAGE_EVENTS = frozenset({"message_start", "message_delta", "error"})
 #: Anthropic's status for "overloaded, retry later": the client gets a 503.
 OVERLOADED = (529,)
 #: Anthropic response headers passed on to the client, beside ``gateway.upstream.forwarded_headers``.
@@ -96,6 +106,7 @@ class AnthropicBackend(Backend):
 
     type_name = "anthropic"
     Config = AnthropicConfig
+    native_endpoints = frozenset({"messages"})
     owned_by = "anthropic"
     config: AnthropicConfig
 
@@ -162,6 +173,41 @@ class AnthropicBackend(Backend):
                     ctx.usage = translator.usage or ctx.usage
         raise UpstreamError(f"Backend {self.name!r} ended the stream before it was complete.")
 
+    # Messages, natively ------------------------------------------------------------------------
+
+    async def native(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:  # type: ignore[override]
+        """``/v1/messages`` as the client sent it (see the module docstring)."""
+        assert ctx.client_body is not None and ctx.deployment is not None and self.session is not None
+        body = {**ctx.client_body, "model": ctx.deployment.model}
+        headers = {name: ctx.request.headers[name] for name in CLIENT_HEADERS if name in ctx.request.headers}
+        url = f"{self.config.base_url}/v1/messages"
+        with transport_errors(self.name, self._secrets):
+            async with self.session.post(url, data=orjson.dumps(body), headers=headers) as response:
+                ctx.response_headers.update(_forwarded(response.headers))
+                await raise_for_status(response, self.name, self._secrets, OVERLOADED)
+                if response.content_type != "text/event-stream":
+                    message = await json_object(response, self.name)
+                    ctx.usage = usage_of(message.get("usage") or {})
+                    yield _events_of(message) if ctx.stream else message
+                    return
+                raw_usage: dict[str, Any] = {}
+                try:
+                    async for kind, data in iter_sse(response.content):
+                        if kind in USAGE_EVENTS:  # the only events read: for usage and errors
+                            event = self._event(data)
+                            if kind == "error":
+                                raise self._stream_error(event)
+                            found = event.get("usage") or (event.get("message") or {}).get("usage")
+                            if isinstance(found, Mapping):
+                                raw_usage.update((k, v) for k, v in found.items() if type(v) is int)
+                        yield b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+                        if kind == "message_stop":
+                            return
+                finally:  # also when the stream fails or the client leaves: count what is known
+                    if raw_usage:
+                        ctx.usage = usage_of(raw_usage)
+        raise UpstreamError(f"Backend {self.name!r} ended the stream before it was complete.")
+
     def _event(self, data: bytes) -> dict[str, Any]:
         try:
             event = orjson.loads(data)
@@ -208,6 +254,14 @@ class AnthropicBackend(Backend):
                 break
             params = {**params, "after_id": page["last_id"]}
         return models
+
+
+def _events_of(message: dict[str, Any]) -> bytes:
+    """The stream events of a whole message (an upstream that answered a stream request in one piece)."""
+    answer = completion(message, str(message.get("model", "")))
+    encoder = StreamEncoder(answer["model"], {})
+    out = encoder.start() + b"".join(encoder.feed(chunk) for chunk in completion_to_chunks(answer, True))
+    return out + encoder.end(0)
 
 
 def _forwarded(headers: Mapping[str, str]) -> dict[str, str]:
