@@ -293,9 +293,12 @@ class StreamEncoder:
     def end(self, streamed_tokens: int) -> bytes:
         out = self._open({"type": "text", "text": ""}) if self._index < 0 else b""
         out += self._close()
-        output = self._output if self._output is not None else streamed_tokens
         delta = {"stop_reason": self._stop, "stop_sequence": self._sequence}
-        out += event("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": output}})
+        # the backend's counts, once it reported them (message_start could only carry an estimate)
+        usage = {"output_tokens": streamed_tokens} if self._output is None else {
+            "input_tokens": self.input_tokens, "output_tokens": self._output
+        }  # fmt: skip
+        out += event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
         return out + event("message_stop", {"type": "message_stop"})
 
     def error(self, error: GatewayError) -> bytes:

@@ -47,6 +47,7 @@ class Reply:
     json_for_stream: bool = False  # answer a stream request with a JSON completion
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, arguments): finish "tool_calls"
     finish_reason: str = ""  # the answer's finish_reason (default: "tool_calls" with tool calls, else "stop")
+    stop_reason: str | None = None  # the choice's stop_reason (vLLM's field: the stop string that ended it)
 
     @property
     def finish(self) -> str:
@@ -194,6 +195,7 @@ def _completion(reply: Reply, model: str) -> dict[str, Any]:
                 "message": {"role": "assistant", "content": reply.content or None, "refusal": None, **_calls(reply)},
                 "logprobs": None,
                 "finish_reason": reply.finish,
+                **_stop_reason(reply),
             }
         ],
         "usage": _usage(reply),
@@ -202,6 +204,10 @@ def _completion(reply: Reply, model: str) -> dict[str, Any]:
     if not reply.report_usage:
         del completion["usage"]
     return completion
+
+
+def _stop_reason(reply: Reply) -> dict[str, Any]:
+    return {} if reply.stop_reason is None else {"stop_reason": reply.stop_reason}
 
 
 def _calls(reply: Reply) -> dict[str, Any]:
@@ -225,7 +231,10 @@ def _chunks(reply: Reply, model: str, with_usage: bool) -> list[dict[str, Any]]:
             "created": 1700000000,
             "model": model,
             "system_fingerprint": "fp_upstream",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                | (_stop_reason(reply) if finish else {})
+            ],
             **extra,
         }
 
