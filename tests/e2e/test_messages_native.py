@@ -184,3 +184,17 @@ async def test_a_plugin_that_changes_the_request_gets_the_translated_path(
     assert "cache_control" not in json.dumps(sent)  # translated from the chat form
     if isinstance(plugin, Rewrites):
         assert sent["system"].startswith("Policy first.")
+
+
+async def test_a_stop_sequence_on_the_translated_path(upstream: AnthropicUpstream, start: Start) -> None:
+    url = await start([NeedsChat()])
+    upstream.reply(Reply(blocks=[text("one two")], stop_reason="stop_sequence", stop_sequence="END"))
+    async with anthropic.AsyncAnthropic(base_url=url, api_key="unused", max_retries=0, timeout=10) as claude:
+        message = await claude.messages.create(**REQUEST)
+        assert message.id != "msg_01FakeUpstream"  # through the chat form and back
+        assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "END")
+        upstream.reply(Reply(blocks=[text("one two")], stop_reason="stop_sequence", stop_sequence="END"))
+        async with claude.messages.stream(**REQUEST) as stream:
+            final = await stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "END")
+    assert upstream.last.body["stop_sequences"] == ["END"]

@@ -212,5 +212,7 @@ async def test_metrics_and_the_access_line_name_the_endpoint(start: Start) -> No
     assert 'endpoint="messages.count_tokens"' in text
     lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
     access = {line["path"]: line for line in lines if line["event"] == "request"}
-    assert access["/v1/messages"]["backend"] == "up" and access["/v1/messages"]["prompt_tokens"] == 11
+    assert access["/v1/messages"]["endpoint"] == "messages" and access["/v1/messages"]["backend"] == "up"
+    assert access["/v1/messages"]["prompt_tokens"] == 11
+    assert access["/v1/messages/count_tokens"]["endpoint"] == "messages.count_tokens"
     assert access["/v1/messages/count_tokens"]["status"] == 200
