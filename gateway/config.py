@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from gateway.backend import BackendConfig
 from gateway.config_problems import did_you_mean, line_of, node_lines, validation_problems
-from gateway.model_table import ModelIndex, ModelRoute, RouterConfig, inherit, table_problems
+from gateway.model_table import ModelIndex, ModelRoute, RouterConfig, inherit
+from gateway.router_defaults import check_table, inherit_all, router_defaults, routes_alone
 from gateway.state.config import StateConfig
 from gateway.state.responses import ResponsesConfig
 
@@ -243,11 +244,9 @@ def validate_config(
     if "defaults" in raw and "router" not in raw:  # the issue's other name for it: one name only
         raw.pop("defaults")
         problems.append(("defaults", "write what every model inherits under `router:` (README, 'Router defaults')"))
-    router, defaults = _router_defaults(raw.pop("router", None), problems)
-    own_fallbacks: list[bool] = []  # per entry of models: whether it lists its own fallbacks
-    if defaults and isinstance(raw.get("models"), list):
-        own_fallbacks = [isinstance(entry, Mapping) and "fallbacks" in entry for entry in raw["models"]]
-        raw["models"] = [inherit(entry, defaults) for entry in raw["models"]]
+    router, defaults = router_defaults(raw.pop("router", None), problems)
+    own_fallbacks = inherit_all(raw, defaults)
+    inherited = bool(defaults.get("fallbacks"))
     try:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
@@ -259,7 +258,12 @@ def validate_config(
     except ValidationError:
         plugins = PluginsConfig()  # already reported above
     plugin_sections = _validate_sections(plugins, sections, problems)
-    if config is None:
+    # a backend that failed validation is still declared: no false "no backend named" for it
+    declared = {b.name for b in backends} | {
+        e["name"] for e in raw_backends if isinstance(e, dict) and isinstance(e.get("name"), str)
+    }
+    if config is None:  # the table's own problems too, in the same run
+        check_table(routes_alone(raw.get("models")), own_fallbacks, inherited, declared, problems)
         raise ConfigError(source, problems)
     config.source = source
     config.router = router
@@ -268,19 +272,8 @@ def validate_config(
 
     if not config.models:
         config.models = _implicit_routes(backends, defaults)
-    if defaults.get("fallbacks"):
-        _drop_own_fallbacks(config, own_fallbacks)
-    if raw.get("models") or defaults.get("fallbacks"):
-        # a backend that failed validation is still declared: no false "no backend named" for it
-        declared = {b.name for b in backends} | {
-            e["name"] for e in raw_backends if isinstance(e, dict) and isinstance(e.get("name"), str)
-        }
-        for path, problem in table_problems(config.models, declared):
-            inherited = _INHERITED_FALLBACK.fullmatch(path) if defaults.get("fallbacks") else None
-            if inherited and not _owns(own_fallbacks, int(inherited[1])):
-                path = f"router.fallbacks{inherited[2]}"  # the router's list, not the entry's
-            if (path, problem) not in problems:
-                problems.append((path, problem))
+    if raw.get("models") or inherited:
+        check_table(config.models, own_fallbacks, inherited, declared, problems)
     if config.default_model and config.find_route(config.default_model) is None:
         problems.append(("default_model", f"no entry in models serves {config.default_model!r}"))
     if problems:
@@ -342,33 +335,6 @@ def _validate_sections(
             )
         )
     return validated
-
-
-_INHERITED_FALLBACK = re.compile(r"models\[(\d+)\]\.fallbacks(\[\d+\])")
-
-
-def _router_defaults(router: Any, problems: list[tuple[str, str]]) -> tuple[RouterConfig, dict[str, Any]]:
-    """The ``router`` section, validated, and as given (the defaults entries inherit; none when it
-    has problems, which are reported under ``router``)."""
-    if router is None:
-        return RouterConfig(), {}
-    try:
-        validated = RouterConfig.model_validate(router)
-    except ValidationError as exc:
-        problems.extend(validation_problems(exc, ("router",), RouterConfig))
-        return RouterConfig(), {}
-    return validated, dict(router)
-
-
-def _owns(own_fallbacks: list[bool], i: int) -> bool:
-    return i < len(own_fallbacks) and own_fallbacks[i]
-
-
-def _drop_own_fallbacks(config: GatewayConfig, own_fallbacks: list[bool]) -> None:
-    """An entry that inherited the router's ``fallbacks`` does not fall back to itself."""
-    for i, route in enumerate(config.models):
-        if not _owns(own_fallbacks, i):
-            route.fallbacks = [name for name in route.fallbacks if config.find_route(name) is not route]
 
 
 def _implicit_routes(backends: list[BackendConfig], defaults: Mapping[str, Any]) -> list[ModelRoute]:

@@ -84,6 +84,17 @@ def test_each_problem_names_its_line(tmp_path: Path) -> None:
     assert len(lines) == 4
 
 
+def test_a_core_problem_does_not_hide_the_models_tables(tmp_path: Path) -> None:
+    text = "server: {hots: x}\nbackends: [{name: mock, type: mock}]\nmodels:\n  - {name: a, backend: nowhere}\n"
+    result = cli("check-config", write(tmp_path, text))
+    assert result.returncode == 2
+    path = str(tmp_path / "gateway.yaml")
+    assert result.stderr.splitlines()[1:] == [
+        f"{path}:1: server.hots: unknown key (did you mean 'host'?)",
+        f"{path}:4: models[0].backend: no backend named 'nowhere' (configured: mock)",
+    ]
+
+
 def test_positional_form_and_singular_counts() -> None:
     result = cli("check-config", "config/gateway.yaml")
     assert result.returncode == 0 and "OK (1 backend, 1 model, " in result.stdout
