@@ -90,16 +90,20 @@ def chat_completion(
     usage: Mapping[str, Any] | None,
     system_fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """A ``chat.completion`` object; ``choices`` are built with ``message_choice``."""
-    return {
+    """A ``chat.completion`` object; ``choices`` are built with ``message_choice``. ``usage`` and
+    ``system_fingerprint`` are left out when None (OpenAI's spec types both as optional, not nullable)."""
+    out: dict[str, Any] = {
         "id": id,
         "object": "chat.completion",
         "created": created,
         "model": model,
         "choices": choices,
-        "usage": usage,
-        "system_fingerprint": system_fingerprint,
     }
+    if usage is not None:
+        out["usage"] = usage
+    if system_fingerprint is not None:
+        out["system_fingerprint"] = system_fingerprint
+    return out
 
 
 def chunk_choice(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
@@ -134,15 +138,12 @@ def stream_object(
     system_fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """A chunk of any endpoint's stream (``chat.completion.chunk``, ``text_completion``), with ``usage``
-    only when given (see ``chunk``)."""
-    out = {
-        "id": id,
-        "object": object_type,
-        "created": created,
-        "model": model,
-        "system_fingerprint": system_fingerprint,
-        "choices": choices,
-    }
+    only when given (see ``chunk``) and ``system_fingerprint`` only when there is one (the spec types it
+    as an optional string, not nullable)."""
+    out: dict[str, Any] = {"id": id, "object": object_type, "created": created, "model": model}
+    if system_fingerprint is not None:
+        out["system_fingerprint"] = system_fingerprint
+    out["choices"] = choices
     if usage is not _MISSING:
         out["usage"] = usage
     return out
@@ -333,4 +334,7 @@ def chunks_to_completion(chunks: Iterable[Mapping[str, Any]], usage: Mapping[str
                 for _, c in sorted(kept["calls"].items())
             ]
         out.append({"index": index, "message": message, "logprobs": None, "finish_reason": kept["finish_reason"]})
-    return {"object": "chat.completion", **frame, "choices": out, "usage": dict(usage) if usage else None}
+    completion = {"object": "chat.completion", **frame, "choices": out}
+    if usage:
+        completion["usage"] = dict(usage)
+    return completion

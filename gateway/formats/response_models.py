@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+def _optional(description: str) -> Any:
+    """A field that may be absent but is never null (OpenAI's spec: optional, not nullable)."""
+    return Field(None, description=description, json_schema_extra=lambda schema: schema.pop("default", None))
 
 
 class Usage(_Doc):
@@ -25,15 +30,15 @@ class Usage(_Doc):
 class ChatCompletionMessage(_Doc):
     role: Literal["assistant"]
     content: str | None
-    refusal: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    refusal: str | None
+    tool_calls: list[dict[str, Any]] = _optional("the tool calls, when the model called tools")
 
 
 class ChatCompletionChoice(_Doc):
     index: int
     message: ChatCompletionMessage
-    logprobs: dict[str, Any] | None = None
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"] | None
+    logprobs: dict[str, Any] | None
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
 class ChatCompletion(_Doc):
@@ -44,15 +49,15 @@ class ChatCompletion(_Doc):
     created: int
     model: str
     choices: list[ChatCompletionChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
+    usage: Usage = _optional("the tokens used (absent when unknown)")
+    system_fingerprint: str = _optional("the upstream's backend configuration, when it sent one")
 
 
 class ChunkChoice(_Doc):
     index: int
     delta: dict[str, Any]
     logprobs: dict[str, Any] | None = None
-    finish_reason: str | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"] | None
 
 
 class ChatCompletionChunk(_Doc):
@@ -64,6 +69,7 @@ class ChatCompletionChunk(_Doc):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    system_fingerprint: str = _optional("the upstream's backend configuration, when it sent one")
 
 
 class Model(_Doc):
@@ -110,8 +116,8 @@ class Info(_Doc):
 class TextCompletionChoice(_Doc):
     text: str
     index: int
-    logprobs: dict[str, Any] | None = None
-    finish_reason: Literal["stop", "length", "content_filter"] | None
+    logprobs: dict[str, Any] | None
+    finish_reason: Literal["stop", "length", "content_filter"] | None  # null on the chunks of a stream
 
 
 class TextCompletion(_Doc):
@@ -122,8 +128,8 @@ class TextCompletion(_Doc):
     created: int
     model: str
     choices: list[TextCompletionChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
+    usage: Usage | None = None  # null on the chunks of a stream with include_usage
+    system_fingerprint: str = _optional("the upstream's backend configuration, when it sent one")
 
 
 class Embedding(_Doc):
