@@ -56,6 +56,8 @@ _MODEL = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 #: ``"data: [DONE]"`` inside a chunk's content never matches), with or without the space.
 _DONE = re.compile(rb"^data: ?\[DONE\][ \t]*$", re.MULTILINE)
 _EVENT_END = b"\n\n"
+#: A choice's finish as upstreams write it (a reply's text holds ``\"`` escaped, so never matches).
+_FINISHES = (b'"finish_reason":"', b'"finish_reason": "')
 #: ``"usage": null`` as upstreams write it on each chunk of a stream that asked for usage.
 _NULL_USAGE = (b',"usage":null', b', "usage": null')
 
@@ -203,7 +205,8 @@ class OpenAICompatBackend(Backend):
                         for chunk in to_chunks(answer, include_usage(ctx.body)):
                             yield chunk
                     return
-                events = _Events(self, ctx, drop_usage, _Renamer(ctx.model) if rename else None, secrets)
+                renamer = _Renamer(ctx.model) if rename else None
+                events = _Events(self, ctx, drop_usage, renamer, secrets, _choices(ctx.body, operation))
                 async for data in response.content.iter_any():
                     block = events.feed(data)
                     if events.done and events.failure is None:  # [DONE] came with it: one write for both
@@ -298,9 +301,10 @@ class _Events:
     (``gateway.upstream.sse_blocks``: only the new bytes scanned, each event checked by its first and
     last bytes, one event's size capped): ``[DONE]`` removed (the gateway sends its own), the usage
     event read (and dropped when only the gateway asked for it), an error event, a malformed or an
-    oversized one turned into ``failure``. A block that needs no rewrite goes out as it came in."""
+    oversized one turned into ``failure``, the choices' finishes counted (until each of ``choices`` has
+    finished). A block that needs no rewrite goes out as it came in."""
 
-    __slots__ = ("backend", "blocks", "ctx", "drop_usage", "failure", "renamer", "secrets")
+    __slots__ = ("backend", "blocks", "choices", "ctx", "drop_usage", "failure", "finishes", "renamer", "secrets")
 
     def __init__(
         self,
@@ -309,9 +313,11 @@ class _Events:
         drop_usage: bool,
         renamer: Callable[[bytes], bytes] | None,
         secrets: tuple[str | None, ...],
+        choices: int = 1,
     ) -> None:
         self.backend, self.ctx, self.drop_usage, self.renamer, self.secrets = backend, ctx, drop_usage, renamer, secrets
         self.blocks = EventBlocks(backend.config.max_event_size)
+        self.choices, self.finishes = choices, 0
         self.failure: UpstreamError | None = None
 
     @property
@@ -326,6 +332,8 @@ class _Events:
             self.failure = UpstreamError(f"Backend {self.backend.name!r} {blocks.problem}.")
         if not block:
             return block
+        if self.finishes < self.choices:
+            self.finishes += block.count(_FINISHES[0]) + block.count(_FINISHES[1])
         if self.drop_usage:  # ``"usage": null`` on each chunk: only the gateway asked for usage
             for null in _NULL_USAGE:
                 block = block.replace(null, b"")
@@ -337,9 +345,21 @@ class _Events:
         return block
 
     def ended(self) -> bool:
-        """At the end of the upstream's body: whether the stream was complete ([DONE] without the
-        blank line after it counts)."""
-        return self.done or _DONE.match(self.blocks.pending()) is not None
+        """At the end of the upstream's body: whether the stream was complete: ``[DONE]`` (without
+        the blank line after it too), or a clean end after every choice's finish (older llama.cpp
+        servers send no ``[DONE]``; the gateway sends its own)."""
+        pending = self.blocks.pending()
+        if self.done or _DONE.match(pending) is not None:
+            return True
+        return self.finishes >= self.choices and not pending.strip()
+
+
+def _choices(body: Mapping[str, Any], operation: str) -> int:
+    """The choices a stream answers: ``n``, for each prompt of a legacy completion."""
+    n = body.get("n") or 1
+    if operation == "completions":
+        return n * max(1, len(completions_format.split_inputs(body.get("prompt"))))
+    return n
 
 
 def _carries_usage(block: bytes) -> bool:

@@ -78,6 +78,7 @@ class Reply:
     error_event_after: int | None = None  # stream: an error event after this many events, then the end
     error_event_type: str = "overloaded_error"
     message_stop: bool = True  # stream: end with message_stop
+    end_after: int | None = None  # stream: end cleanly (no message_delta, no message_stop) after this many events
     json_for_stream: bool = False  # answer a stream request with a JSON message
 
 
@@ -179,6 +180,9 @@ class AnthropicUpstream:
             if i == reply.die_after:
                 assert request.transport is not None
                 request.transport.close()
+                return response
+            if i == reply.end_after:
+                await response.write_eof()
                 return response
             if i == reply.error_event_after:
                 error = {"type": "error", "error": {"type": reply.error_event_type, "message": reply.error_message}}

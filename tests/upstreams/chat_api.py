@@ -45,6 +45,7 @@ class Reply:
     hang_after: int | None = None  # streams: stop sending (connection open) after this many events
     die_after: int | None = None  # streams: drop the connection after this many events
     done: bool = True  # streams: send the final event
+    done_flag: bool = True  # ndjson: the final event says `"done": true` (False: only its stop reason and usage)
 
 
 class ChatAPI:
@@ -105,6 +106,8 @@ class ChatAPI:
     async def ndjson(self, request: web.Request, body: Any, reply: Reply) -> web.StreamResponse:
         lines = [{"token": w} for w in _words(reply.text or f"You said: {(body or {}).get('prompt')}")]
         final = {"done": True, "stop": "end", "usage": USAGE} if reply.done else None
+        if final is not None and not reply.done_flag:
+            del final["done"]
         frames = [json.dumps(x).encode() + b"\n" for x in [*lines, final] if x is not None]
         return await _stream(request, reply, "application/x-ndjson", frames)
 

@@ -41,7 +41,8 @@ class Reply:
     die_after: int | None = None  # stream: drop the connection after this many chunks
     error_event_after: int | None = None  # stream: an error event after this many chunks, then close
     gate: asyncio.Event | None = None  # stream: after the first chunk, wait until this is set
-    done: bool = True  # stream: end with data: [DONE]
+    done: bool = True  # stream: end with data: [DONE] (False: end cleanly after the finish chunk, as older llama.cpp)
+    end_after: int | None = None  # stream: end cleanly (no finish, no [DONE]) after this many chunks
     crlf: bool = False  # stream: lines end with \r\n
     one_write: bool = False  # stream: every event in a single write
     json_for_stream: bool = False  # answer a stream request with a JSON completion
@@ -159,6 +160,9 @@ class OpenAIUpstream:
             if i == reply.die_after:
                 assert request.transport is not None
                 request.transport.close()
+                return response
+            if i == reply.end_after:
+                await response.write_eof()
                 return response
             if i == reply.error_event_after:
                 error = _error_body("The server had an error while processing your request.", "server_error")

@@ -169,6 +169,10 @@ class AnthropicBackend(Backend):
                             yield chunk
                         if translator.complete:
                             return
+                    for chunk in translator.end() or ():  # ended after the finish, without message_stop
+                        yield chunk
+                    if translator.complete:
+                        return
                 finally:  # also when the stream fails or the client leaves: count what is known
                     ctx.usage = translator.usage or ctx.usage
         raise UpstreamError(f"Backend {self.name!r} ended the stream before it was complete.")

@@ -87,6 +87,13 @@ class StreamTranslator:
             return out
         return []
 
+    def end(self) -> list[dict[str, Any]] | None:
+        """At a clean end of the stream without ``message_stop``: the chunks that close it when the
+        finish reason is out (the reply is complete), else None (the stream was cut short)."""
+        if not self.finished:
+            return None
+        return self.feed({"type": "message_stop"})
+
     def _block_start(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
         block = event.get("content_block") or {}
         if block.get("type") == "text":

@@ -230,7 +230,7 @@ class HttpTemplateBackend(Backend):
                     yield reading.pieces[-1]
                 if reading.done:
                     break
-        if not reading.done and spec.has_end:
+        if not reading.done and spec.has_end and reading.finish_reason is None:  # a clean end after a finish: complete
             raise UpstreamError(f"Backend {self.name!r} ended its stream before the end (no `done` event).")
         if not reading.found_text:
             raise self._no_text(self._stream, " in any event of its stream")

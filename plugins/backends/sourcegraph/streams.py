@@ -135,8 +135,9 @@ async def chat_chunks(ctx: RequestContext, events: Events, backend: str, on_erro
 async def legacy_deltas(events: Events, backend: str, on_error: OnError) -> AsyncIterator[tuple[str, str | None]]:
     """(new text, stop reason) of each ``completion`` event, whose ``completion`` is the whole text so
     far (``deltaText``, the new text, from api-version 2 on); an ``error`` event raises, and so does
-    a stream that ends without ``done``. Other events (``attribution-error``...) are skipped."""
-    text = ""
+    a stream that ends without ``done`` before any stop reason. Other events (``attribution-error``...)
+    are skipped."""
+    text, stopped = "", False
     async for event, data in events:
         if event == "completion":
             payload = json_object(data) or {}
@@ -148,13 +149,15 @@ async def legacy_deltas(events: Events, backend: str, on_error: OnError) -> Asyn
                 delta = whole[len(text) :] if whole.startswith(text) else ""
                 text = whole
             reason = payload.get("stopReason") or None
+            stopped = stopped or reason is not None
             if delta or reason:
                 yield delta, reason
         elif event == "error":
             raise on_error(error_details(data).get("message") or "unknown error")
         elif event == "done":
             return
-    raise UpstreamError(f"Backend {backend!r} ended the stream before it was complete.")
+    if not stopped:  # a clean end after the stop reason is complete
+        raise UpstreamError(f"Backend {backend!r} ended the stream before it was complete.")
 
 
 async def legacy_chunks(ctx: RequestContext, deltas: AsyncIterator[tuple[str, str | None]]) -> AsyncIterator[Any]:

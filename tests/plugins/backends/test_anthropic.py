@@ -521,10 +521,20 @@ async def test_an_error_event_mid_stream_ends_the_stream_with_that_error(
     assert "Overloaded" in events[-1]["error"]["message"]
 
 
+async def test_a_stream_that_ends_after_message_delta_without_message_stop_is_complete(
+    fake: AnthropicUpstream, client: TestClient
+) -> None:
+    fake.reply(Reply(blocks=[text("one two")], message_stop=False))
+    events = await stream(client, stream_options={"include_usage": True})
+    assert events[-1] == "[DONE]" and not any("error" in e for e in events if isinstance(e, dict))
+    assert events[-3]["choices"][0]["finish_reason"] == "stop"
+    assert events[-2]["usage"] == {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+
+
 @pytest.mark.parametrize(
     "reply",
-    [Reply(blocks=[text("one two three four")], die_after=5), Reply(message_stop=False)],
-    ids=["connection-dropped", "no-message_stop"],
+    [Reply(blocks=[text("one two three four")], die_after=5), Reply(blocks=[text("one two three")], end_after=4)],
+    ids=["connection-dropped", "clean-end-before-message_delta"],
 )
 async def test_a_stream_cut_short_ends_with_an_error_event(
     fake: AnthropicUpstream, client: TestClient, reply: Reply

@@ -387,6 +387,15 @@ async def test_a_silent_api_is_a_504(gateway: Any, api: ChatAPI, reply: Reply) -
         assert error["code"] == "upstream_timeout"
 
 
+async def test_a_stream_that_ends_after_its_finish_reason_without_done_is_complete(gateway: Any, api: ChatAPI) -> None:
+    """The NDJSON stream's last event reports the finish reason but not ``done``: complete."""
+    client = await start(gateway, api, "/stream.ndjson", stream=NDJSON)
+    api.reply(Reply(text="one two", done_flag=False))
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True))
+    raw = await resp.read()
+    assert raw.endswith(b"data: [DONE]\n\n") and b'"error"' not in raw and b"one " in raw
+
+
 @pytest.mark.parametrize(
     ("path", "mapping", "reply", "code", "says"),
     [

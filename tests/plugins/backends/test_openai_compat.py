@@ -608,7 +608,7 @@ async def test_a_silent_upstream_is_a_504(gateway: Any, upstream: OpenAIUpstream
     [
         (Reply(die_after=3), "bad_gateway"),
         (Reply(hang_after=3), "upstream_timeout"),
-        (Reply(done=False), "bad_gateway"),
+        (Reply(end_after=3), "bad_gateway"),  # a clean end before any finish_reason
         (Reply(error_event_after=3), "bad_gateway"),
     ],
 )
@@ -626,6 +626,23 @@ async def test_a_stream_that_breaks_ends_with_one_error_event(
     assert last["error"]["code"] == code and "'up'" in last["error"]["message"]
     assert sum(b'"error"' in p for p in payloads) == 1
     assert usage.seen[-1][1] is not None
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+async def test_a_stream_that_ends_after_its_finish_without_done_is_complete(
+    gateway: Any, upstream: OpenAIUpstream, crlf: bool
+) -> None:
+    """Older llama.cpp servers end the stream after the finish_reason chunk without ``[DONE]``: the
+    reply is complete, and the client gets the gateway's own ``[DONE]``."""
+    upstream.reply(Reply(content="all of it", done=False, crlf=crlf))
+    client = await start(gateway, upstream)
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True, n=1))
+    payloads = events(await resp.read())
+    assert payloads[-1] == b"[DONE]" and not any(b'"error"' in p for p in payloads)
+    assert orjson.loads(payloads[-2])["choices"][0]["finish_reason"] == "stop"
+    upstream.reply(Reply(content="all of it", done=False))
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True, n=2))  # one choice of two finished
+    assert orjson.loads(events(await resp.read())[-1])["error"]["code"] == "bad_gateway"
 
 
 async def test_a_chunk_carrying_an_error_ends_the_stream_with_it(aiohttp_server: Any, gateway: Any) -> None:

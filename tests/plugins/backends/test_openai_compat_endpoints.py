@@ -210,3 +210,17 @@ async def test_the_sdk_through_the_gateway_to_the_upstream(sdk: AsyncOpenAI, ups
     assert upstream.last.body["encoding_format"] == "base64"
     as_float = await sdk.embeddings.create(model=EMBEDDING, input=["a", "b"], encoding_format="float")
     assert [d.embedding for d in default.data] == [d.embedding for d in as_float.data] == [vector(0), vector(1)]
+
+
+async def test_a_completions_stream_that_ends_after_its_finish_without_done_is_complete(
+    gateway: Any, upstream: OpenAITextUpstream
+) -> None:
+    upstream.reply(Reply(content="all of it", done=False))
+    client = await start(gateway, upstream)
+    resp = await client.post("/v1/completions", json={"model": INSTRUCT, "prompt": "x", "stream": True})
+    events = payloads(await resp.read())
+    assert events[-1] == b"[DONE]" and orjson.loads(events[-2])["choices"][0]["finish_reason"] == "stop"
+    upstream.reply(Reply(content="all of it", done=False))
+    body = {"model": INSTRUCT, "prompt": ["x", "y"], "stream": True}  # two prompts, one finish
+    events = payloads(await (await client.post("/v1/completions", json=body)).read())
+    assert orjson.loads(events[-1])["error"]["code"] == "bad_gateway"

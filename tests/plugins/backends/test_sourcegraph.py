@@ -445,7 +445,7 @@ async def test_legacy_incremental_api_versions_and_n(gateway: Any, instance: Any
     [
         (Reply(error_event_after=0, error_message="upstream provider failed"), "bad_gateway"),
         (Reply(error_event_after=0, error_message="rate limit exceeded for user"), "rate_limit_exceeded"),
-        (Reply(done=False), "bad_gateway"),
+        (Reply(done=False, finish_reason=""), "bad_gateway"),  # no stop reason, no done event
     ],
 )
 async def test_legacy_errors_before_any_output(gateway: Any, instance: Any, reply: Reply, code: str) -> None:
@@ -453,6 +453,29 @@ async def test_legacy_errors_before_any_output(gateway: Any, instance: Any, repl
     client = await start(gateway, instance, legacy=True)
     resp = await client.post("/v1/chat/completions", json=chat())
     assert (await resp.json())["error"]["code"] == code
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_legacy_stream_that_ends_after_its_stop_reason_without_done_is_complete(
+    gateway: Any, instance: Any, stream: bool
+) -> None:
+    instance.default = Reply(content="a b c", done=False)
+    client = await start(gateway, instance, legacy=True)
+    resp = await client.post("/v1/chat/completions", json=chat(stream=stream))
+    if stream:
+        chunks = events(await resp.read())
+        assert chunks[-1] == "[DONE]" and text_of(chunks) == "a b c"
+    else:
+        assert (await resp.json())["choices"][0]["message"]["content"] == "a b c"
+
+
+async def test_a_chat_api_stream_that_ends_after_its_finish_without_done_is_complete(
+    gateway: Any, instance: Any
+) -> None:
+    instance.default = Reply(content="a b c", done=False)
+    client = await start(gateway, instance)
+    chunks = events(await (await client.post("/v1/chat/completions", json=chat(stream=True))).read())
+    assert chunks[-1] == "[DONE]" and text_of(chunks) == "a b c"
 
 
 async def test_legacy_errors_mid_stream_and_unknown_models(gateway: Any, instance: Any) -> None:
