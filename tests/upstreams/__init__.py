@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import hookimpl
+
 
 @dataclass
 class Recorded:
@@ -29,3 +31,14 @@ async def record(request: web.Request, requests: list[Recorded]) -> Any:
         body = raw
     requests.append(Recorded(request.method, request.path, dict(request.query), dict(request.headers), body))
     return body
+
+
+class UsageRecorder:
+    """A plugin recording ``(ctx.usage, ctx.usage_estimated)`` of every finished request."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, bool]] = []
+
+    @hookimpl
+    def gateway_request_finished(self, ctx: Any) -> None:
+        self.seen.append((ctx.usage, ctx.usage_estimated))

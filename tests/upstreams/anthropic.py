@@ -65,6 +65,7 @@ class Reply:
     stop_reason: str = "end_turn"
     stop_sequence: str | None = None
     usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 12, "output_tokens": 5})
+    report_usage: bool = True  # False: no usage anywhere (as some Anthropic-compatible proxies answer)
     status: int = 200
     error_type: str | None = None  # default: Anthropic's type for the status
     error_message: str = "Something went wrong"
@@ -236,7 +237,7 @@ def message(reply: Reply, model: str) -> dict[str, Any]:
         "content": reply.blocks,
         "stop_reason": reply.stop_reason,
         "stop_sequence": reply.stop_sequence,
-        "usage": reply.usage,
+        **({"usage": reply.usage} if reply.report_usage else {}),
     }
 
 
@@ -246,6 +247,8 @@ def stream_events(reply: Reply, model: str) -> list[dict[str, Any]]:
     message_stop."""
     start_usage = {k: v for k, v in reply.usage.items() if k != "output_tokens"} | {"output_tokens": 1}
     start = {**message(reply, model), "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}
+    if not reply.report_usage:
+        del start["usage"]
     events: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
     for index, block in enumerate(reply.blocks):
         if block["type"] == "text":
@@ -263,13 +266,13 @@ def stream_events(reply: Reply, model: str) -> list[dict[str, Any]]:
             events.append({"type": "ping"})
         events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
         events.append({"type": "content_block_stop", "index": index})
-    events.append(
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
-            "usage": {"output_tokens": reply.usage["output_tokens"]},
-        }
-    )
+    delta: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
+    }
+    if reply.report_usage:
+        delta["usage"] = {"output_tokens": reply.usage["output_tokens"]}
+    events.append(delta)
     if reply.message_stop:
         events.append({"type": "message_stop"})
     return events

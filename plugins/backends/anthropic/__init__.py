@@ -27,7 +27,7 @@ from gateway import hookimpl
 from gateway.backend import Backend, BackendConfig, model_object
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamError
-from gateway.formats.chat import completion_to_chunks, include_usage
+from gateway.formats.chat import completion_to_chunks, estimate_prompt_tokens, estimated_usage, include_usage
 from gateway.formats.messages import StreamEncoder
 from gateway.upstream.errors import (
     BaseUrl,
@@ -151,7 +151,11 @@ class AnthropicBackend(Backend):
                 ctx.response_headers.update(_forwarded(response.headers))
                 await raise_for_status(response, self.name, self._secrets, OVERLOADED)
                 if not ctx.stream or response.content_type != "text/event-stream":
-                    answer = completion(await json_object(response, self.name), model)
+                    message = await json_object(response, self.name)
+                    answer = completion(message, model)
+                    if not message.get("usage"):  # none reported: an estimate, said to be one
+                        answer["usage"] = estimated_usage(ctx.body, answer)
+                        ctx.usage_estimated = True
                     ctx.usage = answer["usage"]
                     if ctx.stream:  # an upstream that answered a stream request in one piece
                         for chunk in completion_to_chunks(answer, include_usage(ctx.body)):
@@ -159,7 +163,8 @@ class AnthropicBackend(Backend):
                     else:
                         yield answer
                     return
-                translator = StreamTranslator(model, include_usage(ctx.body))
+                prompt_tokens = estimate_prompt_tokens(ctx.body.get("messages")) if include_usage(ctx.body) else 0
+                translator = StreamTranslator(model, include_usage(ctx.body), prompt_tokens)
                 try:
                     async for _, data in iter_sse(response.content):
                         event = self._event(data)
@@ -174,7 +179,10 @@ class AnthropicBackend(Backend):
                     if translator.complete:
                         return
                 finally:  # also when the stream fails or the client leaves: count what is known
-                    ctx.usage = translator.usage or ctx.usage
+                    if translator.usage is not None:
+                        ctx.usage = translator.usage
+                    elif translator.estimated:  # the usage chunk's estimate (else the pipeline's)
+                        ctx.usage, ctx.usage_estimated = translator.estimate(), True
         raise UpstreamError(f"Backend {self.name!r} ended the stream before it was complete.")
 
     # Messages, natively ------------------------------------------------------------------------

@@ -24,23 +24,29 @@ class StreamTranslator:
     counts tool calls, not content blocks; id and name in its first delta, then argument fragments),
     the finish reason on ``message_delta``, the usage chunk (if asked for) on ``message_stop``.
     ``ping``, ``content_block_stop`` and blocks other than text and tool use (thinking) give nothing;
-    ``error`` events are the caller's to raise."""
+    ``error`` events are the caller's to raise. A stream that reports no usage gets an estimate
+    (``prompt_tokens``, given, and the characters of text and arguments streamed, see
+    ``gateway.formats.chat``) in its usage chunk, and ``estimated`` is set."""
 
     __slots__ = (
         "_calls",
         "_extra",
+        "chars",
         "complete",
         "created",
+        "estimated",
         "finished",
         "id",
         "include_usage",
         "model",
+        "prompt_tokens",
         "raw_usage",
         "started",
     )
 
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(self, model: str, include_usage: bool, prompt_tokens: int = 0) -> None:
         self.id, self.created, self.model = completion_id(), int(time.time()), model
+        self.prompt_tokens, self.chars, self.estimated = prompt_tokens, 0, False
         self.include_usage = include_usage
         self._extra: dict[str, Any] = {"usage": None} if include_usage else {}
         self._calls: dict[int, int] = {}  # content block index -> tool call index
@@ -59,12 +65,16 @@ class StreamTranslator:
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
-                return [self._chunk({"content": delta["text"]})] if delta.get("text") else []
+                if not delta.get("text"):
+                    return []
+                self.chars += len(delta["text"])
+                return [self._chunk({"content": delta["text"]})]
             if delta.get("type") == "input_json_delta":
                 call = self._calls.get(event.get("index", -1))
                 fragment = delta.get("partial_json")
                 if call is None or not fragment:
                     return []
+                self.chars += len(fragment)
                 return [self._chunk({"tool_calls": [{"index": call, "function": {"arguments": fragment}}]})]
             return []
         if kind == "content_block_start":
@@ -83,9 +93,14 @@ class StreamTranslator:
             self.complete = True
             out = [] if self.finished else [self._chunk({}, "stop")]
             if self.include_usage:
-                out.append(usage_chunk(self.id, self.created, self.model, self.usage or usage(0, 0)))
+                out.append(usage_chunk(self.id, self.created, self.model, self.usage or self.estimate()))
             return out
         return []
+
+    def estimate(self) -> dict[str, int]:
+        """The usage of a stream that reports none, estimated; sets ``estimated``."""
+        self.estimated = True
+        return usage(self.prompt_tokens, (self.chars + 3) // 4)
 
     def end(self) -> list[dict[str, Any]] | None:
         """At a clean end of the stream without ``message_stop``: the chunks that close it when the

@@ -278,6 +278,8 @@ class HttpTemplateBackend(Backend):
         completion = reading.completion_tokens
         if completion is None:
             completion = sum(estimate_tokens(p) for p in reading.pieces)
+        if reading.prompt_tokens is None or reading.completion_tokens is None:  # counted here, in part at least
+            ctx.usage_estimated = True
         return usage(prompt, completion)
 
     def _finish_reason(self, reading: Reading) -> str:

@@ -4,7 +4,7 @@ choice when ``n`` is emulated) as one ``chat.completion``, the chat API's SSE st
 
 Every stream that ends before it is complete raises; the client then gets a final error event.
 The answers name the model the client asked for (``ctx.model``), and ``ctx.usage`` is set: the
-instance's figures when it reports any, else estimates.
+instance's figures when it reports any, else estimates (``ctx.usage_estimated`` then set).
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ def completion(ctx: RequestContext, answers: list[dict[str, Any]]) -> dict[str, 
     else:
         out["usage"] = estimated_usage(ctx.body, out)
     ctx.usage = out["usage"]
+    if not (completion_tokens and prompt_tokens):  # counted by the gateway, in part at least
+        ctx.usage_estimated = True
     return out
 
 
@@ -123,8 +125,10 @@ async def chat_chunks(ctx: RequestContext, events: Events, backend: str, on_erro
             yield chunk(cid, created, model, choices, **extra)
     if not complete:
         raise UpstreamError(f"Backend {backend!r} ended the stream before it was complete.")
-    prompt_tokens = count(reported.get("prompt_tokens")) or estimate_prompt_tokens((ctx.body or {}).get("messages"))
-    ctx.usage = usage(prompt_tokens, count(reported.get("completion_tokens")) or (chars + 3) // 4)
+    prompt_tokens, completion_tokens = count(reported.get("prompt_tokens")), count(reported.get("completion_tokens"))
+    ctx.usage_estimated = not (prompt_tokens and completion_tokens)  # counted by the gateway, in part at least
+    prompt_tokens = prompt_tokens or estimate_prompt_tokens((ctx.body or {}).get("messages"))
+    ctx.usage = usage(prompt_tokens, completion_tokens or (chars + 3) // 4)
     if extra:
         yield usage_chunk(cid, created, model, ctx.usage)
 
@@ -175,6 +179,7 @@ async def legacy_chunks(ctx: RequestContext, deltas: AsyncIterator[tuple[str, st
         yield chunk(cid, created, model, [chunk_choice(0, _delta("", True))], **extra)
     yield chunk(cid, created, model, [chunk_choice(0, {}, sg.finish_reason(stop))], **extra)
     ctx.usage = usage(estimate_prompt_tokens((ctx.body or {}).get("messages")), (chars + 3) // 4)
+    ctx.usage_estimated = True  # the legacy API reports no usage
     if extra:
         yield usage_chunk(cid, created, model, ctx.usage)
 

@@ -15,6 +15,7 @@ from gateway.testing import make_app
 from gateway.upstream import errors as gateway_upstream
 from gateway_plugins.backends import anthropic as anthropic_backend
 from gateway_plugins.backends.anthropic.stream import StreamTranslator
+from tests.upstreams import UsageRecorder
 from tests.upstreams.anthropic import API_KEY, AnthropicUpstream, Reply, text, tool_use
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -693,3 +694,23 @@ def test_the_translator_sends_a_tool_input_given_whole_in_the_first_delta() -> N
         "refusal": None,
     }
     assert chunks[1]["choices"][0]["finish_reason"] == "stop" and "usage" not in chunks[1]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_usage_the_upstream_does_not_report_is_estimated_and_said_to_be(
+    fake: AnthropicUpstream, gateway: Any, stream: bool
+) -> None:
+    recorder = UsageRecorder()
+    client = await gateway(config(fake.base_url), [recorder])
+    fake.reply(Reply(blocks=[text("one two three four five six seven")], report_usage=False), Reply())
+    body = {"model": "sonnet", "messages": HI, "stream": stream, "stream_options": {"include_usage": True}}
+    if not stream:
+        del body["stream_options"]
+    for _ in range(2):
+        resp = await client.post("/v1/chat/completions", json=body)
+        raw = await resp.read()
+    (estimate, estimated), (reported, said) = recorder.seen
+    assert estimated and estimate["completion_tokens"] == 9 and estimate["prompt_tokens"] > 0
+    assert not said and reported["prompt_tokens"] == 12
+    if stream:
+        assert b'"completion_tokens":5' in raw

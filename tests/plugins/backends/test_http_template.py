@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.config import ConfigError
 from gateway.testing import make_app
+from tests.upstreams import UsageRecorder
 from tests.upstreams.chat_api import USAGE, ChatAPI, Reply
 
 KEY = "chat-api-secret-1234567890"
@@ -514,3 +515,20 @@ async def test_the_readme_examples_serve_the_apis_they_describe(gateway: Any, ap
     assert text_of(chunks[:-1]) == "You said: Hi"
     assert chunks[-3]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-2]["usage"]["total_tokens"] == 10
+
+
+async def test_usage_counted_by_the_gateway_is_said_to_be_estimated(gateway: Any, api: ChatAPI) -> None:
+    """Each path: a JSON answer without counts (estimated), one with them (reported), a stream with
+    them and one without (SSE)."""
+    recorder = UsageRecorder()
+    base = api.base.rstrip("/")  # type: ignore[attr-defined]
+    seed = await gateway(config(base + "/chatting"), [recorder])
+    await seed.post("/v1/chat/completions", json=chat())
+    await seed.post("/v1/chat/completions", json=chat(stream=True))
+    reported = await gateway(config(base + "/v2/generate", **GENERATE), [recorder])
+    await reported.post("/v1/chat/completions", json=chat())
+    ndjson = await gateway(config(base + "/stream.ndjson", stream=NDJSON), [recorder])
+    await ndjson.post("/v1/chat/completions", json=chat(stream=True))
+    sse = await gateway(config(base + "/stream.sse", stream=SSE), [recorder])
+    await sse.post("/v1/chat/completions", json=chat(stream=True))
+    assert [estimated for _, estimated in recorder.seen] == [True, True, False, False, True]

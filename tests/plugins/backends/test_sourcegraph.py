@@ -16,6 +16,7 @@ from gateway.config import ConfigError
 from gateway.context import RequestContext
 from gateway.testing import make_app
 from gateway.upstream import errors as gateway_upstream
+from tests.upstreams import UsageRecorder
 from tests.upstreams.sourcegraph import MODELS, TOKEN, Reply, SourcegraphUpstream
 
 SONNET, HAIKU, GPT4O = MODELS
@@ -534,3 +535,17 @@ async def test_the_example_config_serves_seed_000_from_the_environment(
     resp = await client.post("/v1/chat/completions", json=chat(stream=True), headers={"Origin": "http://x.test"})
     assert resp.headers["Access-Control-Allow-Origin"] in ("*", "http://x.test")
     assert text_of(events(await resp.read())) == "Hello from Sourcegraph"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_usage_counted_by_the_gateway_is_said_to_be_estimated(gateway: Any, instance: Any, stream: bool) -> None:
+    """Zeros from the instance (as many report), its figures, the legacy API (which reports none)."""
+    recorder = UsageRecorder()
+    client = await start(gateway, instance, [recorder])
+    await client.post("/v1/chat/completions", json=chat(stream=stream))
+    instance.default = Reply(usage=(9, 4))
+    await client.post("/v1/chat/completions", json=chat(stream=stream))
+    legacy = await start(gateway, instance, [recorder], legacy=True)
+    await legacy.post("/v1/chat/completions", json=chat(stream=stream))
+    assert [estimated for _, estimated in recorder.seen] == [True, False, True]
+    assert recorder.seen[1][0] == {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
