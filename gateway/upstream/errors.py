@@ -1,7 +1,10 @@
 """Calling an HTTP upstream: one pooled session per backend, and every way an upstream can fail
 mapped to the OpenAI error object a client can act on.
 
-- a 4xx keeps its status and the upstream's own message, type, param and code;
+- a 4xx keeps its status and the upstream's own message, type, param and code, but for a 401 or 403
+  refusing the gateway's own credentials for the upstream (its configured key, not a key the client
+  sent and the backend forwarded): 502 ``upstream_auth_error`` naming the backend's credentials, so
+  a client never reads it as its own key being wrong (``invalid_api_key``);
 - a 429 stays a 429 with the upstream's ``Retry-After``;
 - a status the backend names ``overloaded`` (Anthropic's 529: up, but without capacity now) -> 503
   ``upstream_overloaded`` with the upstream's ``Retry-After``, as OpenAI answers when it is overloaded;
@@ -96,6 +99,13 @@ class UpstreamClientError(GatewayError):
         self.type = type or "invalid_request_error"  # type: ignore[misc]
 
 
+class UpstreamAuthError(UpstreamError):
+    """The upstream refused the gateway's own credentials for it (a 401 or 403): the gateway's
+    configuration is wrong, not the client's key."""
+
+    code = "upstream_auth_error"
+
+
 class UpstreamOverloadedError(UpstreamError):
     """The upstream is up but has no capacity now (Anthropic's 529): worth a retry later."""
 
@@ -167,11 +177,13 @@ def http_error(
     headers: Mapping[str, str] | None = None,
     secrets: Iterable[str | None] = (),
     overloaded: Container[int] = (),
+    own_key: bool = True,
 ) -> GatewayError:
     """The error a client sees for an upstream's error answer (see the module docstring), with the
     upstream's ``status`` as ``upstream_status``; ``overloaded``: the statuses by which this upstream
-    says it is overloaded."""
-    error = _http_error(backend, status, body, headers, secrets, overloaded)
+    says it is overloaded; ``own_key``: the request carried the gateway's own credentials (False: the
+    client's, forwarded)."""
+    error = _http_error(backend, status, body, headers, secrets, overloaded, own_key)
     error.upstream_status = status
     return error
 
@@ -183,10 +195,13 @@ def _http_error(
     headers: Mapping[str, str] | None,
     secrets: Iterable[str | None],
     overloaded: Container[int],
+    own_key: bool,
 ) -> GatewayError:
     details = error_details(body)
     message = scrub(details.get("message") or "", secrets)[:MAX_ERROR_MESSAGE]
     headers = headers or {}
+    if own_key and status in (401, 403):
+        return credentials_refused(backend, status, message)
     retry = {"Retry-After": headers["Retry-After"]} if "Retry-After" in headers else {}
     if status == 429:
         return RateLimitError(
@@ -208,11 +223,20 @@ def _http_error(
     return UpstreamError(f"Backend {backend!r} failed with HTTP {status}{said}")
 
 
+def credentials_refused(backend: str, status: int, said: str = "") -> UpstreamAuthError:
+    """The error for an upstream's 401 or 403 to the gateway's own credentials (``said``: its words, scrubbed)."""
+    return UpstreamAuthError(
+        f"Backend {backend!r} refused the gateway's credentials for it (HTTP {status}): check the backend's "
+        f"configured key or token" + (f"; the upstream said: {said}" if said else ".")
+    )
+
+
 async def raise_for_status(
     response: aiohttp.ClientResponse,
     backend: str,
     secrets: Iterable[str | None] = (),
     overloaded: Container[int] = (),
+    own_key: bool = True,
 ) -> None:
     """Raise ``http_error`` for an upstream response with an error status."""
     if response.status < 400:
@@ -221,7 +245,7 @@ async def raise_for_status(
         body = await response.content.read(MAX_ERROR_BODY)
     except (TimeoutError, aiohttp.ClientError):
         body = b""
-    raise http_error(backend, response.status, body, response.headers, secrets, overloaded)
+    raise http_error(backend, response.status, body, response.headers, secrets, overloaded, own_key)
 
 
 class transport_errors:  # a context manager used as a function: ``with transport_errors(name):``

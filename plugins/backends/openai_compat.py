@@ -232,7 +232,8 @@ class OpenAICompatBackend(Backend):
         response = await self.client.request("POST", target, orjson.dumps(body), self._request_headers(ctx))
         try:
             ctx.response_headers.update(forwarded_headers(response.headers))
-            await raise_for_status(response, self.name, secrets)
+            own_key = not (self.config.forward_client_key and ctx.client_key)  # else the client's 401 stays a 401
+            await raise_for_status(response, self.name, secrets, own_key=own_key)
         except BaseException:
             response.release()
             raise

@@ -87,3 +87,21 @@ def test_when_both_fail_the_client_gets_the_last_error(upstreams: Any, monkeypat
     assert resp.status_code == 502 and resp.json()["error"]["code"] == "bad_gateway"
     assert resp.headers["x-gateway-attempts"] == "3" and resp.headers["x-gateway-backend"] == "primary"
     assert (len(primary.requests), len(secondary.requests)) == (2, 1)
+
+
+def test_a_key_both_upstreams_refuse_is_a_502_naming_the_backends_credentials(
+    upstreams: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK reads a 401 as its own key being wrong; the gateway's upstream key is what failed."""
+    primary, secondary, one, two = upstreams
+    refused = {
+        "error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}
+    }
+    primary.default = secondary.default = Reply(status=401, error=refused)
+    with start(monkeypatch, one, two) as gateway:
+        resp = requests.post(
+            gateway.url + "/v1/chat/completions", json={"model": "mock-gpt-model", "messages": MESSAGES}, timeout=10
+        )
+    assert resp.status_code == 502
+    error = resp.json()["error"]
+    assert error["code"] == "upstream_auth_error" and "refused the gateway's credentials" in error["message"]

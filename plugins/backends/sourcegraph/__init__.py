@@ -314,12 +314,6 @@ class SourcegraphBackend(Backend):
             return _Refused(refused, http_error(self.name, status, raw, headers, self._secrets))
         if ctx is not None and status in (400, 404) and sg.model_missing(text):
             return ModelNotFoundError(str(ctx.model))
-        if status in (401, 403):
-            said = scrub(text, self._secrets)[:MAX_ERROR_MESSAGE]
-            return UpstreamError(
-                f"Backend {self.name!r} refused the gateway's access token (HTTP {status})"
-                + (f": {said}" if said else "")
-            )
         return http_error(self.name, status, raw, headers, self._secrets)
 
     def _stream_error(self, message: str) -> GatewayError:

@@ -475,8 +475,8 @@ async def test_an_upstream_that_answers_a_stream_in_one_piece_is_streamed(
     ("status", "client_status", "error_type", "code"),
     [
         (400, 400, "invalid_request_error", None),
-        (401, 401, "authentication_error", None),
-        (403, 403, "permission_error", None),
+        (401, 502, "upstream_error", "upstream_auth_error"),  # the gateway's own key: not the client's fault
+        (403, 502, "upstream_error", "upstream_auth_error"),
         (404, 404, "not_found_error", None),
         (413, 413, "request_too_large", None),
         (429, 429, "requests", "rate_limit_exceeded"),
@@ -497,7 +497,7 @@ async def test_upstream_errors_map_to_openai_errors(
         assert error["type"] == error_type
         assert error["code"] == code
         assert f"upstream says {status}" in error["message"]
-        if status >= 500:
+        if client_status >= 500:
             assert "'claude'" in error["message"]  # names the backend
         if status in (429, 529):
             assert response.headers["Retry-After"] == "7"

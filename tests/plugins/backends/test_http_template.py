@@ -177,12 +177,18 @@ async def test_without_a_key_no_authorization_header_is_sent(gateway: Any, api: 
     assert api.last.headers["X-Team"] == "blue"
 
 
-async def test_a_wrong_key_is_the_apis_401(gateway: Any, aiohttp_server: Any) -> None:
+async def test_a_wrong_configured_key_is_a_502_naming_the_backends_credentials(
+    gateway: Any, aiohttp_server: Any
+) -> None:
     api = ChatAPI(key=KEY)
     server = await aiohttp_server(api.app)
     client = await gateway(config(str(server.make_url("/chatting")), api_key="wrong-key-123456"))
-    error = await error_of(await client.post("/v1/chat/completions", json=chat()), 401)
-    assert error["message"] == "Invalid API key"
+    error = await error_of(await client.post("/v1/chat/completions", json=chat()), 502)
+    assert error["code"] == "upstream_auth_error"
+    assert error["message"] == (
+        "Backend 'chat' refused the gateway's credentials for it (HTTP 401): check the backend's configured "
+        "key or token; the upstream said: Invalid API key"
+    )
 
 
 async def test_another_api_with_parameters_nested_reply_usage_and_finish_reason(gateway: Any, api: ChatAPI) -> None:

@@ -542,15 +542,34 @@ async def test_an_upstream_4xx_keeps_its_status_and_details(gateway: Any, upstre
     assert await error_of(resp) == error["error"]
 
 
-async def test_an_upstream_401_echoing_the_key_never_shows_it(gateway: Any, upstream: OpenAIUpstream) -> None:
+@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_upstream_401_to_the_gateways_own_key_is_a_502_naming_its_credentials(
+    gateway: Any, upstream: OpenAIUpstream, status: int, stream: bool
+) -> None:
+    """Not ``invalid_api_key``: the client's key is fine, the backend's configured one is not; the
+    key the upstream echoes never shows."""
     error = {"error": {"message": f"Incorrect API key provided: {KEY}.", "type": "invalid_request_error",
                        "param": None, "code": "invalid_api_key"}}  # fmt: skip
+    upstream.reply(Reply(status=status, error=error))
+    client = await start(gateway, upstream, forward_client_key=True)  # no client key: the backend's own went
+    resp = await client.post("/v1/chat/completions", json=chat(stream=stream))
+    assert resp.status == 502
+    found = await error_of(resp)
+    assert found["code"] == "upstream_auth_error" and found["type"] == "upstream_error"
+    assert f"Backend 'up' refused the gateway's credentials for it (HTTP {status})" in found["message"]
+    assert KEY not in found["message"] and "***" in found["message"]
+
+
+async def test_an_upstream_401_to_a_forwarded_client_key_stays_a_401(gateway: Any, upstream: OpenAIUpstream) -> None:
+    error = {"error": {"message": f"Incorrect API key provided: {CLIENT_KEY}.", "type": "invalid_request_error",
+                       "param": None, "code": "invalid_api_key"}}  # fmt: skip
     upstream.reply(Reply(status=401, error=error))
-    client = await start(gateway, upstream)
-    resp = await client.post("/v1/chat/completions", json=chat())
+    client = await start(gateway, upstream, forward_client_key=True)
+    resp = await client.post("/v1/chat/completions", json=chat(), headers={"Authorization": f"Bearer {CLIENT_KEY}"})
     assert resp.status == 401
     found = await error_of(resp)
-    assert found["code"] == "invalid_api_key" and KEY not in found["message"] and "***" in found["message"]
+    assert found["code"] == "invalid_api_key" and CLIENT_KEY not in found["message"]
 
 
 async def test_a_key_in_configured_headers_is_scrubbed_too(gateway: Any, upstream: OpenAIUpstream) -> None:
@@ -559,8 +578,8 @@ async def test_a_key_in_configured_headers_is_scrubbed_too(gateway: Any, upstrea
     upstream.reply(Reply(status=401, error=error))
     client = await start(gateway, upstream, api_key=None, headers={"api-key": KEY})
     resp = await client.post("/v1/chat/completions", json=chat())
-    assert resp.status == 401 and upstream.last.headers["api-key"] == KEY
-    assert (await error_of(resp))["message"] == "Access denied: key *** is invalid."
+    assert resp.status == 502 and upstream.last.headers["api-key"] == KEY
+    assert (await error_of(resp))["message"].endswith("the upstream said: Access denied: key *** is invalid.")
 
 
 async def test_an_upstream_429_keeps_retry_after(gateway: Any, upstream: OpenAIUpstream) -> None:

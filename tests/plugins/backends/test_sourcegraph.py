@@ -327,7 +327,8 @@ async def test_a_refused_token_is_a_502_that_never_shows_the_token(gateway: Any,
     resp = await client.post("/v1/chat/completions", json=chat())
     assert resp.status == 502
     text = await resp.text()
-    assert "access token (HTTP 401)" in text and "'sg'" in text and TOKEN not in text
+    assert "refused the gateway's credentials for it (HTTP 401)" in text and "'sg'" in text and TOKEN not in text
+    assert (await resp.json())["error"]["code"] == "upstream_auth_error"
 
 
 @pytest.mark.parametrize(
