@@ -152,8 +152,9 @@ def test_errors_reach_the_sdk_as_its_classes(fake: AnthropicUpstream, client: Op
     with pytest.raises(openai.InternalServerError) as overloaded:
         client.chat.completions.create(model="claude", messages=MESSAGES)
     assert overloaded.value.status_code == 503 and "overloaded" in overloaded.value.message
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(openai.InternalServerError) as refused:  # the gateway's own key: not the client's fault
         client.chat.completions.create(model="claude", messages=MESSAGES)
+    assert refused.value.status_code == 502 and refused.value.code == "upstream_auth_error"
     fake.reply(Reply(error_event_after=5))
     with pytest.raises(openai.APIError, match="is overloaded"):
         for _ in client.chat.completions.create(model="claude", messages=MESSAGES, stream=True):
