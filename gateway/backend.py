@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
 
 
+#: Bytes a non-streamed upstream answer may have, by default (64 MiB: far above any chat answer; a batch
+#: of 2048 float embeddings of 3072 dimensions, about 120 MB as JSON, needs more, or base64).
+DEFAULT_MAX_RESPONSE_SIZE = 64 * 1024 * 1024
+
+
 class BackendConfig(BaseModel):
     """Settings every backend has; a backend's own ``Config`` subclasses this."""
 
@@ -25,6 +30,11 @@ class BackendConfig(BaseModel):
     models: list[str] = Field(default_factory=list, description="model ids this backend serves, for /v1/models")
     timeout: float = Field(
         600.0, gt=0, description="seconds allowed for the first output and between two streamed chunks"
+    )
+    max_response_size: int = Field(
+        DEFAULT_MAX_RESPONSE_SIZE,
+        ge=1024,
+        description="bytes of a non-streamed upstream answer at most (a larger one is a 502, read no further)",
     )
 
 

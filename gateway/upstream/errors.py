@@ -295,10 +295,33 @@ def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower().startswith(FORWARDED_HEADER_PREFIXES)}
 
 
-async def json_object(response: aiohttp.ClientResponse, backend: str) -> dict[str, Any]:
-    """The response body as a JSON object; a 502 naming ``backend`` for anything else."""
+async def read_body(response: aiohttp.ClientResponse, backend: str, limit: int) -> bytes:
+    """The whole body of a non-streamed answer (either client's response), at most ``limit`` bytes
+    (the backend's ``max_response_size``): a larger one, declared or found while reading, is a 502,
+    its connection closed, and it is never read past the limit."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(response, backend, limit)
+    parts, size = [], 0
+    while size <= limit:
+        part = await response.content.read(limit + 1 - size)
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        size += len(part)
+    raise _too_large(response, backend, limit)
+
+
+def _too_large(response: Any, backend: str, limit: int) -> UpstreamError:
+    response.close()  # not worth draining: the connection goes
+    return UpstreamError(f"Backend {backend!r} answered with more than {limit} bytes (its max_response_size).")
+
+
+async def json_object(response: aiohttp.ClientResponse, backend: str, limit: int) -> dict[str, Any]:
+    """The response body (``read_body``: at most ``limit`` bytes) as a JSON object; a 502 naming
+    ``backend`` for anything else."""
     try:
-        answer = orjson.loads(await response.read())
+        answer = orjson.loads(await read_body(response, backend, limit))
     except orjson.JSONDecodeError:
         answer = None
     if not isinstance(answer, dict):

@@ -159,6 +159,11 @@ class Response:
             await self._wait()
         return self._take()
 
+    def close(self) -> None:
+        """Done with the answer, the rest of it unwanted: its connection is closed, not reused."""
+        self.connection.close()
+        self.release()
+
     def release(self) -> None:
         """Done with the answer: its connection back to the pool if reusable, else closed. An
         unfinished answer is drained first, for ``DRAIN`` seconds at most."""

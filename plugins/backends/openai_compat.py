@@ -195,7 +195,7 @@ class OpenAICompatBackend(Backend):
                 response = await self._post(ctx, url, asked, secrets)
             try:
                 if not ctx.stream or response.content_type != "text/event-stream":
-                    answer = await json_object(response, self.name)
+                    answer = await json_object(response, self.name, self.config.max_response_size)
                     if rename:
                         answer["model"] = ctx.model
                     ctx.usage = answer.get("usage") or ctx.usage
@@ -282,7 +282,7 @@ class OpenAICompatBackend(Backend):
                 response = await self.client.request("GET", self._target("models"), None, self._request_headers(None))
                 try:
                     await raise_for_status(response, self.name, secrets)
-                    listing = await json_object(response, self.name)
+                    listing = await json_object(response, self.name, self.config.max_response_size)
                 finally:
                     response.release()
         return [

@@ -33,6 +33,31 @@ async def record(request: web.Request, requests: list[Recorded]) -> Any:
     return body
 
 
+class Padded:
+    """A JSON answer with a ``padding`` field of ``size`` bytes in front, sent in pieces without a
+    Content-Length (never whole in memory); ``sent`` counts the bytes the client took."""
+
+    PIECE = 64 * 1024
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def send(self, request: web.Request, answer: dict[str, Any], size: int) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        piece = b"x" * self.PIECE
+        try:
+            await response.write(b'{"padding":"')
+            for _ in range(size // self.PIECE):
+                await response.write(piece)
+                self.sent += len(piece)
+            await response.write(b'",' + json.dumps(answer).encode()[1:])
+            await response.write_eof()
+        except ConnectionError:  # the client stopped reading and closed the connection
+            pass
+        return response
+
+
 class UsageRecorder:
     """A plugin recording ``(ctx.usage, ctx.usage_estimated)`` of every finished request."""
 

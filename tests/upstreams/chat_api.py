@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.upstreams import Recorded, record
+from tests.upstreams import Padded, Recorded, record
 
 USAGE = {"in": 7, "out": 3}
 
@@ -45,6 +45,7 @@ class Reply:
     hang_after: int | None = None  # streams: stop sending (connection open) after this many events
     die_after: int | None = None  # streams: drop the connection after this many events
     done: bool = True  # streams: send the final event
+    padding: int = 0  # bytes of padding in front of a JSON answer, sent in pieces (``tests.upstreams.Padded``)
     done_flag: bool = True  # ndjson: the final event says `"done": true` (False: only its stop reason and usage)
 
 
@@ -54,6 +55,7 @@ class ChatAPI:
         self.default = Reply()
         self.replies: deque[Reply] = deque()
         self.requests: list[Recorded] = []
+        self.padded = Padded()  # the padded answers' bytes sent
         self.app = web.Application()
         self.app.router.add_post("/chatting", self._handler(self.chatting))
         self.app.router.add_post("/v2/generate", self._handler(self.generate))
@@ -94,7 +96,10 @@ class ChatAPI:
         problem = _seed_003_problem(body)
         if problem:
             return web.json_response({"detail": [{"loc": ["body"], "msg": problem, "type": "value_error"}]}, status=422)
-        return web.json_response({"reply": reply.text or f"You said: {body['message']}"})
+        answer = {"reply": reply.text or f"You said: {body['message']}"}
+        if reply.padding:
+            return await self.padded.send(request, answer, reply.padding)
+        return web.json_response(answer)
 
     async def generate(self, request: web.Request, body: Any, reply: Reply) -> web.StreamResponse:
         if (body or {}).get("stream") is True:

@@ -19,7 +19,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from tests.upstreams import Recorded, record
+from tests.upstreams import Padded, Recorded, record
 
 
 @dataclass
@@ -46,6 +46,7 @@ class Reply:
     crlf: bool = False  # stream: lines end with \r\n
     one_write: bool = False  # stream: every event in a single write
     json_for_stream: bool = False  # answer a stream request with a JSON completion
+    padding: int = 0  # bytes of padding in front of a JSON answer, sent in pieces (``tests.upstreams.Padded``)
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, arguments): finish "tool_calls"
     finish_reason: str = ""  # the answer's finish_reason (default: "tool_calls" with tool calls, else "stop")
     stop_reason: str | None = None  # the choice's stop_reason (vLLM's field: the stop string that ended it)
@@ -64,6 +65,7 @@ class OpenAIUpstream:
         self.requests: list[Recorded] = []
         self.finished = 0  # chat requests answered to the end
         self.disconnects = 0  # requests held open that the client dropped
+        self.padded = Padded()  # the padded answers' bytes sent
         self.active = 0  # chat requests being answered now
         self.base_url = ""  # set by ``serve``: the ``/v1`` URL a backend's ``base_url`` takes
         self.server: Any = None
@@ -137,6 +139,8 @@ class OpenAIUpstream:
         if body.get("stream") and not reply.json_for_stream:
             return await self._stream(request, body, reply, model, headers)
         self.finished += 1
+        if reply.padding:
+            return await self.padded.send(request, _completion(reply, model), reply.padding)
         return web.json_response(_completion(reply, model), headers=headers)
 
     async def _stream(

@@ -151,7 +151,7 @@ class AnthropicBackend(Backend):
                 ctx.response_headers.update(_forwarded(response.headers))
                 await raise_for_status(response, self.name, self._secrets, OVERLOADED)
                 if not ctx.stream or response.content_type != "text/event-stream":
-                    message = await json_object(response, self.name)
+                    message = await json_object(response, self.name, self.config.max_response_size)
                     answer = completion(message, model)
                     if not message.get("usage"):  # none reported: an estimate, said to be one
                         answer["usage"] = estimated_usage(ctx.body, answer)
@@ -258,7 +258,7 @@ class AnthropicBackend(Backend):
                     timeout=listing_timeout(self.config.timeout, self.config.connect_timeout),
                 ) as response:
                     await raise_for_status(response, self.name, self._secrets)
-                    page = await json_object(response, self.name)
+                    page = await json_object(response, self.name, self.config.max_response_size)
             for entry in page.get("data") or ():
                 if isinstance(entry, dict) and isinstance(entry.get("id"), str):
                     models.append(model_object(entry["id"], self.owned_by, _timestamp(entry.get("created_at"))))

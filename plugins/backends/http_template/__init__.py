@@ -60,6 +60,7 @@ from gateway.upstream.errors import (
     forwarded_headers,
     header_secrets,
     raise_for_status,
+    read_body,
     scrub,
     transport_errors,
     url_secrets,
@@ -186,7 +187,7 @@ class HttpTemplateBackend(Backend):
                     else:
                         yield await self._collect(ctx, response)
                     return
-                raw = await response.read()
+                raw = await read_body(response, self.name, self.config.max_response_size)
         assert self._response is not None
         reading = Reading()
         self._read(self._response, self._parse(raw, "answered with something that is not JSON"), reading)

@@ -42,6 +42,7 @@ from gateway.upstream.errors import (
     forwarded_headers,
     http_error,
     listing_timeout,
+    read_body,
     scrub,
     transport_errors,
     url_secrets,
@@ -116,7 +117,7 @@ class SourcegraphBackend(Backend):
             ) as response:
                 if response.status >= 400:
                     raise self._error(None, response.status, await response.content.read(MAX_ERROR_BODY), {})
-                listing = streams.json_object(await response.read())
+                listing = streams.json_object(await self._read(response))
         data = listing.get("data") if listing else None
         if not isinstance(data, list):
             raise UpstreamError(f"Backend {self.name!r} answered its model list with something else than a list.")
@@ -239,7 +240,10 @@ class SourcegraphBackend(Backend):
 
     async def _chat_once(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
         async with self._post(ctx, CHAT_PATH, body) as response:
-            return self._chat_answer(await response.read())
+            return self._chat_answer(await self._read(response))
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        return await read_body(response, self.name, self.config.max_response_size)
 
     def _chat_answer(self, raw: bytes) -> dict[str, Any]:
         answer = streams.json_object(raw)
@@ -250,7 +254,8 @@ class SourcegraphBackend(Backend):
     async def _chat_stream(self, ctx: RequestContext, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         async with self._post(ctx, CHAT_PATH, body) as response:
             if response.content_type != "text/event-stream":  # answered in one piece after all
-                for item in streams.reply(ctx, streams.completion(ctx, [self._chat_answer(await response.read())])):
+                answer = self._chat_answer(await self._read(response))
+                for item in streams.reply(ctx, streams.completion(ctx, [answer])):
                     yield item
                 return
             chunks = streams.chat_chunks(ctx, iter_sse(response.content), self.name, self._stream_error)
@@ -286,7 +291,7 @@ class SourcegraphBackend(Backend):
         params = {"api-version": str(self.config.legacy_api_version)}
         async with self._post(ctx, LEGACY_PATH, body, params) as response:
             if response.content_type == "application/json":  # {"completion", "stopReason"} in one piece
-                answer = streams.json_object(await response.read()) or {}
+                answer = streams.json_object(await self._read(response)) or {}
                 yield str(answer.get("completion") or ""), answer.get("stopReason") or "stop"
                 return
             deltas = streams.legacy_deltas(iter_sse(response.content), self.name, lambda m: self._event_error(ctx, m))

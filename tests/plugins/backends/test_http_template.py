@@ -538,3 +538,15 @@ async def test_usage_counted_by_the_gateway_is_said_to_be_estimated(gateway: Any
     sse = await gateway(config(base + "/stream.sse", stream=SSE), [recorder])
     await sse.post("/v1/chat/completions", json=chat(stream=True))
     assert [estimated for _, estimated in recorder.seen] == [True, True, False, False, True]
+
+
+async def test_an_answer_over_max_response_size_is_a_502_read_no_further(gateway: Any, api: ChatAPI) -> None:
+    """The same through aiohttp's client: 64 MiB in pieces against a 1 MiB cap."""
+    mib = 1024 * 1024
+    client = await start(gateway, api, max_response_size=mib)
+    api.reply(Reply(padding=64 * mib), Reply(raw=b'{"reply": "' + b"x" * (2 * mib) + b'"}'))
+    for _ in range(2):
+        error = await error_of(await client.post("/v1/chat/completions", json=chat()), 502)
+        assert error["message"] == "Backend 'chat' answered with more than 1048576 bytes (its max_response_size)."
+    assert api.padded.sent < 16 * mib
+    assert (await client.post("/v1/chat/completions", json=chat())).status == 200

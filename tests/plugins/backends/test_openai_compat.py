@@ -791,3 +791,34 @@ def test_a_bad_base_url_fails_at_start_up() -> None:
 
     with pytest.raises(ConfigError, match=r"backends\[0\]\.base_url: .*http://"):
         make_app(compat_config("api.openai.com/v1"))
+
+
+MIB = 1024 * 1024
+
+
+async def test_an_answer_over_max_response_size_is_a_502_read_no_further(
+    gateway: Any, upstream: OpenAIUpstream
+) -> None:
+    """64 MiB sent in pieces against a 1 MiB cap: the lean client stops reading at the cap and closes
+    the connection (the upstream gets no further than what the sockets buffer); a declared
+    Content-Length over the cap is refused before reading; the next request is served."""
+    client = await start(gateway, upstream, max_response_size=MIB)
+    upstream.reply(Reply(padding=64 * MIB), Reply(content="x" * (2 * MIB)))
+    for _ in range(2):
+        resp = await client.post("/v1/chat/completions", json=chat())
+        error = await error_of(resp)
+        assert resp.status == 502 and error["code"] == "bad_gateway"
+        assert error["message"] == "Backend 'up' answered with more than 1048576 bytes (its max_response_size)."
+    assert upstream.padded.sent < 16 * MIB
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 200
+
+
+async def test_max_response_size_has_a_sane_default_and_floor(gateway: Any, upstream: OpenAIUpstream) -> None:
+    from gateway.config import ConfigError
+
+    client = await start(gateway, upstream)
+    upstream.reply(Reply(padding=4 * MIB))  # far above any chat answer, far below the default
+    assert (await client.post("/v1/chat/completions", json=chat())).status == 200
+    with pytest.raises(ConfigError, match="max_response_size"):
+        await start(gateway, upstream, max_response_size=10)
