@@ -42,6 +42,10 @@ def test_other_5xx_stay_502(status: int, overloaded: tuple[int, ...]) -> None:
 
 
 def test_an_anthropic_4xx_keeps_its_status_message_and_type() -> None:
-    error = http_error("claude", 403, anthropic_error("permission_error", "no access to this model"))
+    error = http_error("claude", 404, anthropic_error("not_found_error", "no such model"))
     assert isinstance(error, UpstreamClientError)
-    assert (error.status, error.message, error.type) == (403, "no access to this model", "permission_error")
+    assert (error.status, error.message, error.type) == (404, "no such model", "not_found_error")
+    forwarded = http_error("claude", 403, anthropic_error("permission_error", "no access"), own_key=False)
+    assert isinstance(forwarded, UpstreamClientError) and forwarded.status == 403
+    own = http_error("claude", 403, anthropic_error("permission_error", "no access"))  # the gateway's own key
+    assert own.status == 502 and own.code == "upstream_auth_error" and "no access" in own.message

@@ -1,6 +1,10 @@
 """A fake Sourcegraph instance on 127.0.0.1 speaking its LLM API as the real one does.
 
 - ``GET /.api/llm/models``: ``{"object": "list", "data": [{"id": "provider::apiVersion::model", ...}]}``.
+- ``GET /.api/modelconfig/supported-models.json`` (Sourcegraph 5.6 and later): the instance's model
+  configuration, ``{"schemaVersion", "revision", "providers", "models": [{"modelRef", "displayName",
+  "modelName", "capabilities", "category", "status", "tier", "contextWindow"}], "defaultModels":
+  {"chat", "fastChat", "codeCompletion"}}``; ``modelconfig_status`` 404 for an older instance.
 - ``POST /.api/llm/chat/completions``: OpenAI-shaped JSON answers (``object: "object"``, ``created``
   in milliseconds, ``finish_reason: "end_turn"``, usage of zeros unless set), or an OpenAI-style SSE
   stream when ``stream`` is supported. Like the first versions of the API, it can refuse
@@ -37,6 +41,8 @@ MODELS = (
     "openai::2024-02-01::gpt-4o",
 )
 _MODELREF = re.compile(r".+::.+::.+")
+#: The autocomplete model the model configuration lists beside the chat models (not a chat model).
+AUTOCOMPLETE = "fireworks::v1::deepseek-coder-v2-lite-base"
 
 
 @dataclass
@@ -63,6 +69,9 @@ class SourcegraphUpstream:
         self.models = list(models)
         self.token = token
         self.models_status = 200  # 404: an instance without /.api/llm
+        self.modelconfig_status = 200  # 404: an instance older than the model configuration (5.6)
+        self.default_chat = self.models[0]  # defaultModels.chat of the model configuration
+        self.modelconfig_requests = 0
         self.stream = True  # the chat API accepts "stream": true
         self.system = True  # ... the system role
         self.n = True  # ... n > 1
@@ -71,6 +80,7 @@ class SourcegraphUpstream:
         self.requests: list[Recorded] = []
         self.app = web.Application()
         self.app.router.add_get("/.api/llm/models", self._models)
+        self.app.router.add_get("/.api/modelconfig/supported-models.json", self._modelconfig)
         self.app.router.add_post("/.api/llm/chat/completions", self._chat)
         self.app.router.add_post("/.api/completions/stream", self._legacy)
 
@@ -94,6 +104,29 @@ class SourcegraphUpstream:
             return web.Response(status=self.models_status, text="404 page not found\n")
         data = [{"id": m, "object": "model", "created": 0, "owned_by": m.split("::")[0]} for m in self.models]
         return web.json_response({"object": "list", "data": data})
+
+    async def _modelconfig(self, request: web.Request) -> web.Response:
+        self.modelconfig_requests += 1
+        if not self._authorized(request):
+            return web.Response(status=401, text="Invalid access token.\n")
+        if self.modelconfig_status != 200:
+            return web.Response(status=self.modelconfig_status, text="404 page not found\n")
+        models = [_modelconfig_model(m, ["chat", "tools"]) for m in self.models]
+        models.append(_modelconfig_model(AUTOCOMPLETE, ["autocomplete"]))
+        providers = sorted({m.split("::")[0] for m in [*self.models, AUTOCOMPLETE]})
+        return web.json_response(
+            {
+                "schemaVersion": "1.0",
+                "revision": "0.0.0+dev",
+                "providers": [{"id": p, "displayName": p.title()} for p in providers],
+                "models": models,
+                "defaultModels": {
+                    "chat": self.default_chat,
+                    "fastChat": self.models[-1],
+                    "codeCompletion": AUTOCOMPLETE,
+                },
+            }
+        )
 
     async def _refusal(self, request: web.Request, reply: Reply) -> web.StreamResponse | None:
         """The error answers shared by both chat endpoints, or None to answer normally."""
@@ -246,6 +279,21 @@ class SourcegraphUpstream:
 
 
 _LEGACY_DONE = b"event: done\ndata: {}\n\n"
+
+
+def _modelconfig_model(ref: str, capabilities: list[str]) -> dict[str, Any]:
+    """One model of the model configuration, as Sourcegraph describes it."""
+    name = ref.split("::")[-1]
+    return {
+        "modelRef": ref,
+        "displayName": name.replace("-", " ").title(),
+        "modelName": name,
+        "capabilities": capabilities,
+        "category": "balanced",
+        "status": "stable",
+        "tier": "enterprise",
+        "contextWindow": {"maxInputTokens": 45000, "maxOutputTokens": 4000},
+    }
 
 
 def _sse(payload: dict[str, Any]) -> bytes:

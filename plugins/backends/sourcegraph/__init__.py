@@ -1,7 +1,10 @@
 """The built-in ``sourcegraph`` backend: the LLM API of a Sourcegraph instance (seed 000).
 
 - Models: ``GET {endpoint}/.api/llm/models``, cached ``models_ttl`` seconds, served under their
-  ``provider::apiVersion::model`` ids and the configured short ``aliases``. A model the instance does
+  ``provider::apiVersion::model`` ids and the configured short ``aliases``. The instance's model
+  configuration (``/.api/modelconfig/supported-models.json``, Sourcegraph 5.6+) is read with it: the
+  model ``default`` is its default chat model, and its chat models are listed when ``/.api/llm/models``
+  cannot list them. A model the instance does
   not list is our 404 ``model_not_found`` before any call (an unknown name refetches the list at most
   every ``gateway.upstream.MODELS_RETRY`` seconds); the instance's own "model not available" answers
   map to it too.
@@ -48,8 +51,8 @@ from gateway.upstream.errors import (
     url_secrets,
 )
 from gateway.upstream.sse import iter_sse
+from gateway_plugins.backends.sourcegraph import modelconfig, streams
 from gateway_plugins.backends.sourcegraph import protocol as sg
-from gateway_plugins.backends.sourcegraph import streams
 from gateway_plugins.backends.sourcegraph.config import (
     SourcegraphConfig,
 )
@@ -85,6 +88,7 @@ class SourcegraphBackend(Backend):
         self._token = self.config.access_token.get_secret_value()
         self._secrets = (self._token, *url_secrets(self.config.endpoint))
         self._learned: dict[str, bool] = {}  # capabilities found missing (auto mode)
+        self._default: str | None = None  # the instance's default chat model (its model configuration)
         self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
 
     async def __aenter__(self) -> SourcegraphBackend:
@@ -109,15 +113,16 @@ class SourcegraphBackend(Backend):
         return listed + [a for a in aliases if a["id"] not in ids]
 
     async def _fetch_models(self) -> list[dict[str, Any]]:
-        assert self.session is not None
-        with transport_errors(self.name, self._secrets):
-            async with self.session.get(
-                self.config.endpoint + MODELS_PATH,
-                timeout=listing_timeout(self.config.timeout, self.config.connect_timeout),
-            ) as response:
-                if response.status >= 400:
-                    raise self._error(None, response.status, await response.content.read(MAX_ERROR_BODY), {})
-                listing = streams.json_object(await self._read(response))
+        """The instance's models (``/.api/llm/models``, else the chat models of its model
+        configuration); its default chat model (``modelconfig``) is kept for the model ``default``."""
+        config = await self._model_config()
+        self._default = config.default_chat if config else None
+        try:
+            listing = await self._get(MODELS_PATH)
+        except GatewayError:
+            if config is None or not config.chat_models:
+                raise
+            return [model_object(m, OWNED_BY) for m in config.chat_models]
         data = listing.get("data") if listing else None
         if not isinstance(data, list):
             raise UpstreamError(f"Backend {self.name!r} answered its model list with something else than a list.")
@@ -127,12 +132,41 @@ class SourcegraphBackend(Backend):
             if isinstance(m, dict) and isinstance(m.get("id"), str)
         ]
 
+    async def _get(self, path: str) -> dict[str, Any] | None:
+        """A listing's JSON object (None for something else); an error status raises."""
+        assert self.session is not None
+        with transport_errors(self.name, self._secrets):
+            async with self.session.get(
+                self.config.endpoint + path, timeout=listing_timeout(self.config.timeout, self.config.connect_timeout)
+            ) as response:
+                if response.status >= 400:
+                    raise self._error(None, response.status, await response.content.read(MAX_ERROR_BODY), {})
+                return streams.json_object(await self._read(response))
+
+    async def _model_config(self) -> modelconfig.ModelConfig | None:
+        """The instance's model configuration; None when it has none (before Sourcegraph 5.6)."""
+        try:
+            return modelconfig.parse(await self._get(modelconfig.PATH))
+        except GatewayError as exc:
+            log.info("no model configuration from the instance", backend=self.name, error=exc.message)
+            return None
+
+    async def _default_model(self, ctx: RequestContext) -> str:
+        """The instance's default chat model, for the model ``default``; 404 when it names none."""
+        with contextlib.suppress(GatewayError):
+            await self._models.get()
+        if self._default is None:
+            raise ModelNotFoundError(str(ctx.model))
+        return self._default
+
     async def _upstream_model(self, ctx: RequestContext) -> str:
         """The instance's id for the requested model (aliases resolved); 404 for one it does not
         serve. When the instance cannot list its models, the instance decides."""
         assert ctx.deployment is not None
         name = ctx.deployment.model
         target = self.config.aliases.get(name, name)
+        if target == modelconfig.DEFAULT:  # the gateway's config names no default_model: the instance's
+            return await self._default_model(ctx)
         if self.config.models:
             if target not in self.config.models:
                 raise ModelNotFoundError(str(ctx.model))
@@ -211,7 +245,7 @@ class SourcegraphBackend(Backend):
             k: v for k, v in ctx.body.items() if k not in ("stream", "stream_options", "n", "max_completion_tokens")
         }
         body["model"] = model
-        body["max_tokens"] = _max_tokens(ctx.body, self.config.default_max_tokens)
+        body["max_tokens"] = sg.max_tokens(ctx.body, self.config.default_max_tokens)
         messages = ctx.body.get("messages") or []
         body["messages"] = sg.system_as_system(messages) if self._can("system") else sg.fold_system(messages)
         if stream:
@@ -234,7 +268,7 @@ class SourcegraphBackend(Backend):
                 ctx.response_headers.update(forwarded_headers(response.headers))
                 if response.status >= 400:
                     raw = await response.content.read(MAX_ERROR_BODY)
-                    used = _used(body) if path == CHAT_PATH else frozenset()
+                    used = sg.used_capabilities(body) if path == CHAT_PATH else frozenset()
                     raise self._error(ctx, response.status, raw, response.headers, used)
                 yield response
 
@@ -272,7 +306,7 @@ class SourcegraphBackend(Backend):
             raise InvalidRequestError("Sourcegraph's legacy completions API has no tool calling.", param="tools")
         body = {
             "messages": sg.legacy_messages(ctx.body["messages"], self.config.legacy_trailing_assistant),
-            **sg.legacy_parameters(ctx.body, _max_tokens(ctx.body, self.config.default_max_tokens)),
+            **sg.legacy_parameters(ctx.body, sg.max_tokens(ctx.body, self.config.default_max_tokens)),
             "model": model,
             "stream": True,
         }
@@ -345,25 +379,6 @@ async def _all(calls: list[Coroutine[Any, Any, Any]]) -> list[Any]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _used(body: Mapping[str, Any]) -> frozenset[str]:
-    """The capabilities a chat request body relies on."""
-    used = set()
-    if body.get("stream"):
-        used.add("stream")
-    if (body.get("n") or 1) > 1:
-        used.add("n")
-    if any(isinstance(m, dict) and m.get("role") == "system" for m in body.get("messages") or ()):
-        used.add("system")
-    return frozenset(used)
-
-
-def _max_tokens(body: Mapping[str, Any], default: int) -> int:
-    for key in ("max_completion_tokens", "max_tokens"):
-        if isinstance(body.get(key), int):
-            return body[key]
-    return default
 
 
 @hookimpl

@@ -74,6 +74,29 @@ def rate_limited(text: str) -> bool:
     return bool(_RATE_LIMITED.search(text))
 
 
+# Requests --------------------------------------------------------------------------------------
+
+
+def used_capabilities(body: Mapping[str, Any]) -> frozenset[str]:
+    """The capabilities a chat request body relies on."""
+    used = set()
+    if body.get("stream"):
+        used.add("stream")
+    if (body.get("n") or 1) > 1:
+        used.add("n")
+    if any(isinstance(m, dict) and m.get("role") == "system" for m in body.get("messages") or ()):
+        used.add("system")
+    return frozenset(used)
+
+
+def max_tokens(body: Mapping[str, Any], default: int) -> int:
+    """The request's ``max_completion_tokens`` or ``max_tokens``, else ``default``."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        if isinstance(body.get(key), int):
+            return body[key]
+    return default
+
+
 # Messages --------------------------------------------------------------------------------------
 
 

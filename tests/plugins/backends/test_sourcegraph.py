@@ -100,6 +100,7 @@ async def test_the_model_list_is_cached_for_its_ttl(gateway: Any, instance: Any)
 
 
 async def test_an_unlisted_model_is_404_model_not_found_without_a_chat_call(gateway: Any, instance: Any) -> None:
+    instance.modelconfig_status = 404  # an instance before 5.6: no default model to fall back on
     client = await start(gateway, instance)
     resp = await client.post("/v1/chat/completions", json=chat("anthropic::2023-06-01::claude-9"))
     assert resp.status == 404
@@ -108,6 +109,35 @@ async def test_an_unlisted_model_is_404_model_not_found_without_a_chat_call(gate
     assert instance.chat_requests() == []
     resp = await client.post("/v1/chat/completions", json=chat("default"))
     assert resp.status == 404
+
+
+async def test_default_is_the_instances_default_chat_model_from_its_model_configuration(
+    gateway: Any, instance: Any
+) -> None:
+    """``/.api/modelconfig/supported-models.json`` names the default chat model: the model ``default``
+    (the gateway's config naming no default_model) is answered by it."""
+    instance.default_chat = HAIKU
+    client = await start(gateway, instance)
+    for stream in (False, True):
+        resp = await client.post("/v1/chat/completions", json=chat("default", stream=stream))
+        assert resp.status == 200, await resp.text()
+        assert instance.chat_requests()[-1].body["model"] == HAIKU
+    assert instance.modelconfig_requests == 1  # read with the model list, cached with it
+    configured = await gateway({**sg_config(instance.url), "default_model": SONNET})  # type: ignore[attr-defined]
+    await configured.post("/v1/chat/completions", json=chat("default"))
+    assert instance.chat_requests()[-1].body["model"] == SONNET  # the config's default wins
+
+
+async def test_the_model_configuration_lists_the_chat_models_when_the_llm_api_cannot(
+    gateway: Any, instance: Any
+) -> None:
+    instance.models_status = 404
+    client = await start(gateway, instance)
+    listed = [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]]
+    assert listed == list(MODELS)  # its chat models, not the autocomplete one
+    instance.modelconfig_status = 404
+    client = await start(gateway, instance)
+    assert (await (await client.get("/v1/models")).json())["data"] == []  # neither lists
 
 
 async def test_the_instances_model_not_available_answer_is_404_too(gateway: Any, instance: Any) -> None:
