@@ -25,6 +25,19 @@ def _quiet_structlog() -> Iterable[None]:
     structlog.reset_defaults()
 
 
+#: Proxy settings a test machine may have: the suite talks to 127.0.0.1 only, its clients (the SDKs'
+#: httpx, requests) must not send that through a proxy.
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without proxy settings (tests/gateway/test_proxy.py sets its own)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test runs in its own directory, so a developer's ./.env cannot change what it sees."""

@@ -36,6 +36,7 @@ from pydantic import AfterValidator, BeforeValidator, SecretStr
 from gateway.errors import GatewayError, RateLimitError, UpstreamError, UpstreamTimeoutError
 from gateway.log import is_secret_key
 from gateway.upstream.http_client import UpstreamConnectError
+from gateway.upstream.proxy import proxy_for
 
 #: Most of an error body read from an upstream, and of its message shown to the client.
 MAX_ERROR_BODY = 64 * 1024
@@ -114,15 +115,23 @@ class UpstreamOverloadedError(UpstreamError):
 
 
 def client_session(
-    *, connect_timeout: float, headers: Mapping[str, str] | None = None, max_connections: int = 0
+    *, url: str, connect_timeout: float, headers: Mapping[str, str] | None = None, max_connections: int = 0
 ) -> aiohttp.ClientSession:
-    """The one pooled session a backend keeps for the app's life. Only connecting is timed here:
-    the gateway's watchdog bounds the wait for the first byte and between chunks."""
+    """The one pooled session a backend keeps for the app's life, for the upstream at ``url``
+    (through the proxy the environment names for it, ``gateway.upstream.proxy``; TLS verified
+    with the system's CAs as they are at start-up, ``SSL_CERT_FILE`` included, as the lean client).
+    Only connecting is timed here: the gateway's watchdog bounds the wait for the first byte and
+    between chunks."""
+    proxy = proxy_for(url)
+    connector = aiohttp.TCPConnector(
+        limit=max_connections, ttl_dns_cache=300, enable_cleanup_closed=True, ssl=ssl.create_default_context()
+    )
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300, enable_cleanup_closed=True),
+        connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, connect=connect_timeout),
         headers=dict(headers or {}),
         skip_auto_headers=("User-Agent",),
+        proxy=proxy.url_with_credentials if proxy is not None else None,  # aiohttp sends them as Proxy-Authorization
     )
 
 

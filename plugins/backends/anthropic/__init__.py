@@ -130,6 +130,7 @@ class AnthropicBackend(Backend):
         if self.config.beta:
             headers["anthropic-beta"] = ",".join(self.config.beta)
         self.session = client_session(
+            url=self.config.base_url,
             connect_timeout=self.config.connect_timeout,
             headers={**headers, **self.config.headers},
             max_connections=self.config.max_connections,

@@ -150,6 +150,7 @@ class HttpTemplateBackend(Backend):
 
     async def __aenter__(self) -> HttpTemplateBackend:
         self.session = client_session(
+            url=self.config.url,
             connect_timeout=self.config.connect_timeout,
             headers=self._headers,
             max_connections=self.config.max_connections,

@@ -93,6 +93,7 @@ class SourcegraphBackend(Backend):
 
     async def __aenter__(self) -> SourcegraphBackend:
         self.session = client_session(
+            url=self.config.endpoint,
             connect_timeout=self.config.connect_timeout,
             headers={"Authorization": f"token {self._token}", "Content-Type": "application/json"},
             max_connections=self.config.max_connections,
