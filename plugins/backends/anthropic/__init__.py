@@ -199,7 +199,7 @@ class AnthropicBackend(Backend):
                 ctx.response_headers.update(_forwarded(response.headers))
                 await raise_for_status(response, self.name, self._secrets, OVERLOADED)
                 if response.content_type != "text/event-stream":
-                    message = await json_object(response, self.name)
+                    message = await json_object(response, self.name, self.config.max_response_size)
                     ctx.usage = usage_of(message.get("usage") or {})
                     yield _events_of(message) if ctx.stream else message
                     return
