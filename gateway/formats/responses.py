@@ -29,6 +29,8 @@ OUTPUT_ITEMS = ("function_call_output", "custom_tool_call_output")
 
 
 NO_KINDS = tools.ToolKinds()
+#: The content parts a message may have (files are not: no chat backend takes them).
+PARTS = frozenset({"input_text", "input_image", "output_text", "text", "refusal"})
 
 
 def new_id(prefix: str) -> str:
@@ -63,6 +65,11 @@ def validate(body: Any) -> None:
             )
         if kind not in ("message", *CALL_ITEMS, *OUTPUT_ITEMS, *SKIPPED_ITEMS):
             raise _invalid(f"Input items of type '{kind}' are not supported by this gateway.", f"input[{i}].type")
+        content = item.get("content") if kind == "message" else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(part, dict) or part.get("type") not in PARTS:
+                where = f"input[{i}].content[{j}]"
+                raise _invalid(f"Content parts of type '{_kind(part)}' are not supported by this gateway.", where)
     tools.validate_tools(body.get("tools"))
     for key in ("instructions", "previous_response_id"):
         if body.get(key) is not None and not isinstance(body[key], str):
@@ -77,6 +84,10 @@ def validate(body: Any) -> None:
 
 
 _FORMATS = ("text", "json_object", "json_schema")
+
+
+def _kind(part: Any) -> Any:
+    return part.get("type") if isinstance(part, dict) else type(part).__name__
 
 
 def to_chat(body: Mapping[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:

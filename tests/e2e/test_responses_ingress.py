@@ -205,6 +205,7 @@ async def test_bad_requests_are_openai_errors(url: str) -> None:
             ({"model": MODEL, "input": "hi", "tools": [{"name": "f"}]}, "tools[0]"),
             ({"model": MODEL, "input": [{"role": "robot", "content": "hi"}]}, "input[0].role"),
             ({"input": "hi"}, "model"),
+            ({"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_file"}]}]}, "input[0].content[0]"),
         ]:
             async with http.post(f"{url}/v1/responses", json=body) as response:
                 assert response.status == 400, body
