@@ -29,7 +29,7 @@ class BackendConfig(BaseModel):
     type: str
     models: list[str] = Field(default_factory=list, description="model ids this backend serves, for /v1/models")
     timeout: float = Field(
-        600.0, gt=0, description="seconds allowed for the first output and between two streamed chunks"
+        60.0, gt=0, description="seconds allowed for the first output and between two streamed chunks"
     )
     max_response_size: int = Field(
         DEFAULT_MAX_RESPONSE_SIZE,

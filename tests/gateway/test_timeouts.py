@@ -153,3 +153,13 @@ async def test_clients_cannot_raise_timeouts(gateway: Any, primary: OpenAIUpstre
     resp = await post(client, **{"X-Gateway-Timeout": "first_byte=30, total=60"})
     assert resp.status == 504 and time.monotonic() - started < 0.8
     assert "0.2 seconds" in (await resp.json())["error"]["message"]
+
+
+def test_by_default_a_silent_upstream_gets_a_minute_to_start_and_between_chunks_and_no_total() -> None:
+    loaded = load({"backends": [{"name": "mock", "type": "mock"}], "models": [{"name": "m", "backend": "mock"}]})
+    [backend] = loaded.backends
+    [route] = loaded.config.models
+    deployment = Deployment(backend, "m", route=route)
+    assert silence(deployment, None) == (60, 60)
+    assert silence(deployment, client_limits({"X-Gateway-Timeout": "first_byte=5"})) == (5, 60)
+    assert route.timeouts is None or route.timeouts.total is None
