@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import orjson
 import structlog
-from aiohttp import web
 
 from gateway import __version__
 from gateway.app import RUNNER_OPTIONS, create_app
@@ -21,9 +20,11 @@ from gateway.keys import lifecycle_key
 from gateway.lifecycle import AIOHTTP_MARGIN
 from gateway.loading import load, plugin_overview
 from gateway.log import setup_logging
+from gateway.server import serve as serve_app
 from gateway.workers import supervise
 
 DEFAULT_CONFIG = "config/gateway.yaml"
+KEEPALIVE_TIMEOUT = 75.0  # seconds an idle kept-alive connection stays open (web.run_app's default)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,15 +158,15 @@ def run(path: str, host: str | None, port: int | None, workers: int = 1) -> int:
             app = create_app(loaded)
             reload_on_sighup(app)
             app.on_cleanup.append(app[lifecycle_key].log_stopped)
-            web.run_app(
+            serve_app(
                 app,
                 host=host,
                 port=port,
-                shutdown_timeout=config.server.shutdown_timeout + AIOHTTP_MARGIN,  # the gateway ends requests first
-                print=None,
-                reuse_port=workers > 1 or None,
-                **RUNNER_OPTIONS,
                 loop=_new_loop(),
+                shutdown_timeout=config.server.shutdown_timeout + AIOHTTP_MARGIN,  # the gateway ends requests first
+                reuse_port=workers > 1 or None,
+                keepalive_timeout=KEEPALIVE_TIMEOUT,
+                **RUNNER_OPTIONS,
             )
         except OSError as exc:  # the address is in use, or not ours to bind
             print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)

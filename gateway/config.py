@@ -53,6 +53,11 @@ class ServerConfig(_Section):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (env PORT and --port override it)")
     max_body_size: int = Field(32 * 1024 * 1024, gt=0, description="largest request body in bytes (larger: 413)")
     shutdown_timeout: float = Field(30.0, gt=0, description="seconds in-flight requests get to finish on SIGTERM")
+    header_timeout: float = Field(30.0, gt=0, description="seconds a request's headers may take to arrive (408)")
+    body_timeout: float = Field(30.0, gt=0, description="seconds allowed between two reads of a request body (408)")
+    write_timeout: float = Field(
+        60.0, gt=0, description="seconds a client may leave a write of the response unaccepted (then it is cut)"
+    )
     watch_config: float = Field(
         0.0, ge=0, description="seconds between checks of the config file; it is reloaded when it changes (0: off)"
     )

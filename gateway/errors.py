@@ -93,6 +93,13 @@ class MethodNotAllowedError(InvalidRequestError):
     code = "method_not_allowed"
 
 
+class RequestTimeoutError(InvalidRequestError):
+    """The client was too slow sending its request (``server.header_timeout``, ``server.body_timeout``)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLargeError(InvalidRequestError):
     status = 413
     code = "request_too_large"

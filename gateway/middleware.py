@@ -65,6 +65,8 @@ async def context_middleware(
             try:
                 await response.prepare(request)
                 await response.write_eof()
+                if response.status == 413:  # the rest of a body over the limit is not worth reading
+                    _close(request)
             except ConnectionError as exc:
                 ctx.status, ctx.error = CLIENT_CLOSED, exc
     finally:

@@ -16,12 +16,13 @@ from aiohttp import web
 
 from gateway.context import Deployment, RequestContext
 from gateway.endpoints import Endpoint, Ingress
-from gateway.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError
+from gateway.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, RequestTimeoutError
 from gateway.formats.chat import include_usage, streamed_chars, usage
 from gateway.replies import CLIENT_CLOSED, json_response, render_error
 from gateway.resilience.attempts import backend_failure, interrupted
 from gateway.resilience.first_output import first_output
 from gateway.resilience.watchdog import Watchdog
+from gateway.server import BodyTimeout
 from gateway.streaming import (
     DONE,
     SSE_HEADERS,
@@ -51,11 +52,17 @@ TOO_DEEP = f"The request body is nested too deeply (the limit is {ALLOWED_DEPTH}
 
 
 async def read_json(request: web.Request) -> Any:
-    """The parsed request body: 413 over the size limit, 400 when it is not JSON."""
+    """The parsed request body: 413 over the size limit (at once when the declared length is over it),
+    408 when it stalls (``gateway.server``), 400 when it is not JSON."""
+    too_large = f"Request body too large: the limit is {request.client_max_size} bytes."
+    if (request.content_length or 0) > request.client_max_size:
+        raise PayloadTooLargeError(too_large)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLargeError(f"Request body too large: the limit is {request.client_max_size} bytes.") from None
+        raise PayloadTooLargeError(too_large) from None
+    except BodyTimeout as exc:
+        raise RequestTimeoutError(str(exc)) from None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

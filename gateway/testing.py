@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from pydantic import Field
 
 from gateway.app import RUNNER_OPTIONS, create_app
@@ -44,6 +45,7 @@ from gateway.formats.chat import (
 from gateway.hookspecs import hookimpl
 from gateway.keys import backends_key
 from gateway.loading import ConfigSource
+from gateway.server import GatewayRunner
 
 MOCK_MODEL = "mock-gpt-model"
 
@@ -56,6 +58,14 @@ def mock_config(models: Iterable[str] = (MOCK_MODEL,), **options: Any) -> dict[s
         "models": [{"name": m, "backend": "mock"} for m in models],
         "default_model": models[0],
     }
+
+
+class GatewayTestServer(TestServer):
+    """pytest-aiohttp's ``TestServer`` serving over ``GatewayRunner`` (``gateway serve``'s connection:
+    header and body deadlines, parser errors as OpenAI errors): ``await aiohttp_client(GatewayTestServer(app))``."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return GatewayRunner(self.app, **{**kwargs, **RUNNER_OPTIONS})
 
 
 def make_app(config: ConfigSource | None = None, *, plugins: Iterable[object] = ()) -> web.Application:
@@ -95,7 +105,7 @@ class ServerThread:
     def _run(self) -> None:
         loop = self._loop
         asyncio.set_event_loop(loop)
-        runner = web.AppRunner(self.app, **RUNNER_OPTIONS)
+        runner = GatewayRunner(self.app, **RUNNER_OPTIONS)
         try:
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -9,7 +9,7 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestClient
 
-from gateway.testing import make_app
+from gateway.testing import GatewayTestServer, make_app
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.openai_text import OpenAITextUpstream
 
@@ -47,10 +47,10 @@ def _isolated_cwd(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def gateway(aiohttp_client: Any) -> GatewayClient:
     """``client = await gateway(config=None, plugins=())``: a TestClient on a new gateway app
-    (default config: the mock backend serving ``mock-gpt-model``)."""
+    (default config: the mock backend serving ``mock-gpt-model``), served as ``gateway serve`` serves it."""
 
     async def start(config: Any = None, plugins: Iterable[object] = ()) -> TestClient:
-        return await aiohttp_client(make_app(config, plugins=plugins))
+        return await aiohttp_client(GatewayTestServer(make_app(config, plugins=plugins)))
 
     return start
 
