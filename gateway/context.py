@@ -73,9 +73,10 @@ class RequestContext:
     """
 
     request: web.Request
-    request_id: str
+    request_id: str  # the gateway's own id for the request (X-Gateway-Request-ID, the log's request_id)
     generation: Generation  # the config generation the request is pinned to
     endpoint: str = ""
+    client_request_id: str | None = None  # the client's own ``X-Request-ID``, echoed back and logged
     body: dict[str, Any] | None = None  # the parsed JSON body, unknown fields included; editable
     # A front door in another dialect (``/v1/messages``): the request as the client sent it, before
     # its translation into the chat form (``body``). A backend that speaks the dialect gets it as it

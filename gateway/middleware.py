@@ -16,7 +16,7 @@ from gateway.keys import ctx_key, generations_key, lifecycle_key
 from gateway.lifecycle import SHUTTING_DOWN
 from gateway.replies import CLIENT_CLOSED, error_response, render_error
 
-MAX_REQUEST_ID = 200  # a longer X-Request-ID from a client is replaced by a new one
+MAX_REQUEST_ID = 200  # a longer X-Request-ID from a client is neither logged nor echoed
 OVERHEAD_HEADER = "X-Gateway-Overhead-Ms"
 
 
@@ -26,18 +26,25 @@ async def context_middleware(
 ) -> web.StreamResponse:
     """Give the request its context and id, turn any exception into an OpenAI error object, send
     the response, then call ``gateway_request_finished`` once."""
-    request_id = request.headers.get("X-Request-ID")
-    if not request_id or len(request_id) > MAX_REQUEST_ID:
-        request_id = os.urandom(16).hex()
+    request_id = os.urandom(16).hex()  # always the gateway's own: a client's id is not unique
+    client_request_id = request.headers.get("X-Request-ID")
+    if client_request_id is not None and (
+        len(client_request_id) > MAX_REQUEST_ID or not client_request_id.isprintable()
+    ):
+        client_request_id = None
     generations = request.app[generations_key]
     ctx = RequestContext(
         request=request,
         request_id=request_id,
+        client_request_id=client_request_id,
         client_key=bearer_token(request.headers),
         generation=generations.pin(),  # the config this request uses to its last byte
     )
     request[ctx_key] = ctx
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    if client_request_id:
+        structlog.contextvars.bind_contextvars(request_id=request_id, client_request_id=client_request_id)
+    else:
+        structlog.contextvars.bind_contextvars(request_id=request_id)
     lifecycle = request.app[lifecycle_key]
     task = asyncio.current_task()
     lifecycle.tasks.add(task)  # type: ignore[arg-type]
@@ -65,8 +72,6 @@ async def context_middleware(
             try:
                 await response.prepare(request)
                 await response.write_eof()
-                if response.status == 413:  # the rest of a body over the limit is not worth reading
-                    _close(request)
             except ConnectionError as exc:
                 ctx.status, ctx.error = CLIENT_CLOSED, exc
     finally:
@@ -95,9 +100,9 @@ def _close(request: web.Request) -> None:
 async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: the request id and the headers plugins put on ``ctx.response_headers``.
 
-    ``X-Gateway-Request-ID`` is always the gateway's id; ``X-Request-ID`` is the id the client sent,
-    else the upstream's (a backend forwards it, so the openai SDK's ``_request_id`` is the provider's),
-    else the gateway's.
+    ``X-Gateway-Request-ID`` is always the gateway's own id (the log's ``request_id``); ``X-Request-ID``
+    is the id the client sent (the log's ``client_request_id``), else the upstream's (a backend forwards
+    it, so the openai SDK's ``_request_id`` is the provider's), else the gateway's.
 
     A response from a backend also carries ``X-Gateway-Overhead-Ms``: the time so far not spent
     waiting on backends (for a stream, up to its first byte, when the headers go out)."""
@@ -105,10 +110,11 @@ async def add_response_headers(request: web.Request, response: web.StreamRespons
     if ctx is not None:
         ctx.headers_sent = True
         headers = response.headers
-        headers["X-Request-ID"] = headers["X-Gateway-Request-ID"] = ctx.request_id
+        headers["X-Gateway-Request-ID"] = ctx.request_id
+        headers["X-Request-ID"] = ctx.client_request_id or ctx.request_id
         if ctx.deployment is not None:
             headers[OVERHEAD_HEADER] = f"{max(ctx.duration - ctx.upstream_wait, 0.0) * 1000:.2f}"
         if ctx.response_headers:
             headers.update(ctx.response_headers)
-            if "X-Request-ID" in request.headers:  # a request id the client sent is echoed, whatever else
-                headers["X-Request-ID"] = ctx.request_id
+            if ctx.client_request_id:  # a request id the client sent is echoed, whatever else
+                headers["X-Request-ID"] = ctx.client_request_id

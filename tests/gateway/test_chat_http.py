@@ -423,16 +423,17 @@ async def test_unexpected_plugin_exception_is_500_with_request_id(gateway: Any) 
     client = await gateway(plugins=[Boom()])
     resp = await client.post(CHAT, json=chat_body(), headers={"X-Request-ID": "client-req-77"})
     error = await assert_error(resp, 500, type="server_error")
-    assert resp.headers["X-Request-ID"] == "client-req-77"
-    assert "client-req-77" in error["message"]
+    assert resp.headers["X-Request-ID"] == "client-req-77"  # the client's id echoed
+    own = resp.headers["X-Gateway-Request-ID"]  # the message names the gateway's own id (the log's)
+    assert own != "client-req-77" and own in error["message"] and "client-req-77" not in error["message"]
     assert "boom" not in error["message"].lower()
     assert "Traceback" not in error["message"] and "RuntimeError" not in error["message"]
 
     resp = await client.post(CHAT, json=chat_body(stream=True))
     raw = await resp.read()
     error = await assert_error(resp, 500)
-    generated = resp.headers["X-Request-ID"]
-    assert generated and generated in error["message"]
+    generated = resp.headers["X-Gateway-Request-ID"]
+    assert generated and generated in error["message"] and resp.headers["X-Request-ID"] == generated
     assert b"boom" not in raw
 
 
@@ -458,6 +459,21 @@ async def test_request_id_echoed_or_generated(gateway: Any) -> None:
         assert rid.strip() and rid != "client-id-42"
         generated.append(rid)
     assert len(set(generated)) == len(generated)
+
+
+async def test_the_gateway_always_chooses_its_own_request_id(gateway: Any) -> None:
+    """Two requests with the same client id are two requests: each gets its own X-Gateway-Request-ID
+    (the log's ``request_id``); the client's id is echoed as X-Request-ID (``client_request_id``)."""
+    client = await gateway()
+    ids = []
+    for stream in (False, True):
+        resp = await client.post(CHAT, json=chat_body(stream=stream), headers={"X-Request-ID": "same"})
+        await resp.read()
+        assert resp.headers["X-Request-ID"] == "same"
+        ids.append(resp.headers["X-Gateway-Request-ID"])
+    assert "same" not in ids and len(set(ids)) == 2
+    resp = await client.get("/health", headers={"X-Request-ID": "x" * 201})  # too long: not echoed
+    assert resp.headers["X-Request-ID"] == resp.headers["X-Gateway-Request-ID"] != "x" * 201
 
 
 # Plugins answering, filtering and post-processing -------------------------------------------------

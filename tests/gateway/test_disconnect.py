@@ -56,7 +56,7 @@ class Recorder:
     @hookimpl
     async def gateway_request_finished(self, ctx: RequestContext, error: BaseException | None) -> None:
         await asyncio.sleep(0)  # an async observer, still run after a cancellation
-        self.finished.append((ctx.request_id, ctx.status, error))
+        self.finished.append((ctx.client_request_id, ctx.status, error))  # the id the test sent
         self.finished_event.set()
 
     async def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any]]:

@@ -123,7 +123,8 @@ async def test_access_line_of_a_stream(gateway: Any, log: JsonLog, finished: Fin
     assert (await response.read()).endswith(b"data: [DONE]\n\n")
     await finished.wait(1)
     [line] = log.access()
-    assert line["request_id"] == "client-chosen-id" == response.headers["X-Request-ID"]
+    assert response.headers["X-Request-ID"] == "client-chosen-id" == line["client_request_id"]  # echoed, logged
+    assert line["request_id"] == response.headers["X-Gateway-Request-ID"] != "client-chosen-id"  # the gateway's own
     assert line["stream"] is True
     assert line["status"] == 200
     assert line["backend"] == "mock"

@@ -180,7 +180,7 @@ async def test_upstream_rate_limit_headers_and_request_id_are_forwarded(gateway:
     resp = await client.post("/v1/chat/completions", json=chat(stream=True), headers={"X-Request-ID": "mine"})
     await resp.read()
     assert resp.headers["x-request-id"] == "mine"  # an id the client sent is echoed
-    assert resp.headers["x-gateway-request-id"] == "mine"
+    assert resp.headers["x-gateway-request-id"] not in ("mine", "req_1")  # the gateway's own, always
     assert resp.headers["x-ratelimit-remaining-requests"] == "99"
 
 
