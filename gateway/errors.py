@@ -100,6 +100,13 @@ class RequestTimeoutError(InvalidRequestError):
     code = "request_timeout"
 
 
+class WriteTimeoutError(RequestTimeoutError):
+    """The client accepted no part of the response within ``server.write_timeout`` (logged; the
+    connection is dropped, so no client sees it)."""
+
+    code = "write_timeout"
+
+
 class PayloadTooLargeError(InvalidRequestError):
     status = 413
     code = "request_too_large"

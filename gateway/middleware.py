@@ -11,13 +11,14 @@ import structlog
 from aiohttp import web
 
 from gateway.context import RequestContext
-from gateway.errors import ServiceUnavailableError
+from gateway.errors import ServiceUnavailableError, WriteTimeoutError
 from gateway.keys import ctx_key, generations_key, lifecycle_key
 from gateway.lifecycle import SHUTTING_DOWN
 from gateway.replies import CLIENT_CLOSED, error_response, render_error
 
 MAX_REQUEST_ID = 200  # a longer X-Request-ID from a client is neither logged nor echoed
 OVERHEAD_HEADER = "X-Gateway-Overhead-Ms"
+LARGE_BODY = 64 * 1024  # aiohttp waits on the client only past its write buffer's high-water mark
 
 
 @web.middleware
@@ -70,10 +71,20 @@ async def context_middleware(
         # FileResponse again after the handler whatever its state: that one it sends itself.)
         if not response.prepared and not isinstance(response, web.FileResponse):
             try:
-                await response.prepare(request)
-                await response.write_eof()
+                async with asyncio.timeout(_write_limit(ctx, response)):
+                    await response.prepare(request)
+                    await response.write_eof()
             except ConnectionError as exc:
                 ctx.status, ctx.error = CLIENT_CLOSED, exc
+            except TimeoutError:  # the client is not reading
+                seconds = ctx.config.server.write_timeout
+                ctx.status, ctx.error = (
+                    CLIENT_CLOSED,
+                    WriteTimeoutError(f"The client accepted no data for {seconds:g} s."),
+                )
+                ctx.log.warning("client stopped reading; response cut", write_timeout=seconds)
+                if request.transport is not None:
+                    request.transport.abort()
     finally:
         lifecycle.tasks.discard(task)  # type: ignore[arg-type]
         try:
@@ -81,6 +92,13 @@ async def context_middleware(
         finally:
             generations.unpin(ctx.generation)
     return response
+
+
+def _write_limit(ctx: RequestContext, response: web.StreamResponse) -> float | None:
+    """``server.write_timeout`` for a body large enough to wait on the client (a smaller one goes to
+    the socket's buffer at once: no timer for it)."""
+    body = response.body if isinstance(response, web.Response) else None
+    return ctx.config.server.write_timeout if isinstance(body, bytes) and len(body) > LARGE_BODY else None
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:

@@ -16,7 +16,14 @@ from aiohttp import web
 
 from gateway.context import Deployment, RequestContext
 from gateway.endpoints import Endpoint, Ingress
-from gateway.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, RequestTimeoutError
+from gateway.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    UpstreamTimeoutError,
+    WriteTimeoutError,
+)
 from gateway.formats.chat import include_usage, streamed_chars, usage
 from gateway.replies import CLIENT_CLOSED, json_response, render_error
 from gateway.resilience.attempts import backend_failure, interrupted
@@ -226,7 +233,14 @@ async def _stream(
     response = (web.StreamResponse if filters else EventStreamResponse)(headers=SSE_HEADERS)
     await response.prepare(ctx.request)
     ctx.status = response.status
-    write, loop, item = response.write, watchdog.loop, first
+    loop, item, send = watchdog.loop, first, response.write
+    watchdog.watch_writes(ctx.config.server.write_timeout)
+
+    async def write(data: bytes) -> None:  # the watchdog cuts a write the client does not accept
+        watchdog.writing = loop.time()
+        await send(data)
+        watchdog.writing = None
+
     backend = ctx.backend
     counting = backend is not None and not backend.reports_usage
     events = chars = 0
@@ -285,6 +299,8 @@ async def _stream(
             raise
         except Exception as exc:  # the backend failed (already a GatewayError), or a plugin's filter
             ctx.error = exc
+            if watchdog.reason == "deadline" and isinstance(exc, UpstreamTimeoutError):
+                ctx.status = exc.status  # the gateway's own time limit cut it: logged as 504
             rendered = await render_error(ctx, exc)
             if encoder is not None:
                 tail = encoder.error(rendered)
@@ -295,10 +311,31 @@ async def _stream(
         await response.write_eof(tail)
     except ConnectionError as exc:
         ctx.status, ctx.error = CLIENT_CLOSED, exc
+    except asyncio.CancelledError:
+        if not watchdog.expired():
+            raise  # the client left, or the shutdown grace period ended (the middleware tells which)
+        _cut_while_writing(ctx, watchdog)
     finally:
         if counting:
             ctx.streamed_tokens = events + (chars + 3) // 4
     return response
+
+
+def _cut_while_writing(ctx: RequestContext, watchdog: Watchdog) -> None:
+    """The watchdog fired while a write to the client was blocked (it is not reading): the request's
+    time limit (504) or ``server.write_timeout``. No error event could get through: drop the connection."""
+    if watchdog.reason == "deadline":
+        name = ctx.backend.name if ctx.backend else "?"
+        ctx.status, ctx.error = (
+            504,
+            UpstreamTimeoutError(f"Backend {name!r} did not finish within the request's time limit."),
+        )
+    else:
+        seconds = ctx.config.server.write_timeout
+        ctx.status, ctx.error = CLIENT_CLOSED, WriteTimeoutError(f"The client accepted no data for {seconds:g} s.")
+        ctx.log.warning("client stopped reading; stream cut", write_timeout=seconds)
+    if ctx.request.transport is not None:
+        ctx.request.transport.abort()  # its unsent data would keep it open
 
 
 async def _answer_directly(

@@ -12,9 +12,25 @@ class Watchdog:
     (default: ``timeout``) bounds each wait between two chunks; ``deadline`` (a loop time, or None)
     bounds the whole response. One timer for the whole response, re-armed only when it fires: the
     per-chunk cost is two attribute writes (``since``), not a timer per chunk.
+
+    ``watch_writes(seconds)`` also bounds each write to the client (``writing``: when the current one
+    began): while it is on the timer fires at least every quarter of that, so a write the client has
+    not accepted is cut within 1.25 times the limit.
     """
 
-    __slots__ = ("_handle", "deadline", "fired", "gap", "loop", "reason", "since", "task", "timeout")
+    __slots__ = (
+        "_handle",
+        "deadline",
+        "fired",
+        "gap",
+        "loop",
+        "reason",
+        "since",
+        "task",
+        "timeout",
+        "write_timeout",
+        "writing",
+    )
 
     def __init__(self, timeout: float, gap: float | None = None, deadline: float | None = None) -> None:
         self.loop = asyncio.get_running_loop()
@@ -24,7 +40,9 @@ class Watchdog:
         self.deadline = deadline
         self.since: float | None = None  # when the current wait began; None while not waiting
         self.fired = False
-        self.reason = ""  # after firing: "silence" or "deadline"
+        self.reason = ""  # after firing: "silence", "deadline" or "write"
+        self.write_timeout: float | None = None
+        self.writing: float | None = None  # when the current write to the client began; None: none
         self._handle = self.loop.call_at(self._due(self.loop.time()), self._check)
 
     def waiting(self) -> None:
@@ -49,8 +67,16 @@ class Watchdog:
         self._handle.cancel()
         self._handle = self.loop.call_at(self._due(self.loop.time()), self._check)
 
+    def watch_writes(self, seconds: float) -> None:
+        """From now on a write to the client may take at most ``seconds`` (``writing`` marks each one)."""
+        self.write_timeout = seconds
+        self._handle.cancel()
+        self._handle = self.loop.call_at(self._due(self.loop.time()), self._check)
+
     def _due(self, now: float) -> float:
         due = (now if self.since is None else self.since) + self.timeout
+        if self.write_timeout is not None:
+            due = min(due, now + self.write_timeout / 4)
         return due if self.deadline is None else min(due, self.deadline)
 
     def _check(self) -> None:
@@ -59,6 +85,8 @@ class Watchdog:
             self.reason = "deadline"
         elif self.since is not None and now - self.since >= self.timeout:
             self.reason = "silence"
+        elif self.writing is not None and now - self.writing >= self.write_timeout:  # type: ignore[operator]
+            self.reason = "write"
         else:
             self._handle = self.loop.call_at(self._due(now), self._check)
             return
