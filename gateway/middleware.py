@@ -49,6 +49,7 @@ async def context_middleware(
     lifecycle = request.app[lifecycle_key]
     task = asyncio.current_task()
     lifecycle.tasks.add(task)  # type: ignore[arg-type]
+    response: web.StreamResponse | None = None
     try:
         try:
             response = await handler(request)
@@ -91,7 +92,25 @@ async def context_middleware(
             await ctx.generation.hooks.notify("gateway_request_finished", ctx=ctx, error=ctx.error)
         finally:
             generations.unpin(ctx.generation)
+            _let_go(request, ctx, response)
     return response
+
+
+def _let_go(request: web.Request, ctx: RequestContext, response: web.StreamResponse | None) -> None:
+    """Nothing of a finished request outlives it: the request and its context stop pointing at each
+    other, and the tracebacks of ``ctx.error`` (and of the errors it chains) drop their frames, which
+    hold the body. Both are then freed at once, not by the cyclic collector's next run. (A
+    ``FileResponse``, which aiohttp sends after this, keeps its context for its headers.) aiohttp keeps
+    a kept-alive connection's last request until the next one arrives: its body is dropped too."""
+    error, seen = ctx.error, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+    if not isinstance(response, web.FileResponse):
+        request.pop(ctx_key, None)
+        if getattr(request, "_read_bytes", None) is not None:  # aiohttp's copy of the body read
+            request._read_bytes = None
 
 
 def _write_limit(ctx: RequestContext, response: web.StreamResponse) -> float | None:
