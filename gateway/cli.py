@@ -20,6 +20,7 @@ from gateway.keys import lifecycle_key
 from gateway.lifecycle import AIOHTTP_MARGIN
 from gateway.loading import load, plugin_overview
 from gateway.log import setup_logging
+from gateway.packaged import resolve_config
 from gateway.server import serve as serve_app
 from gateway.workers import supervise
 
@@ -36,7 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     serve = commands.add_parser("serve", help="serve the gateway (the default command)")
     serve.add_argument(
-        "--config", default=default_config, help=f"config file (default: $GATEWAY_CONFIG or {DEFAULT_CONFIG})"
+        "--config",
+        default=default_config,
+        help=f"config file (default: $GATEWAY_CONFIG, else {DEFAULT_CONFIG}, else the one shipped in the package)",
     )
     serve.add_argument("--host", help="address to listen on (overrides $HOST and the config)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides $PORT and the config)")
@@ -60,13 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     plugins.add_argument("--json", action="store_true", help="print JSON")
 
     args = parser.parse_args(argv)
+    for name in ("config", "config_option", "path"):  # a shipped file when the path names one not here
+        if getattr(args, name, None):
+            setattr(args, name, resolve_config(getattr(args, name)))
     try:
         if args.command == "check-config":
-            return check_config(args.path or args.config_option or default_config)
+            return check_config(args.path or args.config_option or resolve_config(default_config))
         if args.command == "plugins":
             return list_plugins(args.config, args.json)
         if args.command is None:
             args = serve.parse_args([])
+            args.config = resolve_config(args.config)
         return run(args.config, args.host, args.port, args.workers)
     except ConfigError as exc:
         print(f"error: invalid config\n{exc}", file=sys.stderr)
