@@ -413,3 +413,43 @@ def test_workers_with_limits_in_memory_refuse_to_start(servers: list[Server], tm
     servers.append(server)
     server.wait_up(port, timeout=30)
     assert server.terminate_and_wait(10) == 0
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" not in status.read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_workers_exit_when_their_supervisor_is_killed(servers: list[Server]) -> None:
+    port = free_port()
+    server = Server(["--config", CONFIG, "--port", str(port), "--workers", "2"], {})
+    servers.append(server)
+    server.wait_up(port)
+    wait_for(lambda: len(children(server.proc.pid)) == 2)
+    workers = children(server.proc.pid)
+    os.kill(server.proc.pid, signal.SIGKILL)  # no chance to stop them itself
+    server.wait(10)  # the output pipes close once the workers, which hold them too, have exited
+    wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=10)
+    assert not port_open(port)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_a_worker_that_exits_cleanly_is_restarted_without_an_error_line(servers: list[Server]) -> None:
+    port = free_port()
+    server = Server(["--config", CONFIG, "--port", str(port), "--workers", "2"], {})
+    servers.append(server)
+    url = server.wait_up(port)
+    wait_for(lambda: len(children(server.proc.pid)) == 2)
+    first = children(server.proc.pid)
+    time.sleep(0.5)
+    os.kill(first[0], signal.SIGTERM)  # it shuts down gracefully and exits 0
+    wait_for(lambda: len(children(server.proc.pid)) == 2 and first[0] not in children(server.proc.pid))
+    assert chat(url).status_code == 200
+    assert server.terminate_and_wait(10) == 0
+    lines = [json.loads(line) for line in server.output.splitlines() if line.startswith("{")]
+    [exited] = [line for line in lines if line.get("pid") == first[0] and "worker" in line["event"]]
+    assert exited["level"] == "info" and exited["exit_code"] == 0 and "died" not in exited["event"], exited
