@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from gateway.backend import BackendConfig
 from gateway.config_problems import did_you_mean, line_of, node_lines, validation_problems
+from gateway.log import secret_values
 from gateway.model_table import ModelIndex, ModelRoute, RouterConfig, inherit
 from gateway.router_defaults import check_table, inherit_all, router_defaults, routes_alone
 from gateway.state.config import StateConfig
@@ -91,6 +92,15 @@ class GatewayConfig(_Section):
     source: str = Field("<config>", exclude=True)
     plugin_sections: dict[str, BaseModel] = Field(default_factory=dict, exclude=True)
     _index: ModelIndex | None = PrivateAttr(None)
+    _secrets: frozenset[str] | None = PrivateAttr(None)
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        """Every secret value of the config (``SecretStr`` fields: upstream keys, the gateway's own
+        keys), for masking where they turn up as plain text (logged bodies)."""
+        if self._secrets is None:
+            self._secrets = frozenset(s for s in secret_values([*self.backends, *self.plugin_sections.values()]) if s)
+        return self._secrets
 
     def plugin_config(self, section: str) -> Any:
         """The validated config of a plugin section registered with ``gateway_register_config``."""

@@ -7,10 +7,12 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import structlog
+from pydantic import BaseModel, SecretStr
 
 #: A key names a secret when it ends in one of these words (``X-Goog-Api-Key``, ``access_token``,
 #: ``client_secret``, ``Authorization``), but not ``prompt_tokens``.
@@ -43,6 +45,21 @@ def redact(value: Any) -> Any:
 def masks(value: Any) -> bool:
     """Whether the value of a secret-named key is masked: not ``true``/``false`` or unset (``null``)."""
     return value is not None and not isinstance(value, bool)
+
+
+def secret_values(value: Any) -> Iterator[str]:
+    """The values of the ``SecretStr`` fields in ``value`` (pydantic models, lists and dicts of them)."""
+    if isinstance(value, SecretStr):
+        yield value.get_secret_value()
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from secret_values(getattr(value, name, None))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from secret_values(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from secret_values(item)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -44,33 +44,58 @@ class BodyLoggingConfig(BaseModel):
     def model_post_init(self, _context: Any) -> None:
         self._patterns = [re.compile(p) for p in self.redact]
 
-    def scrub(self, value: Any) -> Any:
-        """``value`` with credentials (``gateway.log.redact``) and the ``redact`` patterns masked."""
+    def scrub(self, value: Any, secrets: frozenset[str] = frozenset()) -> Any:
+        """``value`` with credentials (``gateway.log.redact``), the config's own ``secrets`` (its keys,
+        pasted as text) and the ``redact`` patterns masked."""
         if isinstance(value, str):
+            for secret in secrets:  # before redact(), which may mask part of one
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
             value = redact(value)
             for pattern in self._patterns:
                 value = pattern.sub(lambda _: self.replacement, value)
             return value
         if isinstance(value, dict):
-            return {k: REDACTED if is_secret_key(str(k)) and masks(v) else self.scrub(v) for k, v in value.items()}
+            return {
+                k: REDACTED if is_secret_key(str(k)) and masks(v) else self.scrub(v, secrets) for k, v in value.items()
+            }
         if isinstance(value, list):
-            return [self.scrub(v) for v in value]
+            return [self.scrub(v, secrets) for v in value]
         return value
 
-    def render(self, value: Any) -> str:
-        """A body as logged: scrubbed, as JSON text, cut after ``max_chars``."""
-        text = self.scrub(value)
-        if not isinstance(text, str):
-            text = orjson.dumps(text, default=str).decode()
+    def render(self, value: Any, secrets: frozenset[str] = frozenset(), raw: bytes | None = None) -> str:
+        """A body as logged: scrubbed, as JSON text, cut after ``max_chars``. One that cannot be
+        written as JSON (nested deeper than orjson goes) is logged as its ``raw`` text, cut first,
+        then scrubbed (secret-named fields masked by pattern)."""
+        try:
+            text = self.scrub(value, secrets)
+            if not isinstance(text, str):
+                text = orjson.dumps(text, default=str).decode()
+        except (TypeError, ValueError, RecursionError):
+            source = raw.decode("utf-8", "replace") if raw is not None else "[a body that cannot be rendered]"
+            cut = source[: self.max_chars + 256]  # room for a secret's tail, masked before the cut below
+            text = self.scrub(_SECRET_FIELD.sub(_mask_field, cut), secrets) + source[len(cut) :]
         if len(text) > self.max_chars:
             text = f"{text[: self.max_chars]}... [{len(text) - self.max_chars} more characters]"
         return text
 
 
+#: A ``"name": "value"`` pair in JSON text, for masking secret-named fields without parsing.
+_SECRET_FIELD = re.compile(r'"((?:[^"\\]|\\.)*)"(\s*:\s*)"(?:[^"\\]|\\.)*"')
+
+
+def _mask_field(match: re.Match[str]) -> str:
+    if not is_secret_key(match.group(1)):
+        return match.group(0)
+    return f'"{match.group(1)}"{match.group(2)}"{REDACTED}"'
+
+
 class RequestLoggingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    skip_paths: list[str] = Field(default_factory=list, description="paths logged only when they fail, e.g. /health")
+    skip_paths: list[str] = Field(
+        default_factory=lambda: ["/metrics"], description="paths logged only when they fail (default: /metrics)"
+    )
     bodies: BodyLoggingConfig = Field(default_factory=BodyLoggingConfig, description="body logging, for debugging")
 
 
@@ -148,7 +173,10 @@ async def gateway_request_finished(ctx: RequestContext, error: BaseException | N
     if error is not None:
         fields["error"] = f"{type(error).__name__}: {error}"
     if settings.bodies.enabled:
-        await _add_bodies(ctx, settings.bodies, fields)
+        try:
+            await _add_bodies(ctx, settings.bodies, fields)
+        except Exception as exc:  # the access line is written whatever the bodies hold
+            fields["request_body"] = f"[not logged: {type(exc).__name__}]"
     write_event(ctx.log, level(status, error), "request", fields)
 
 
@@ -167,18 +195,18 @@ def level(status: int, error: BaseException | None) -> str:
 async def _add_bodies(ctx: RequestContext, bodies: BodyLoggingConfig, fields: dict[str, Any]) -> None:
     """``request_body``: the raw body the client sent (when the gateway read it whole);
     ``response_body``: the response, or the stream as assembled from its chunks."""
-    request = ctx.request
-    if request.body_exists and not request.can_read_body and ctx.status != 413:
+    request, secrets = ctx.request, ctx.config.secrets
+    if request.body_exists and not request.can_read_body and ctx.status not in (408, 413):
         raw = await request.read()  # the bytes the pipeline read, kept by aiohttp
         try:
-            fields["request_body"] = bodies.render(orjson.loads(raw))
+            fields["request_body"] = bodies.render(orjson.loads(raw), secrets, raw)
         except orjson.JSONDecodeError:
-            fields["request_body"] = bodies.render(raw.decode("utf-8", "replace"))
+            fields["request_body"] = bodies.render(raw.decode("utf-8", "replace"), secrets)
     response = ctx.state.get(STATE)
     if isinstance(response, StreamCollector):
         response = response.assembled(ctx)
     if response is not None:
-        fields["response_body"] = bodies.render(response)
+        fields["response_body"] = bodies.render(response, secrets)
 
 
 class StreamCollector:

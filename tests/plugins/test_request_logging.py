@@ -709,3 +709,50 @@ async def test_legacy_completions_say_whether_they_streamed(gateway: Any, log: J
     lines = log.access()
     assert [line.get("stream") for line in lines] == [False, True, None]  # embeddings never stream
     assert all("usage_estimated" not in line for line in lines)  # the mock backend reports its usage
+
+
+async def test_a_body_nested_too_deep_to_render_still_gets_its_access_line_truncated(
+    gateway: Any, log: JsonLog, finished: Finished
+) -> None:
+    client = await gateway(bodies_config(max_chars=300), plugins=[finished])
+    deep = b"[" * 255 + b"]" * 255
+    body = b'{"api_key": "plain-looking-value", "model": "' + MOCK_MODEL.encode() + b'", "messages": ' + deep + b"}"
+    response = await client.post("/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    assert response.status == 400
+    await finished.wait(1)
+    [line] = log.access()
+    assert line["status"] == 400
+    assert line["request_body"].startswith('{"api_key": "[REDACTED]", "model"')
+    assert line["request_body"].endswith(" more characters]")
+    assert "plain-looking-value" not in log.text and "observer hook failed" not in log.text
+
+
+async def test_configured_gateway_keys_pasted_as_text_are_masked_in_logged_bodies(
+    gateway: Any, log: JsonLog, finished: Finished
+) -> None:
+    key = "gw-team-key-not-sk-shaped-42"  # looks like no credential: masked because the config holds it
+    config = bodies_config()
+    config["plugins"]["auth_api_keys"] = {"keys": [{"name": "team", "key": key}]}
+    client = await gateway(config, plugins=[finished])
+    body = {**CHAT, "messages": [{"role": "user", "content": f"my key is {key}, keep it"}]}
+    response = await client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+    assert response.status == 200  # the mock echoes the key back: the response body is masked too
+    await finished.wait(1)
+    [line] = log.access()
+    assert key not in log.text
+    assert f"my key is {REDACTED}, keep it" in line["request_body"]
+    assert f"my key is {REDACTED}, keep it" in line["response_body"]
+
+
+async def test_metrics_scrapes_get_no_access_line_unless_configured(
+    gateway: Any, log: JsonLog, finished: Finished
+) -> None:
+    client = await gateway(plugins=[finished])
+    assert (await client.get("/metrics")).status == 200
+    assert (await client.get("/health")).status == 200
+    await finished.wait(2)
+    assert [line["path"] for line in log.access()] == ["/health"]
+    client = await gateway(logging_config(skip_paths=[]), plugins=[finished])
+    assert (await client.get("/metrics")).status == 200
+    await finished.wait(3)
+    assert [line["path"] for line in log.access()] == ["/health", "/metrics"]
