@@ -13,6 +13,14 @@ from pydantic_core import PydanticCustomError
 
 from gateway.config_problems import key_path
 from gateway.errors import InvalidRequestError
+from gateway.formats.request_schema import (
+    TRUTHY,
+    model_and_stream_options,
+    present,
+    require_model,
+    text_inputs,
+    when,
+)
 
 
 def one_of(expected: str) -> WrapValidator:
@@ -38,6 +46,8 @@ class _Open(BaseModel):
 
 
 class ContentPart(_Open):
+    model_config = ConfigDict(json_schema_extra={"allOf": [when("type", "text", present("text", {"type": "string"}))]})
+
     type: str
     text: str | None = None  # required for `text` parts (checked in validate_chat_request)
 
@@ -53,6 +63,8 @@ class FunctionDefinition(_Open):
 
 
 class Tool(_Open):
+    model_config = ConfigDict(json_schema_extra={"allOf": [when("type", "function", present("function"))]})
+
     type: str = "function"
     function: FunctionDefinition | None = None  # required for `function` tools
 
@@ -62,6 +74,8 @@ class NamedFunction(_Open):
 
 
 class ToolChoiceObject(_Open):
+    model_config = ConfigDict(json_schema_extra={"allOf": [when("type", "function", present("function"))]})
+
     type: str
     function: NamedFunction | None = None  # required when type is `function`
 
@@ -70,7 +84,24 @@ Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 Content = Annotated[str | list[ContentPart] | None, one_of("a string or an array of content parts")]
 
 
+_NEEDS_CONTENT = frozenset({"system", "developer", "user", "tool"})
+
+
 class ChatMessage(_Open):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                when("role", sorted(_NEEDS_CONTENT), present("content")),
+                when("role", "tool", present("tool_call_id", {"type": "string", "minLength": 1})),
+                when(
+                    "role",
+                    "assistant",
+                    {"anyOf": [present("content"), present("tool_calls", TRUTHY), present("function_call", TRUTHY)]},
+                ),
+            ]
+        }
+    )
+
     role: Role
     content: Content = None
     name: str | None = None
@@ -80,6 +111,8 @@ class ChatMessage(_Open):
 
 class ChatCompletionRequest(_Open):
     """The body of ``POST /v1/chat/completions``: the fields the gateway checks; others pass through."""
+
+    model_config = ConfigDict(json_schema_extra=model_and_stream_options)
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
@@ -101,9 +134,6 @@ class ChatCompletionRequest(_Open):
         one_of("'none', 'auto', 'required' or an object naming a tool"),
     ] = None
     user: str | None = None
-
-
-_NEEDS_CONTENT = frozenset({"system", "developer", "user", "tool"})
 
 
 _PLAIN_KEYS = frozenset({"model", "messages", "stream"})
@@ -194,8 +224,10 @@ MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on the items of an embeddings `inp
 class CompletionRequest(_Open):
     """The body of ``POST /v1/completions``: the fields the gateway checks; others pass through."""
 
+    model_config = ConfigDict(json_schema_extra=model_and_stream_options)
+
     model: str | None = None
-    prompt: TextInput
+    prompt: TextInput = Field(json_schema_extra=text_inputs(empty_strings=True))
     suffix: str | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -220,8 +252,10 @@ MAX_DIMENSIONS = 3072
 class EmbeddingRequest(_Open):
     """The body of ``POST /v1/embeddings``: the fields the gateway checks; others pass through."""
 
+    model_config = ConfigDict(json_schema_extra=require_model)
+
     model: str | None = None
-    input: TextInput
+    input: TextInput = Field(json_schema_extra=text_inputs(empty_strings=False, max_items=MAX_EMBEDDING_INPUTS))
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(None, ge=1, le=MAX_DIMENSIONS)
     user: str | None = None

@@ -150,3 +150,125 @@ async def test_the_responses_endpoints_are_documented_with_a_working_example(gat
     assert example["model"] == "mock-gpt-model"
     answer = await client.post("/v1/responses", json=example)
     assert answer.status == 200 and (await answer.json())["object"] == "response"
+
+
+# The document says what the validator accepts ----------------------------------------------------
+
+USER = {"role": "user", "content": "hi"}
+CHAT_OK = {"model": "mock-gpt-model", "messages": [USER]}
+CASES: list[tuple[str, str, dict[str, Any], bool]] = [  # (endpoint, schema, body, accepted)
+    ("/v1/chat/completions", "ChatCompletionRequest", CHAT_OK, True),
+    ("/v1/chat/completions", "ChatCompletionRequest", {"messages": [USER]}, False),
+    ("/v1/chat/completions", "ChatCompletionRequest", {"model": None, "messages": [USER]}, False),
+    ("/v1/chat/completions", "ChatCompletionRequest", {"model": "", "messages": [USER]}, False),
+    ("/v1/chat/completions", "ChatCompletionRequest", {**CHAT_OK, "messages": [{"role": "user"}]}, False),
+    (
+        "/v1/chat/completions",
+        "ChatCompletionRequest",
+        {**CHAT_OK, "messages": [{"role": "user", "content": None}]},
+        False,
+    ),
+    (
+        "/v1/chat/completions",
+        "ChatCompletionRequest",
+        {**CHAT_OK, "messages": [USER, {"role": "tool", "tool_call_id": "c"}]},
+        False,
+    ),
+    (
+        "/v1/chat/completions",
+        "ChatCompletionRequest",
+        {**CHAT_OK, "messages": [USER, {"role": "tool", "content": "x"}]},
+        False,
+    ),
+    (
+        "/v1/chat/completions",
+        "ChatCompletionRequest",
+        {**CHAT_OK, "messages": [USER, {"role": "tool", "content": "x", "tool_call_id": ""}]},
+        False,
+    ),
+    (
+        "/v1/chat/completions",
+        "ChatCompletionRequest",
+        {**CHAT_OK, "messages": [USER, {"role": "tool", "content": "x", "tool_call_id": "c"}]},
+        True,
+    ),
+    (
+        "/v1/chat/completions",
+        "ChatCompletionRequest",
+        {**CHAT_OK, "messages": [USER, {"role": "assistant"}, USER]},
+        False,
+    ),
+    (
+        "/v1/chat/completions",
+        "ChatCompletionRequest",
+        {**CHAT_OK, "messages": [USER, {"role": "assistant", "tool_calls": []}, USER]},
+        False,
+    ),
+    (
+        "/v1/chat/completions",
+        "ChatCompletionRequest",
+        {
+            **CHAT_OK,
+            "messages": [
+                USER,
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                },
+                USER,
+            ],
+        },
+        True,
+    ),
+    (
+        "/v1/chat/completions",
+        "ChatCompletionRequest",
+        {**CHAT_OK, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+        False,
+    ),
+    (
+        "/v1/chat/completions",
+        "ChatCompletionRequest",
+        {**CHAT_OK, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+        True,
+    ),
+    ("/v1/chat/completions", "ChatCompletionRequest", {**CHAT_OK, "tools": [{"type": "function"}]}, False),
+    ("/v1/chat/completions", "ChatCompletionRequest", {**CHAT_OK, "tools": [{}]}, False),
+    ("/v1/chat/completions", "ChatCompletionRequest", {**CHAT_OK, "tool_choice": {"type": "function"}}, False),
+    ("/v1/chat/completions", "ChatCompletionRequest", {**CHAT_OK, "stream_options": {"include_usage": True}}, False),
+    (
+        "/v1/chat/completions",
+        "ChatCompletionRequest",
+        {**CHAT_OK, "stream": True, "stream_options": {"include_usage": True}},
+        True,
+    ),
+    ("/v1/completions", "CompletionRequest", {"model": "mock-gpt-model", "prompt": "hi"}, True),
+    ("/v1/completions", "CompletionRequest", {"model": "mock-gpt-model", "prompt": ""}, True),
+    ("/v1/completions", "CompletionRequest", {"prompt": "hi"}, False),
+    ("/v1/completions", "CompletionRequest", {"model": "mock-gpt-model", "prompt": []}, False),
+    ("/v1/completions", "CompletionRequest", {"model": "mock-gpt-model", "prompt": [[]]}, False),
+    ("/v1/completions", "CompletionRequest", {"model": "mock-gpt-model", "prompt": "hi", "stream_options": {}}, False),
+    ("/v1/embeddings", "EmbeddingRequest", {"model": "mock-gpt-model", "input": "hi"}, True),
+    ("/v1/embeddings", "EmbeddingRequest", {"model": "mock-gpt-model", "input": [[1, 2]]}, True),
+    ("/v1/embeddings", "EmbeddingRequest", {"input": "hi"}, False),
+    ("/v1/embeddings", "EmbeddingRequest", {"model": None, "input": "hi"}, False),
+    ("/v1/embeddings", "EmbeddingRequest", {"model": "mock-gpt-model", "input": ""}, False),
+    ("/v1/embeddings", "EmbeddingRequest", {"model": "mock-gpt-model", "input": []}, False),
+    ("/v1/embeddings", "EmbeddingRequest", {"model": "mock-gpt-model", "input": [""]}, False),
+    ("/v1/embeddings", "EmbeddingRequest", {"model": "mock-gpt-model", "input": [[]]}, False),
+    ("/v1/embeddings", "EmbeddingRequest", {"model": "mock-gpt-model", "input": ["a"] * 2049}, False),
+    ("/v1/embeddings", "EmbeddingRequest", {"model": "mock-gpt-model", "input": "hi", "dimensions": 3073}, False),
+]
+
+
+async def test_the_request_schemas_accept_what_the_gateway_accepts_and_refuse_what_it_refuses(gateway: Any) -> None:
+    client = await gateway()
+    doc = await (await client.get("/openapi.json")).json()
+    disagree = []
+    for path, name, body, accepted in CASES:
+        validator = jsonschema.Draft202012Validator({"$ref": REF.format(model=name), "components": doc["components"]})
+        resp = await client.post(path, json=body)
+        gateway_accepts, schema_accepts = resp.status != 400, validator.is_valid(body)
+        if not (gateway_accepts == schema_accepts == accepted):
+            disagree.append((path, body, resp.status, schema_accepts))
+    assert not disagree
