@@ -134,10 +134,10 @@ def _worker(serve: Callable[[], int]) -> None:
     """A worker: its own session, so a terminal's Ctrl-C reaches only the parent (which passes one
     SIGTERM on); default signal handlers until the server installs its own."""
     parent = os.getppid()
-    os.setsid()
-    _die_with(parent)
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT):  # first: the parent's handlers are no worker's
         signal.signal(signum, signal.SIG_DFL)
     if hasattr(signal, "SIGHUP"):  # a reload signal must never kill a worker that does not reload
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    os.setsid()
+    _die_with(parent)
     sys.exit(serve())
