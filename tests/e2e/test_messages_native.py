@@ -198,3 +198,18 @@ async def test_a_stop_sequence_on_the_translated_path(upstream: AnthropicUpstrea
             final = await stream.get_final_message()
     assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "END")
     assert upstream.last.body["stop_sequences"] == ["END"]
+
+
+async def test_a_native_stream_that_ends_after_message_delta_is_complete(
+    upstream: AnthropicUpstream, claude: Any
+) -> None:
+    """Ended cleanly after its stop reason without message_stop: the client gets the message_stop
+    itself; a stream cut before the stop reason stays an error."""
+    upstream.reply(Reply(blocks=[text("one two")], message_stop=False))
+    async with claude.messages.stream(**REQUEST) as stream:
+        final = await stream.get_final_message()
+    assert final.stop_reason == "end_turn" and final.content[0].text == "one two"
+    upstream.reply(Reply(blocks=[text("one two three")], end_after=4))
+    with pytest.raises(anthropic.APIError):
+        async with claude.messages.stream(**REQUEST) as stream:
+            await stream.get_final_message()

@@ -70,6 +70,8 @@ ERROR_STATUS = {
 CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
 #: Stream events the native pass-through reads (the rest pass unread).
 USAGE_EVENTS = frozenset({"message_start", "message_delta", "error"})
+#: The last event of a Messages stream, for one that ended cleanly after its message_delta without it.
+MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 #: Anthropic's status for "overloaded, retry later": the client gets a 503.
 OVERLOADED = (529,)
 #: Anthropic response headers passed on to the client, beside ``gateway.upstream.forwarded_headers``.
@@ -204,6 +206,7 @@ class AnthropicBackend(Backend):
                     yield _events_of(message) if ctx.stream else message
                     return
                 raw_usage: dict[str, Any] = {}
+                finished = False  # message_delta (the stop reason) is out
                 try:
                     async for kind, data in iter_sse(response.content):
                         if kind in USAGE_EVENTS:  # the only events read: for usage and errors
@@ -213,9 +216,13 @@ class AnthropicBackend(Backend):
                             found = event.get("usage") or (event.get("message") or {}).get("usage")
                             if isinstance(found, Mapping):
                                 raw_usage.update((k, v) for k, v in found.items() if type(v) is int)
+                            finished = finished or kind == "message_delta"
                         yield b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
                         if kind == "message_stop":
                             return
+                    if finished:  # a clean end after the stop reason is complete: closed as Anthropic would
+                        yield MESSAGE_STOP
+                        return
                 finally:  # also when the stream fails or the client leaves: count what is known
                     if raw_usage:
                         ctx.usage = usage_of(raw_usage)
