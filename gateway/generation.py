@@ -8,8 +8,9 @@ adds, and swaps it in: new requests use it, requests and streams in flight finis
 replaced generation closes when its last request ends, and with it every backend that no live
 generation shares (a backend whose settings did not change is kept, with its pooled connections).
 
-What a reload cannot change: the plugin list (``plugins.enabled``/``disabled``; a reload that
-changes it is refused), the ``server`` and ``logging`` sections, and whatever plugins set up once on
+What a reload cannot change: the plugin list (``plugins.enabled``/``disabled``) and the ``state``
+section (the store is opened once with the app and its counters must not move or split): a reload
+that changes either is refused and logged; the ``server`` and ``logging`` sections, and whatever plugins set up once on
 the app in ``gateway_setup_app`` (routes, middlewares, CORS); those take a restart.
 """
 
@@ -192,6 +193,8 @@ def _restart_only(old: GatewayConfig, new: GatewayConfig) -> str | None:
     are logged and wait for a restart; a different plugin list refuses the reload."""
     if (old.plugins.enabled, old.plugins.disabled) != (new.plugins.enabled, new.plugins.disabled):
         return "plugins.enabled and plugins.disabled cannot change without a restart"
+    if old.state != new.state:
+        return "the state section cannot change without a restart (the store holds shared counters)"
     waiting = [section for section in ("server", "logging") if getattr(old, section) != getattr(new, section)]
     if waiting:
         log.warning("config sections that apply after a restart changed", sections=waiting)

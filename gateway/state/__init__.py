@@ -12,6 +12,9 @@ The interface (every method a coroutine except ``lock``, ``key`` and ``describe`
   whether it did.
 - ``run(script, keys, args)``: one ``Script`` executed atomically (Redis: ``EVALSHA`` of its Lua,
   re-loaded on ``NOSCRIPT``; memory: its Python twin). One round trip; the way to check-and-count.
+- ``run_many(calls)``: several ``(script, keys, args)`` in one round trip (Redis: a pipeline, not a
+  transaction: each script is atomic, the batch is not); their results in order. For scripts whose
+  keys sit in different hash tags (a Cluster cannot run them as one script).
 - ``lock(key, ttl)``: ``async with store.lock(key, ttl) as held:`` a short exclusive lock
   (single-flight); ``held`` is False when someone else holds it. It expires after ``ttl`` seconds
   even if its holder dies.
@@ -26,7 +29,7 @@ answers 503 (``StoreUnavailable`` is that OpenAI error). The memory store never 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -51,6 +54,8 @@ class Store(Protocol):
     async def delete(self, key: str) -> None: ...
 
     async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any: ...
+
+    async def run_many(self, calls: Sequence[tuple[Script, list[str], list[Any]]]) -> list[Any]: ...
 
     def lock(self, key: str, ttl: float) -> AbstractAsyncContextManager[bool]: ...
 

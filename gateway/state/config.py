@@ -29,6 +29,13 @@ class StateConfig(BaseModel):
             raise ValueError("store is redis: url is required (redis://host:6379/0)")
         return self
 
+    @field_validator("key_prefix")
+    @classmethod
+    def _no_hash_tag(cls, prefix: str) -> str:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("key_prefix must not contain { or }: the keys' own hash tags ({k:<key>}) place them")
+        return prefix
+
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str | None) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -55,6 +55,10 @@ class MemoryStore:
 
     async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         return script.local(self.data, [self.key(k) for k in keys], args, self.clock())
+
+    async def run_many(self, calls: Sequence[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+        now = self.clock()
+        return [script.local(self.data, [self.key(k) for k in keys], args, now) for script, keys, args in calls]
 
     @asynccontextmanager
     async def lock(self, key: str, ttl: float) -> AsyncIterator[bool]:

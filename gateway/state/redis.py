@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -139,6 +139,34 @@ class RedisStore:
         except NoScriptError:  # a restarted or failed-over Redis: load it again, once
             await self.client.script_load(script.lua)
             return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def run_many(self, calls: Sequence[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+        full = [(script, [self.key(k) for k in keys], args) for script, keys, args in calls]
+        return await self._call(lambda: self._pipeline(full))
+
+    async def _pipeline(self, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for i in todo:
+                script, keys, args = calls[i]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            answers = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, NoScriptError) and attempt == 0:
+                    missing.append(i)  # it did not run: load it, run it again (the others ran)
+                elif isinstance(answer, Exception):
+                    raise answer
+                else:
+                    results[i] = answer
+            if not missing:
+                break
+            for script in {calls[i][0] for i in missing}:
+                await self.client.script_load(script.lua)
+            todo = missing
+        return results
 
     @asynccontextmanager
     async def lock(self, key: str, ttl: float) -> AsyncIterator[bool]:

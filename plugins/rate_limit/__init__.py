@@ -9,11 +9,14 @@ asked for by its name or by an alias that sends the request to it (``ctx.body["m
 pre-processing). Only calls with a body count (chat completions, completions, embeddings): not
 ``GET /v1/models``, nor requests refused before pre-processing (by auth).
 
-Windows slide over the last 60 seconds. Tokens are charged with the prompt's estimate before the
-call and corrected with the actual usage when the request finishes; a concurrency slot is held until
-then (a stream's last byte, or the client leaving). Over a limit -> 429 ``rate_limit_exceeded`` with
+Windows slide over the last 60 seconds. Tokens are reserved at admission (the prompt's estimate
+plus the answer's bound: ``max_completion_tokens``, ``max_tokens`` or ``max_output_tokens``, else
+``default_max_tokens``) and settled to the actual usage when the request finishes (to the prompt's
+estimate when it reported none), in ``gateway_request_finished``, which runs in the request's
+``finally`` (cancellation and a client that leaves included); a concurrency slot is held until then
+(a stream's last byte, or the client leaving). Over a limit -> 429 ``rate_limit_exceeded`` with
 ``Retry-After``; every counted response carries OpenAI's ``x-ratelimit-*`` headers (in place of an
-upstream's).
+upstream's), unless the store could not tell (Redis down under ``on_error: allow``).
 
 The counters live in a ``LimitStore`` stored on the app under ``store_key``: ``MemoryStore`` here,
 or with ``state.store: redis`` ``rate_limit.shared.SharedStore`` over the gateway's state store.
@@ -55,6 +58,7 @@ class _Held:
 
     store: LimitStore
     headers: dict[str, str]  # OpenAI's x-ratelimit-* headers of this grant
+    prompt: int  # the prompt's estimate: what the tokens settle to without usage
     tokens: list[Any] = field(default_factory=list)  # receipts of token charges, settled with the actual usage
     slots: list[Any] = field(default_factory=list)  # receipts of concurrency slots, released
 
@@ -73,7 +77,8 @@ def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
     if shared.config.store == "redis":  # counters shared by every instance (rate_limit.shared)
         from gateway_plugins.rate_limit.shared import SharedStore
 
-        app[store_key] = SharedStore(shared)
+        app[store_key] = limits = SharedStore(shared)
+        app.on_cleanup.append(lambda app: limits.close())
     else:
         app[store_key] = MemoryStore()
     app.on_response_prepare.append(_add_headers)
@@ -98,15 +103,15 @@ async def gateway_process_request(ctx: RequestContext) -> None:
     if not settings.limits_anything and (principal is None or principal.limits is None):
         return
     planned = plan(ctx, settings)
-    if not planned:
+    if not planned.charges:
         return
     store = ctx.request.app[store_key]
-    grant = await store.acquire([p.charge for p in planned])
-    headers = headers_of(planned, grant.quotas)
+    grant = await store.acquire([p.charge for p in planned.charges])
+    headers = headers_of(planned.charges, grant.quotas)
     if not grant.granted:
-        raise refusal(planned, grant.quotas, headers)
-    held = _Held(store, headers)
-    for p, receipt in zip(planned, grant.receipts, strict=True):
+        raise refusal(planned.charges, grant.quotas, headers)
+    held = _Held(store, headers, planned.prompt)
+    for p, receipt in zip(planned.charges, grant.receipts, strict=True):
         if p.kind == "tokens":
             held.tokens.append(receipt)
         elif p.kind == "concurrent":
@@ -116,16 +121,15 @@ async def gateway_process_request(ctx: RequestContext) -> None:
 
 @hookimpl(tryfirst=True)  # before other observers: a slow (or cancelled) one must not hold the slots
 async def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> None:
-    """Free the concurrency slots, and charge the actual tokens instead of the estimate."""
+    """Free the concurrency slots, and settle the tokens reserved to the actual usage."""
     held: _Held | None = ctx.state.pop(SECTION, None)
     if held is None:
         return
-    for receipt in held.slots:
-        await held.store.release(receipt)
-    usage = ctx.usage
-    if usage and held.tokens:
-        total = usage.get("total_tokens")
+    settles: list[tuple[Any, int]] = []
+    if held.tokens:
+        usage = ctx.usage
+        total = usage.get("total_tokens") if usage else None
         if not isinstance(total, int):
-            total = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
-        for receipt in held.tokens:
-            await held.store.settle(receipt, total)
+            total = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0) if usage else held.prompt
+        settles = [(receipt, total) for receipt in held.tokens]
+    await held.store.finish(held.slots, settles)

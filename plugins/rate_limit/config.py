@@ -20,6 +20,19 @@ class RateLimitConfig(BaseModel):
     models: dict[str, Limits] = Field(
         default_factory=dict, description="model name or glob -> a budget shared by every caller"
     )
+    default_max_tokens: int = Field(
+        0,
+        ge=0,
+        le=10_000_000,
+        description="tokens reserved for the answer of a request that sets no max_tokens (tokens per minute)",
+    )
+    concurrency_lease_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=86_400,
+        description="state.store redis: a concurrency slot's lease, renewed while its request lives; "
+        "a process that dies holding slots frees them after at most this long",
+    )
 
     _default: dict[str, int] = PrivateAttr(default_factory=dict)
     _models: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)

@@ -9,14 +9,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.context import RequestContext
-from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
+from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 from gateway.errors import RateLimitError
 
 from .config import RateLimitConfig
 from .store import Charge, Quota
 
 #: Each model endpoint's usage estimate: its ``prompt_tokens`` (messages, ``prompt`` or ``input``) is the charge.
-ESTIMATES = {endpoint.name: endpoint.estimate_usage for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS)}
+ESTIMATES = {endpoint.name: endpoint.estimate_usage for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES)}
+#: The body fields that bound an answer's tokens, in the order they are read (chat, Responses).
+MAX_OUTPUT = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 Kind = Literal["requests", "tokens", "concurrent"]
 
@@ -30,8 +32,18 @@ class _Planned:
     scope: str
 
 
-def plan(ctx: RequestContext, settings: RateLimitConfig) -> list[_Planned]:
-    """The charges of the request: its key's limits (over the section's default), its model's."""
+@dataclass(slots=True)
+class Plan:
+    """The charges of a request, and its prompt estimate (what a token charge settles to when the
+    request ends without usage)."""
+
+    charges: list[_Planned]
+    prompt: int = 0
+
+
+def plan(ctx: RequestContext, settings: RateLimitConfig) -> Plan:
+    """The charges of the request: its key's limits (over the section's default), its model's.
+    Token charges reserve the prompt's estimate plus the answer's bound (``reserve``)."""
     principal = ctx.principal
     key_limits = settings._default
     own = principal.limits if principal is not None else None
@@ -41,26 +53,41 @@ def plan(ctx: RequestContext, settings: RateLimitConfig) -> list[_Planned]:
     if key_limits:
         name = principal.name if principal is not None else ""
         who = f"key `{name}`" if principal is not None else "callers without a key"
-        scopes.append((f"key:{name}", f"{ctx.model} for {who}", key_limits))
+        scopes.append((f"k:{name}", f"{ctx.model} for {who}", key_limits))
     upstream = ctx.body.get("model") if ctx.body is not None else None  # an alias's model (transforms)
     for model in dict.fromkeys(m for m in (ctx.model, upstream) if isinstance(m, str) and m):
         model_limits = settings.for_model(model)
         if model_limits is not None:
-            scopes.append((f"model:{model}", model, model_limits))
+            scopes.append((f"m:{model}", model, model_limits))
     planned: list[_Planned] = []
+    result = Plan(planned)
     tokens: int | None = None
     for bucket, scope, limits in scopes:
         if "requests_per_minute" in limits:
             planned.append(_Planned(Charge(f"{bucket}:requests", limits["requests_per_minute"]), "requests", scope))
         if "tokens_per_minute" in limits:
             if tokens is None:
-                tokens = _estimate(ctx)
+                result.prompt = _estimate(ctx)
+                tokens = result.prompt + reserve(ctx, settings)
             charge = Charge(f"{bucket}:tokens", limits["tokens_per_minute"], tokens)
             planned.append(_Planned(charge, "tokens", scope))
         if "concurrent_requests" in limits:
-            charge = Charge(f"{bucket}:concurrent", limits["concurrent_requests"], window=None)
+            lease = settings.concurrency_lease_seconds
+            charge = Charge(f"{bucket}:concurrent", limits["concurrent_requests"], window=None, lease=lease)
             planned.append(_Planned(charge, "concurrent", scope))
-    return planned
+    return result
+
+
+def reserve(ctx: RequestContext, settings: RateLimitConfig) -> int:
+    """The tokens reserved for the answer: the body's bound (``max_completion_tokens``,
+    ``max_tokens`` or ``max_output_tokens``), else ``default_max_tokens``; none for embeddings."""
+    if ctx.endpoint == EMBEDDINGS.name or ctx.body is None:
+        return 0
+    for name in MAX_OUTPUT:
+        bound = ctx.body.get(name)
+        if type(bound) is int and bound >= 0:
+            return bound
+    return settings.default_max_tokens
 
 
 def _estimate(ctx: RequestContext) -> int:
@@ -73,9 +100,9 @@ def headers_of(planned: Sequence[_Planned], quotas: Sequence[Quota]) -> dict[str
     """OpenAI's ``x-ratelimit-*`` headers, for requests and tokens: the bucket with the least left."""
     headers: dict[str, str] = {}
     for kind in ("requests", "tokens"):
-        found = [q for p, q in zip(planned, quotas, strict=True) if p.kind == kind]
+        found = [q for p, q in zip(planned, quotas, strict=True) if p.kind == kind and q.remaining is not None]
         if found:
-            quota = min(found, key=lambda q: q.remaining)
+            quota = min(found, key=lambda q: q.remaining or 0)
             headers[f"x-ratelimit-limit-{kind}"] = str(quota.limit)
             headers[f"x-ratelimit-remaining-{kind}"] = str(quota.remaining)
             headers[f"x-ratelimit-reset-{kind}"] = duration(quota.reset)
@@ -100,7 +127,7 @@ def refusal(planned: Sequence[_Planned], quotas: Sequence[Quota], headers: dict[
         else:
             label = "requests per min (RPM)" if p.kind == "requests" else "tokens per min (TPM)"
             message = (
-                f"Rate limit reached for {p.scope} on {label}: Limit {q.limit}, Used {q.limit - q.remaining}, "
+                f"Rate limit reached for {p.scope} on {label}: Limit {q.limit}, Used {q.limit - (q.remaining or 0)}, "
                 f"Requested {p.charge.amount}. Please try again in {duration(wait)}."
             )
     error = RateLimitError(message, headers=headers)

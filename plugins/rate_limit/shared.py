@@ -5,28 +5,46 @@ One round trip per request: ``ACQUIRE`` checks every charge and takes all or non
 on Redis's clock (``TIME``). Windows are GCRA (a "theoretical arrival time" per bucket, one number
 in Redis: the same burst as a minute's sliding window, then a steady refill of ``limit`` per 60 s;
 weighted charges, i.e. tokens, cost nothing more). Concurrency slots are sorted-set members scored
-with a lease expiry (``LEASE`` seconds): released when the request ends, expired if the process
-holding them dies. All keys sit under one hash tag (``{rl.v1}``): one Cluster slot, so a request's
-key and model budgets are checked in the same step; ``v1`` is the version of the script and of the
-key layout. With the store unavailable: ``on_error: allow`` serves uncounted, ``deny`` answers 503.
+with a lease expiry (``concurrency_lease_seconds``): released when the request ends, renewed while
+it lives (one pipelined call per process every third of the lease, for all its slots), expired if
+the process holding them dies.
+
+Keys: ``{k:<key>}:rl2:<kind>`` and ``{m:<model>}:rl2:<kind>`` (after ``key_prefix``). The hash tag
+is the scope, so a key's buckets sit in one Cluster slot and different keys spread over the
+cluster; ``rl2`` and the scripts' ``.v2`` are the version of the scripts and of the key layout (a
+rolling deploy's old callers keep their ``{rl.v1}`` keys and never meet the new code). A request
+charged to a key's and a model's budgets makes one script call per scope, pipelined (still one
+round trip); if one refuses, the others' charges are given back (a second round trip, on refusal
+only; racing requests may then be refused early, never admitted over a limit).
+
+A key already over a window limit is refused from a local cache, without a round trip: a request
+window until its ``Retry-After``, a token window for at most ``TOKENS_CACHED`` s (settlements may
+lower it sooner). A key under its limit always asks Redis. With the store unavailable:
+``on_error: allow`` serves uncounted (and sends no ``x-ratelimit-*`` headers), ``deny`` answers 503.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import secrets
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from gateway.state import Script, Store, StoreUnavailable
-from gateway_plugins.rate_limit.store import Grant, Quota
+from gateway_plugins.rate_limit.store import Charge, Grant, Quota
 
-TAG = "{rl.v1}"
-LEASE = 900  # seconds a concurrency slot is held at most (a process that dies holding it)
+VERSION = "rl2"
+TOKENS_CACHED = 1.0  # seconds a token window over its limit is refused locally, at most
+MAX_CACHED = 10_000  # refusals held locally (then the expired ones are dropped, or all)
 
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_NOW = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+_ACQUIRE = (
+    _NOW
+    + """
 local ok, out, new = 1, {}, {}
 for i = 1, #KEYS do
   local b = (i - 1) * 5
@@ -64,25 +82,39 @@ if ok == 1 then
     else
       local lease = tonumber(ARGV[b + 4])
       redis.call('ZADD', KEYS[i], now + lease, ARGV[b + 5])
-      redis.call('PEXPIRE', KEYS[i], lease)
+      if redis.call('PTTL', KEYS[i]) < lease then redis.call('PEXPIRE', KEYS[i], lease) end
     end
   end
 end
 return {ok, out}
 """
+)
 
-_SETTLE = """
+_SETTLE = (
+    """
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if not tat then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+    + _NOW
+    + """
 tat = tat + tonumber(ARGV[1]) * tonumber(ARGV[3]) / tonumber(ARGV[2])
 if tat <= now then redis.call('DEL', KEYS[1]) return 1 end
 redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now) + 1000)
 return 1
 """
+)
 
 _RELEASE = "return redis.call('ZREM', KEYS[1], ARGV[1])"
+
+_RENEW = (
+    _NOW
+    + """
+local lease = tonumber(ARGV[2])
+if redis.call('ZADD', KEYS[1], 'XX', 'CH', now + lease, ARGV[1]) == 0 then return 0 end
+if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
+return 1
+"""
+)
 
 
 def _no_twin(data: dict[str, Any], keys: list[str], args: list[Any], now: float) -> Any:
@@ -90,9 +122,26 @@ def _no_twin(data: dict[str, Any], keys: list[str], args: list[Any], now: float)
     raise TypeError("rate_limit's shared scripts need state.store: redis")
 
 
-ACQUIRE = Script("rate_limit.acquire.v1", _ACQUIRE, _no_twin)
-SETTLE = Script("rate_limit.settle.v1", _SETTLE, _no_twin)
-RELEASE = Script("rate_limit.release.v1", _RELEASE, _no_twin)
+ACQUIRE = Script("rate_limit.acquire.v2", _ACQUIRE, _no_twin)
+SETTLE = Script("rate_limit.settle.v2", _SETTLE, _no_twin)
+RELEASE = Script("rate_limit.release.v2", _RELEASE, _no_twin)
+RENEW = Script("rate_limit.renew.v2", _RENEW, _no_twin)
+
+
+def redis_key(bucket: str) -> tuple[str, str]:
+    """``k:team:requests`` -> (``{k:team}:rl2:requests``, its hash tag ``k:team``)."""
+    scope, _, kind = bucket.rpartition(":")
+    return f"{{{scope}}}:{VERSION}:{kind}", scope
+
+
+def _args(charge: Charge, member: str) -> list[Any]:
+    """Per charge: limit, amount, window (ms; 0: a slot), lease (ms), slot member."""
+    window_ms = int(charge.window * 1000) if charge.window is not None else 0
+    return [charge.limit, charge.amount, window_ms, int(charge.lease * 1000), member]
+
+
+def _unknown(charges: Sequence[Charge]) -> list[Quota]:
+    return [Quota(c.limit, None, 0.0, 0.0) for c in charges]
 
 
 class SharedStore:
@@ -100,48 +149,147 @@ class SharedStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.refused: dict[str, tuple[float, int, int, float]] = {}  # key -> until, limit, amount, reset at
+        self.held: dict[str, tuple[str, float]] = {}  # slot member -> its key, lease (s): renewed
+        self._renewer: asyncio.Task[None] | None = None
+        self._finishing: set[asyncio.Task[None]] = set()
 
-    async def acquire(self, charges: Sequence[Any]) -> Any:
-        keys = [f"{TAG}:{charge.bucket}" for charge in charges]
-        args: list[Any] = []  # per charge: limit, amount, window (ms, 0: a slot), lease (ms), slot member
-        members = [secrets.token_hex(8) if charge.window is None else "" for charge in charges]
-        for charge, member in zip(charges, members, strict=True):
-            window_ms = int(charge.window * 1000) if charge.window is not None else 0
-            args += [charge.limit, charge.amount, window_ms, LEASE * 1000, member]
+    # Admission -----------------------------------------------------------------------------------
+
+    async def acquire(self, charges: Sequence[Charge]) -> Grant:
+        keys, tags = zip(*map(redis_key, (c.bucket for c in charges)), strict=True)
+        if self.refused:
+            local = self._refused_locally(charges, keys)
+            if local is not None:
+                return local
+        members = [secrets.token_hex(8) if c.window is None else "" for c in charges]
+        groups: dict[str, list[int]] = {}
+        for i, tag in enumerate(tags):
+            groups.setdefault(tag, []).append(i)
+        calls = [
+            (ACQUIRE, [keys[i] for i in idx], [a for i in idx for a in _args(charges[i], members[i])])
+            for idx in groups.values()
+        ]
         try:
-            ok, out = await self.store.run(ACQUIRE, keys, args)
+            answers = await self.store.run_many(calls) if len(calls) > 1 else [await self.store.run(*calls[0])]
         except StoreUnavailable:
             if self.store.config.on_error == "deny":
                 raise
-            return Grant(True, [Quota(c.limit, c.limit, 0.0, 0.0) for c in charges], [None] * len(charges))
-        quotas = []
-        for i, charge in enumerate(charges):
-            remaining, reset, wait = out[i * 3 : i * 3 + 3]
-            waited = math.inf if wait == -1 else None if wait == -2 else wait / 1000
-            quotas.append(Quota(charge.limit, int(remaining), reset / 1000, waited))
-        if not ok:
-            return Grant(False, quotas)
+            return Grant(True, _unknown(charges), [None] * len(charges))
+        quotas: list[Quota] = [None] * len(charges)  # type: ignore[list-item]
+        granted = []
+        for idx, (ok, out) in zip(groups.values(), answers, strict=True):
+            for n, i in enumerate(idx):
+                remaining, reset, wait = out[n * 3 : n * 3 + 3]
+                waited = math.inf if wait == -1 else None if wait == -2 else wait / 1000
+                quotas[i] = Quota(charges[i].limit, int(remaining), reset / 1000, waited)
+            if ok:
+                granted.extend(idx)
         receipts = [
             (key, c.limit, int(c.window * 1000), c.amount) if c.window is not None else (key, member)
             for key, c, member in zip(keys, charges, members, strict=True)
         ]
+        if len(granted) < len(charges):
+            self._remember(charges, keys, quotas)
+            if granted:  # another scope refused: give back what this one took
+                await self._give_back([receipts[i] for i in granted], [charges[i] for i in granted])
+            return Grant(False, quotas)
+        for c, member, key in zip(charges, members, keys, strict=True):
+            if c.window is None:
+                self.held[member] = (key, c.lease)
+                if self._renewer is None:  # one per process, for all its slots
+                    self._renewer = asyncio.get_running_loop().create_task(self._renew())
         return Grant(True, quotas, receipts)
 
+    def _refused_locally(self, charges: Sequence[Charge], keys: Sequence[str]) -> Grant | None:
+        """A refusal from the local cache, when a charge meets a window Redis refused and the wait
+        Redis gave has not passed (never a grant: a key under its limit always asks Redis)."""
+        now = time.monotonic()
+        for i, key in enumerate(keys):
+            hit = self.refused.get(key)
+            if hit is None:
+                continue
+            until, limit, amount, reset_at = hit
+            if now >= until or limit != charges[i].limit:
+                del self.refused[key]
+            elif charges[i].amount >= amount:
+                quotas = _unknown(charges)
+                quotas[i] = Quota(limit, 0, max(0.0, reset_at - now), until - now)
+                return Grant(False, quotas)
+        return None
+
+    def _remember(self, charges: Sequence[Charge], keys: Sequence[str], quotas: Sequence[Quota]) -> None:
+        now = time.monotonic()
+        if len(self.refused) >= MAX_CACHED:
+            self.refused = {k: v for k, v in self.refused.items() if v[0] > now}
+            if len(self.refused) >= MAX_CACHED:
+                self.refused.clear()
+        for c, key, quota in zip(charges, keys, quotas, strict=True):
+            wait = quota.wait
+            if c.window is not None and wait is not None and 0 < wait < math.inf:
+                hold = wait if key.endswith(":requests") else min(wait, TOKENS_CACHED)
+                self.refused[key] = (now + hold, c.limit, c.amount, now + quota.reset)
+
+    async def _give_back(self, receipts: Sequence[Any], charges: Sequence[Charge]) -> None:
+        calls = [
+            (SETTLE, [r[0]], [-c.amount, r[1], r[2]]) if c.window is not None else (RELEASE, [r[0]], [r[1]])
+            for r, c in zip(receipts, charges, strict=True)
+        ]
+        with contextlib.suppress(StoreUnavailable):  # else the charges leave the window, the slots expire
+            await self.store.run_many(calls)
+
+    # The end of a request ------------------------------------------------------------------------
+
     async def settle(self, receipt: Any, amount: int) -> None:
-        """``receipt`` carries the estimate charged; correct it by the difference."""
-        if receipt is None:
-            return
-        key, limit, window_ms, estimate = receipt
-        if amount != estimate:
-            try:
-                await self.store.run(SETTLE, [key], [amount - estimate, limit, window_ms])
-            except StoreUnavailable:
-                pass  # the estimate stands; it leaves the window within a minute
+        await self.finish((), [(receipt, amount)])
 
     async def release(self, receipt: Any) -> None:
-        if receipt is None:
+        await self.finish([receipt], ())
+
+    async def finish(self, slots: Sequence[Any], settles: Sequence[tuple[Any, int]]) -> None:
+        """Release ``slots`` and correct each token charge by (actual - reserved), in one round trip;
+        shielded, so that a second cancellation of the request cannot leave a slot held."""
+        calls: list[tuple[Script, list[str], list[Any]]] = []
+        for receipt in slots:
+            if receipt is not None:
+                self.held.pop(receipt[1], None)
+                calls.append((RELEASE, [receipt[0]], [receipt[1]]))
+        for receipt, amount in settles:
+            if receipt is not None and amount != receipt[3]:
+                key, limit, window_ms, reserved = receipt
+                calls.append((SETTLE, [key], [amount - reserved, limit, window_ms]))
+                if amount < reserved:
+                    self.refused.pop(key, None)
+        if not calls:
             return
-        try:
-            await self.store.run(RELEASE, [receipt[0]], [receipt[1]])
-        except StoreUnavailable:
-            pass  # the slot's lease expires it
+        task = asyncio.ensure_future(self._run(calls))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        await asyncio.shield(task)
+
+    async def _run(self, calls: list[tuple[Script, list[str], list[Any]]]) -> None:
+        with contextlib.suppress(StoreUnavailable):  # the reservations leave the window; slots expire
+            await (self.store.run_many(calls) if len(calls) > 1 else self.store.run(*calls[0]))
+
+    # Leases --------------------------------------------------------------------------------------
+
+    async def _renew(self) -> None:
+        """Renew the leases of this process's live slots, every third of the shortest lease; ends
+        when it holds none (the next slot starts it again)."""
+        while self.held:
+            await asyncio.sleep(min(lease for _, lease in self.held.values()) / 3)
+            if not self.held:
+                break
+            calls = [(RENEW, [key], [member, int(lease * 1000)]) for member, (key, lease) in self.held.items()]
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.run_many(calls)
+        self._renewer = None
+
+    async def close(self) -> None:
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None

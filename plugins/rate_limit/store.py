@@ -18,22 +18,26 @@ WINDOW = 60.0  # seconds: limits are per minute
 @dataclass(frozen=True, slots=True)
 class Charge:
     """Take ``amount`` from ``bucket`` (capacity ``limit``): per sliding ``window`` of seconds, or
-    with no window a concurrency slot, held until released."""
+    with no window a concurrency slot, held until released (in a shared store, under a ``lease`` of
+    seconds its holder renews). ``bucket`` is ``<scope>:<kind>``: a shared store keeps the buckets of
+    one scope (``k:<key>``, ``m:<model>``) together."""
 
     bucket: str
     limit: int
     amount: int = 1
     window: float | None = WINDOW
+    lease: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Quota:
     """A bucket as a charge found it: ``remaining`` after the charge if granted, ``reset`` seconds
     until the bucket is full again, ``wait`` seconds until the charge fits (0: it did; ``math.inf``:
-    never, it exceeds the limit; None: unknown, when a request in progress ends)."""
+    never, it exceeds the limit; None: unknown, when a request in progress ends). ``remaining`` is
+    None when the store could not say (Redis down under ``on_error: allow``): no headers then."""
 
     limit: int
-    remaining: int
+    remaining: int | None
     reset: float
     wait: float | None
 
@@ -59,6 +63,10 @@ class LimitStore(Protocol):
 
     async def release(self, receipt: Any) -> None:
         """Give back a concurrency slot."""
+
+    async def finish(self, slots: Sequence[Any], settles: Sequence[tuple[Any, int]]) -> None:
+        """A request ended: release its ``slots`` and settle its token charges (receipt, actual
+        amount), at once; runs to its end even if the caller is cancelled meanwhile."""
 
 
 class _Window:
@@ -152,6 +160,12 @@ class MemoryStore:
             self._slots[bucket] = left
         else:
             self._slots.pop(bucket, None)
+
+    async def finish(self, slots: Sequence[Any], settles: Sequence[tuple[Any, int]]) -> None:
+        for receipt in slots:  # never suspends: a cancellation cannot cut it short
+            await self.release(receipt)
+        for receipt, amount in settles:
+            await self.settle(receipt, amount)
 
     def _sweep(self, now: float) -> None:
         for bucket, window in list(self._windows.items()):

@@ -58,7 +58,7 @@ def test_racing_requests_over_both_instances_pass_exactly_the_limit(start: objec
     # 16 new connections at once on a loaded 2-core test machine can take longer than the example's
     # timeout: a timed-out call is (rightly) served under on_error: allow, not what this test measures.
     config = tmp_path / "redis.yaml"
-    config.write_text(EXAMPLE.read_text().replace("timeout_ms: 250", "timeout_ms: 2000"))
+    config.write_text(EXAMPLE.read_text().replace("timeout_ms: 50 ", "timeout_ms: 2000 "))
     urls = [start(10, config), start(10, config)]  # type: ignore[operator]
     with ThreadPoolExecutor(16) as pool:
         statuses = [a.status_code for a in pool.map(lambda i: chat(urls[i % 2]), range(40))]
@@ -76,7 +76,7 @@ def test_redis_stopped_mid_run_and_restarted(start: object, on_error: str, tmp_p
         config = tmp_path / "redis.yaml"
         config.write_text(EXAMPLE.read_text().replace("on_error: allow", f"on_error: {on_error}"))
         url = start(2, config, redis.url)  # type: ignore[operator]
-        assert [chat(url).status_code for _ in range(3)] == [200, 200, 429]
+        assert [chat(url).status_code for _ in range(2)] == [200, 200]  # at its limit (a 429 would be cached)
         redis.stop()
         for _ in range(5):
             started = time.monotonic()
@@ -84,6 +84,7 @@ def test_redis_stopped_mid_run_and_restarted(start: object, on_error: str, tmp_p
             assert time.monotonic() - started < 3
             if on_error == "allow":
                 assert answer.status_code == 200
+                assert not [h for h in answer.headers if h.lower().startswith("x-ratelimit-")]  # none invented
             else:
                 assert answer.status_code == 503
                 assert answer.json()["error"]["code"] == "state_store_unavailable"

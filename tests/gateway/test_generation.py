@@ -79,6 +79,7 @@ async def test_plugin_settings_read_per_request_reload(gateway: Any) -> None:
         ({"backends": [{"name": "b", "type": "warp_drive"}]}, "backends[0].type: unknown backend type"),
         ({**mock_config(), "models": [{"name": "m", "backend": "nope"}]}, "models[0].backend: no backend named"),
         ({**mock_config(), "plugins": {"disabled": ["cors"]}}, "cannot change without a restart"),
+        ({**mock_config(), "state": {"key_prefix": "other:"}}, "the state section cannot change without a restart"),
     ],
 )
 async def test_an_invalid_config_is_logged_and_changes_nothing(

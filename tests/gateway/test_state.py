@@ -63,6 +63,11 @@ async def test_scripts_are_atomic_steps(store: Any) -> None:
     assert sorted(results) == list(range(2, 42, 2))
 
 
+async def test_run_many_runs_each_script_in_one_round_trip(store: Any) -> None:
+    results = await store.run_many([(COUNT, ["{a}:n"], [1]), (COUNT, ["{b}:n"], [5]), (COUNT, ["{a}:n"], [1])])
+    assert results == [1, 5, 2]
+
+
 async def test_lock_is_exclusive_and_released(store: Any) -> None:
     async with store.lock("job", ttl=5) as held:
         assert held
@@ -95,6 +100,8 @@ async def test_script_reloaded_after_a_flush() -> None:
         assert await store.run(COUNT, ["{t}:n"], [1]) == 1
         await store.client.script_flush()
         assert await store.run(COUNT, ["{t}:n"], [1]) == 2
+        await store.client.script_flush()  # a pipeline: only the scripts that did not run run again
+        assert await store.run_many([(COUNT, ["{t}:n"], [1]), (COUNT, ["{u}:n"], [1])]) == [3, 1]
     finally:
         await store.close()
         server.stop()
@@ -157,6 +164,7 @@ async def test_a_slow_redis_times_out() -> None:
         ({"store": "redis", "url": "redis://h", "timeout_ms": 0}, "state.timeout_ms", "greater than or equal to 1"),
         ({"store": "memcached"}, "state.store", "'memory' or 'redis'"),
         ({"on_error": "ignore"}, "state.on_error", "'allow' or 'deny'"),
+        ({"key_prefix": "gw{x}:"}, "state.key_prefix", "must not contain { or }"),
     ],
 )
 def test_bad_state_config_fails_at_start_up(state: dict[str, Any], path: str, problem: str, tmp_path: Path) -> None:
