@@ -1,12 +1,14 @@
 """The Redis store: redis-py's asyncio client, one connection pool per process, every call bounded
 by ``timeout_ms`` and guarded by a breaker, so that a dead Redis costs one timeout per
-``breaker_s`` rather than one per request, and the gateway recovers by itself."""
+``breaker_s`` rather than one per request, and the gateway recovers by itself. Scripts (the hot path:
+one per rate-limited request) go over ``gateway.state.resp``'s lean pipelined connection."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 import time
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -18,6 +20,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from gateway.state.config import StateConfig
+from gateway.state.resp import LeanConnection, pack
 from gateway.state.script import Script, StoreUnavailable
 
 T = TypeVar("T")
@@ -83,6 +86,7 @@ class RedisStore:
             retry_on_timeout=False,
             max_connections=config.max_connections,
         )
+        self.lean = LeanConnection(config.url, timeout)
         self.breaker = Breaker(config.breaker_s)
         self.errors = 0
         self.calls = 0
@@ -93,13 +97,18 @@ class RedisStore:
     def key(self, key: str) -> str:
         return self.config.key_prefix + key
 
-    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, call: Callable[[], Awaitable[T]], bounded: bool = False) -> T:
+        """``call()`` through the breaker, counted and timed; ``bounded``: it bounds itself by
+        ``timeout_ms`` (the lean connection), else it is bounded here."""
         if not self.breaker.allows():
             raise StoreUnavailable()
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.config.timeout):
+            if bounded:
                 result = await call()
+            else:
+                async with asyncio.timeout(self.config.timeout):
+                    result = await call()
         except (RedisError, OSError, TimeoutError) as exc:
             self.errors += 1
             self.last_error = type(exc).__name__
@@ -114,7 +123,7 @@ class RedisStore:
         elapsed = time.perf_counter() - started
         self.calls += 1
         self.latency_sum += elapsed
-        self.latency[next((i for i, bound in enumerate(BUCKETS) if elapsed <= bound), len(BUCKETS))] += 1
+        self.latency[bisect_left(BUCKETS, elapsed)] += 1
         if self.breaker.succeeded():
             log.warning("state store available again", store="redis")
         return result
@@ -130,43 +139,31 @@ class RedisStore:
         await self._call(lambda: self.client.delete(self.key(key)))
 
     async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        full = [self.key(k) for k in keys]
-        return await self._call(lambda: self._evalsha(script, full, args))
-
-    async def _evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:  # a restarted or failed-over Redis: load it again, once
-            await self.client.script_load(script.lua)
-            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        call = (script, [self.key(k) for k in keys], args)
+        return (await self._call(lambda: self._scripts((call,)), bounded=True))[0]
 
     async def run_many(self, calls: Sequence[tuple[Script, list[str], list[Any]]]) -> list[Any]:
         full = [(script, [self.key(k) for k in keys], args) for script, keys, args in calls]
-        return await self._call(lambda: self._pipeline(full))
+        return await self._call(lambda: self._scripts(full), bounded=True)
 
-    async def _pipeline(self, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for i in todo:
-                script, keys, args = calls[i]
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            answers = await pipe.execute(raise_on_error=False)
-            missing = []
-            for i, answer in zip(todo, answers, strict=True):
-                if isinstance(answer, NoScriptError) and attempt == 0:
-                    missing.append(i)  # it did not run: load it, run it again (the others ran)
-                elif isinstance(answer, Exception):
-                    raise answer
-                else:
-                    results[i] = answer
-            if not missing:
-                break
-            for script in {calls[i][0] for i in missing}:
-                await self.client.script_load(script.lua)
-            todo = missing
-        return results
+    async def _scripts(self, calls: Sequence[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+        """``EVALSHA`` each call, pipelined; the scripts Redis does not know (a restart, a failover)
+        are loaded and only their calls run again (the others ran)."""
+        lean = self.lean
+        replies = await lean.execute(b"".join([_evalsha(call) for call in calls]), len(calls))
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            scripts = list({calls[i][0]: None for i in missing})
+            for reply in await lean.execute(b"".join([pack("SCRIPT", "LOAD", s.lua) for s in scripts]), len(scripts)):
+                if isinstance(reply, Exception):
+                    raise reply
+            again = await lean.execute(b"".join([_evalsha(calls[i]) for i in missing]), len(missing))
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     @asynccontextmanager
     async def lock(self, key: str, ttl: float) -> AsyncIterator[bool]:
@@ -195,7 +192,13 @@ class RedisStore:
         }
 
     async def close(self) -> None:
+        self.lean.close()
         await self.client.aclose()
+
+
+def _evalsha(call: tuple[Script, list[str], list[Any]]) -> bytes:
+    script, keys, args = call
+    return pack("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 def _cumulative(counts: list[int]) -> list[int]:

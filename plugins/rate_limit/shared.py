@@ -151,20 +151,22 @@ class SharedStore:
         self.store = store
         self.refused: dict[str, tuple[float, int, int, float]] = {}  # key -> until, limit, amount, reset at
         self.held: dict[str, tuple[str, float]] = {}  # slot member -> its key, lease (s): renewed
+        self._keys: dict[str, tuple[str, str]] = {}  # bucket -> its Redis key and hash tag
         self._renewer: asyncio.Task[None] | None = None
         self._finishing: set[asyncio.Task[None]] = set()
 
     # Admission -----------------------------------------------------------------------------------
 
     async def acquire(self, charges: Sequence[Charge]) -> Grant:
-        keys, tags = zip(*map(redis_key, (c.bucket for c in charges)), strict=True)
+        placed = [self._placed(c.bucket) for c in charges]
+        keys = [key for key, _ in placed]
         if self.refused:
             local = self._refused_locally(charges, keys)
             if local is not None:
                 return local
         members = [secrets.token_hex(8) if c.window is None else "" for c in charges]
         groups: dict[str, list[int]] = {}
-        for i, tag in enumerate(tags):
+        for i, (_, tag) in enumerate(placed):
             groups.setdefault(tag, []).append(i)
         calls = [
             (ACQUIRE, [keys[i] for i in idx], [a for i in idx for a in _args(charges[i], members[i])])
@@ -180,9 +182,9 @@ class SharedStore:
         granted = []
         for idx, (ok, out) in zip(groups.values(), answers, strict=True):
             for n, i in enumerate(idx):
-                remaining, reset, wait = out[n * 3 : n * 3 + 3]
-                waited = math.inf if wait == -1 else None if wait == -2 else wait / 1000
-                quotas[i] = Quota(charges[i].limit, int(remaining), reset / 1000, waited)
+                remaining, reset, wait = out[n * 3], out[n * 3 + 1], out[n * 3 + 2]
+                waited = wait / 1000 if wait >= 0 else math.inf if wait == -1 else None
+                quotas[i] = Quota(charges[i].limit, remaining, reset / 1000, waited)
             if ok:
                 granted.extend(idx)
         receipts = [
@@ -200,6 +202,15 @@ class SharedStore:
                 if self._renewer is None:  # one per process, for all its slots
                     self._renewer = asyncio.get_running_loop().create_task(self._renew())
         return Grant(True, quotas, receipts)
+
+    def _placed(self, bucket: str) -> tuple[str, str]:
+        """The bucket's Redis key and hash tag (``redis_key``), remembered."""
+        placed = self._keys.get(bucket)
+        if placed is None:
+            if len(self._keys) >= MAX_CACHED:
+                self._keys.clear()
+            placed = self._keys[bucket] = redis_key(bucket)
+        return placed
 
     def _refused_locally(self, charges: Sequence[Charge], keys: Sequence[str]) -> Grant | None:
         """A refusal from the local cache, when a charge meets a window Redis refused and the wait

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 import yaml
 
 from gateway.config import ConfigError
@@ -91,6 +92,41 @@ async def test_keys_carry_the_prefix(redis_url: str) -> None:
         assert await store.client.get("pre:k") == b"v"
     finally:
         await store.close()
+
+
+BIG = Script("test_big.v1", "return string.rep('x', tonumber(ARGV[1]))", _count)
+
+
+async def test_replies_split_over_many_reads_and_many_callers_in_order(redis_url: str) -> None:
+    store = open_store(StateConfig(store="redis", url=redis_url, timeout_ms=2000))
+    try:
+        sizes = [1, 300_000, 7, 65_537, 0]  # a large bulk string arrives in pieces
+        results = await asyncio.gather(*(store.run(BIG, ["{t}:big"], [n]) for n in sizes * 20))
+        assert [len(r) for r in results] == sizes * 20
+    finally:
+        await store.close()
+
+
+async def test_scripts_authenticate_and_select_the_urls_database() -> None:
+    server = RedisServer(password="s3cret-pw").start()
+    try:
+        store = open_store(StateConfig(store="redis", url=server.url.replace("/0", "/2"), timeout_ms=1000))
+        try:
+            assert await store.run(COUNT, ["{t}:n"], [4]) == 4
+        finally:
+            await store.close()
+        other = redis.asyncio.Redis.from_url(server.url.replace("/0", "/2"))
+        assert await other.get("gw:{t}:n") == b"4"  # in database 2
+        await other.aclose()
+        wrong = open_store(StateConfig(store="redis", url=server.url.replace("s3cret-pw", "nope"), timeout_ms=1000))
+        try:
+            with pytest.raises(StoreUnavailable):
+                await wrong.run(COUNT, ["{t}:n"], [1])
+            assert wrong.errors == 1
+        finally:
+            await wrong.close()
+    finally:
+        server.stop()
 
 
 async def test_script_reloaded_after_a_flush() -> None:
