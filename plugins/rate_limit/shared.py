@@ -140,6 +140,14 @@ def _args(charge: Charge, member: str) -> list[Any]:
     return [charge.limit, charge.amount, window_ms, int(charge.lease * 1000), member]
 
 
+def _receipt(key: str, charge: Charge, member: str) -> tuple[Any, ...]:
+    """What ``settle`` (a window: key, limit, window in ms, amount) or ``release`` (a slot: key,
+    member) takes."""
+    if charge.window is None:
+        return (key, member)
+    return (key, charge.limit, int(charge.window * 1000), charge.amount)
+
+
 def _unknown(charges: Sequence[Charge]) -> list[Quota]:
     return [Quota(c.limit, None, 0.0, 0.0) for c in charges]
 
@@ -172,8 +180,17 @@ class SharedStore:
             (ACQUIRE, [keys[i] for i in idx], [a for i in idx for a in _args(charges[i], members[i])])
             for idx in groups.values()
         ]
+        run = self.store.run_many(calls) if len(calls) > 1 else self._run_one(calls[0])
         try:
-            answers = await self.store.run_many(calls) if len(calls) > 1 else [await self.store.run(*calls[0])]
+            if all(c.window is not None and k.endswith(":requests") for c, k in zip(charges, keys, strict=True)):
+                answers = await run  # a request counted when its client left still came
+            else:  # it reserves (tokens, slots): if the client leaves meanwhile, what it took goes back
+                task = asyncio.ensure_future(run)
+                try:
+                    answers = await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    task.add_done_callback(lambda done: self._abandoned(done, groups, charges, keys, members))
+                    raise
         except StoreUnavailable:
             if self.store.config.on_error == "deny":
                 raise
@@ -187,10 +204,7 @@ class SharedStore:
                 quotas[i] = Quota(charges[i].limit, remaining, reset / 1000, waited)
             if ok:
                 granted.extend(idx)
-        receipts = [
-            (key, c.limit, int(c.window * 1000), c.amount) if c.window is not None else (key, member)
-            for key, c, member in zip(keys, charges, members, strict=True)
-        ]
+        receipts = [_receipt(key, c, member) for key, c, member in zip(keys, charges, members, strict=True)]
         if len(granted) < len(charges):
             self._remember(charges, keys, quotas)
             if granted:  # another scope refused: give back what this one took
@@ -202,6 +216,25 @@ class SharedStore:
                 if self._renewer is None:  # one per process, for all its slots
                     self._renewer = asyncio.get_running_loop().create_task(self._renew())
         return Grant(True, quotas, receipts)
+
+    async def _run_one(self, call: tuple[Script, list[str], list[Any]]) -> list[Any]:
+        return [await self.store.run(*call)]
+
+    def _abandoned(self, done: asyncio.Future[list[Any]], groups: dict[str, list[int]], *of: Sequence[Any]) -> None:
+        """``acquire`` was cancelled while Redis ran it: give back what the scopes that granted took."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        charges, keys, members = of
+        taken = [i for idx, (ok, _) in zip(groups.values(), done.result(), strict=True) if ok for i in idx]
+        if taken:
+            receipts = [_receipt(keys[i], charges[i], members[i]) for i in taken]
+            self._track(self._give_back(receipts, [charges[i] for i in taken]))
+
+    def _track(self, work: Any) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        return task
 
     def _placed(self, bucket: str) -> tuple[str, str]:
         """The bucket's Redis key and hash tag (``redis_key``), remembered."""
@@ -273,10 +306,7 @@ class SharedStore:
                     self.refused.pop(key, None)
         if not calls:
             return
-        task = asyncio.ensure_future(self._run(calls))
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
-        await asyncio.shield(task)
+        await asyncio.shield(self._track(self._run(calls)))
 
     async def _run(self, calls: list[tuple[Script, list[str], list[Any]]]) -> None:
         with contextlib.suppress(StoreUnavailable):  # the reservations leave the window; slots expire

@@ -6,6 +6,7 @@ is down."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import requests
 import yaml
 
 from gateway.testing import MOCK_MODEL, Finished, make_app, mock_config
+from gateway_plugins.rate_limit.shared import ACQUIRE, RELEASE, SETTLE
 from tests.gateway.test_cli import Server, free_port
 from tests.upstreams.redis_server import RedisServer
 
@@ -168,6 +170,39 @@ async def test_a_slot_is_released_when_the_client_leaves_mid_stream(gateway: Any
         assert await redis.zcard("gw:{k:team}:rl2:concurrent") == 0
         async with session.post(url, json=CHAT, headers=bearer()) as again:
             assert again.status == 200
+
+
+BUSY = "local t = redis.call('TIME') while redis.call('TIME')[1] - t[1] < 2 do end return 1"  # 1 to 2 s
+
+
+async def test_a_client_that_leaves_while_redis_admits_it_leaves_no_slot_behind(aiohttp_server: Any) -> None:
+    redis = RedisServer().start()  # its own: a busy script blocks it
+    blocker = aioredis.Redis.from_url(redis.url)
+    try:
+        settings = config(redis.url, {"concurrent_requests": 1, "tokens_per_minute": 100_000})
+        settings["state"]["timeout_ms"] = 5000
+        server = await aiohttp_server(make_app(settings))
+        url = server.make_url("/v1/chat/completions")
+        for script in (ACQUIRE, SETTLE, RELEASE):  # known: the admission runs first once Redis is free
+            await blocker.script_load(script.lua)
+        busy = asyncio.ensure_future(blocker.eval(BUSY, 0))
+        await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as session:
+            with pytest.raises(asyncio.TimeoutError):  # the client leaves while its admission waits on Redis
+                await session.post(url, json={**CHAT, "max_tokens": 50_000}, headers=bearer())
+        await busy  # then Redis runs the admission: it grants, and the slot and tokens go back (in that order)
+        for _ in range(150):
+            if not await blocker.zcard("gw:{k:team}:rl2:concurrent"):
+                break
+            await asyncio.sleep(0.02)
+        assert await blocker.zcard("gw:{k:team}:rl2:concurrent") == 0
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json={**CHAT, "max_tokens": 50_000}, headers=bearer()) as again:
+                assert again.status == 200
+                assert int(again.headers["x-ratelimit-remaining-tokens"]) > 49_000  # the first 50,000 went back
+    finally:
+        await blocker.aclose()
+        redis.stop()
 
 
 def test_a_slot_is_renewed_while_its_request_lives_and_expires_after_its_process_is_killed(
