@@ -133,8 +133,14 @@ def read_config(path: str | os.PathLike[str], lines: dict[str, int] | None = Non
     except OSError as exc:
         raise ConfigError(source, [("", f"cannot read config file: {exc.strerror or exc}")]) from None
     loader = _UniqueKeyLoader(text)  # a SafeLoader subclass
+    found: dict[str, int] = {}
+    duplicates: list[tuple[str, str]] = []
     try:
         node = loader.get_single_node()
+        if node is not None:
+            node_lines(node, "", found, duplicates)
+        if duplicates:
+            raise ConfigError(source, duplicates, found)  # every one, each on its line
         raw = loader.construct_document(node) if node is not None else None
     except _DuplicateKey as exc:
         raise ConfigError(source, [(exc.path, f"line {exc.line}: duplicate key {exc.key!r}")]) from None
@@ -149,7 +155,7 @@ def read_config(path: str | os.PathLike[str], lines: dict[str, int] | None = Non
     if not isinstance(raw, dict):
         raise ConfigError(source, [("", "the top level must be a mapping of sections")])
     if lines is not None:
-        node_lines(node, "", lines)
+        lines.update(found)
     if "model_list" in raw:
         raise ConfigError(
             source,

@@ -88,15 +88,23 @@ def line_of(path: str, lines: Mapping[str, int]) -> int | None:
     return None
 
 
-def node_lines(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
-    """The line of every key and list item under ``node``, by key path (``backends[1].base_url``)."""
+def node_lines(node: yaml.Node, path: str, lines: dict[str, int], duplicates: list[tuple[str, str]]) -> None:
+    """The line of every key and list item under ``node``, by key path (``backends[1].base_url``); a
+    key given twice in one mapping goes to ``duplicates`` as a problem (PyYAML keeps the last silently)."""
     if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
         for key, value in node.value:
             child = f"{path}.{key.value}" if path else str(key.value)
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    duplicates.append((child, f"duplicate key {key.value!r} (given twice in one mapping)"))
+                    lines[child] = key.start_mark.line + 1  # the problem's line: the second one
+                    continue
+                seen.add(key.value)
             lines.setdefault(child, key.start_mark.line + 1)
-            node_lines(value, child, lines)
+            node_lines(value, child, lines, duplicates)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             child = f"{path}[{i}]"
             lines.setdefault(child, item.start_mark.line + 1)
-            node_lines(item, child, lines)
+            node_lines(item, child, lines, duplicates)

@@ -103,7 +103,7 @@ def test_positional_form_and_singular_counts() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("server:\n  port: 8000\n  port: 9000\n", "line 3: duplicate key 'port'"),
+        ("server:\n  port: 8000\n  port: 9000\n", "gateway.yaml:3: server.port: duplicate key 'port'"),
         ("", "the config file is empty"),
         ("model_list:\n  - model_name: gpt-4o\n", "model_list: this is LiteLLM's key"),
     ],
@@ -111,6 +111,17 @@ def test_positional_form_and_singular_counts() -> None:
 def test_mistakes_that_used_to_pass(tmp_path: Path, text: str, message: str) -> None:
     result = cli("check-config", "--config", write(tmp_path, text))
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_every_duplicate_key_is_named_on_its_line(tmp_path: Path) -> None:
+    text = "server:\n  port: 8000\n  port: 9000\nbackends:\n  - {name: mock, type: mock, name: again}\n"
+    result = cli("check-config", write(tmp_path, text))
+    path = str(tmp_path / "gateway.yaml")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[1:] == [
+        f"{path}:3: server.port: duplicate key 'port' (given twice in one mapping)",
+        f"{path}:5: backends[0].name: duplicate key 'name' (given twice in one mapping)",
+    ]
 
 
 def test_model_list_points_to_the_readme_section(tmp_path: Path) -> None:
