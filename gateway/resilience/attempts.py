@@ -5,9 +5,10 @@ failure and picks the next deployment). Hedged requests build on the same steps 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from gateway.context import Attempt, Deployment, RequestContext
@@ -64,6 +65,22 @@ def interrupted(ctx: RequestContext, watchdog: Watchdog) -> GatewayError | None:
     if ctx.request.app[lifecycle_key].ended_by_shutdown():
         return ServiceUnavailableError(SHUTTING_DOWN)
     return None
+
+
+@contextlib.contextmanager
+def waiting(ctx: RequestContext, watchdog: Watchdog) -> Iterator[None]:
+    """Count the block's time as waiting for upstreams (``ctx.upstream_wait``); a cancellation the
+    gateway caused itself leaves it as that error (``interrupted``)."""
+    start = watchdog.loop.time()
+    try:
+        yield
+    except asyncio.CancelledError:
+        error = interrupted(ctx, watchdog)
+        if error is not None:
+            raise error from None
+        raise
+    finally:
+        ctx.upstream_wait += watchdog.loop.time() - start
 
 
 async def close(chunks: AsyncIterator[Any] | None) -> None:
@@ -276,17 +293,12 @@ async def next_deployment(
         unused(nxt)
         return None
     if wait > 0:
-        start = loop.time()
         try:
-            await asyncio.sleep(wait)
-        except asyncio.CancelledError:
+            with waiting(ctx, watchdog):
+                await asyncio.sleep(wait)
+        except BaseException:
             unused(nxt)
-            error = interrupted(ctx, watchdog)
-            if error is not None:
-                raise error from None
             raise
-        finally:
-            ctx.upstream_wait += loop.time() - start
     return nxt
 
 

@@ -20,11 +20,11 @@ from gateway.resilience.attempts import (
     Served,
     close,
     first_of,
-    interrupted,
     report,
     same,
     served,
     unused,
+    waiting,
 )
 from gateway.resilience.timeouts import silence
 from gateway.resilience.watchdog import Watchdog
@@ -69,7 +69,6 @@ async def hedged(run: Retrying, deployment: Deployment, hedge: HedgeConfig) -> S
     ctx, watchdog, limits = run.ctx, run.watchdog, run.limits
     loop = watchdog.loop
     legs: dict[asyncio.Task[tuple[Any, Any, Any, float]], _Leg] = {}
-    started = loop.time()
     launched = 0
 
     def launch(target: Deployment, leg_ctx: RequestContext) -> None:
@@ -89,47 +88,42 @@ async def hedged(run: Retrying, deployment: Deployment, hedge: HedgeConfig) -> S
     hedge_at: float | None = loop.time() + _hedge_delay(deployment, hedge)
     last: GatewayError | None = None
     try:
-        while True:
-            timeout = None if hedge_at is None else max(0.0, hedge_at - loop.time())
-            done, _ = await asyncio.wait(legs, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if not done:  # the hedge delay is over
-                hedge_at = None
-                nxt = run.select(ctx)
-                if nxt is not None and any(same(leg.deployment, nxt) for leg in legs.values()):
-                    unused(nxt)  # hedging is across deployments only
-                elif nxt is not None:
-                    launch(nxt, _leg_context(ctx, run.base_headers))
-                continue
-            winner = None
-            for task in done:
-                leg = legs.pop(task)
-                chunks, first, error, waited = task.result()
-                if error is None and winner is None:
-                    winner = (leg, chunks, first, waited)
-                elif error is None:  # two answered at once: the other one is not needed
-                    await close(chunks)
-                    if leg.deployment.stats is not None:
-                        leg.deployment.stats.succeeded(waited)
-                        leg.deployment.stats.end()
-                else:
-                    leg.attempt.error = last = error
-                    report(leg.deployment, error)
-            if winner is not None:
-                return _won(ctx, winner, watchdog, limits)
-            if legs:
-                continue
-            assert last is not None
-            nxt = await run.next(last, deployment.route)
-            launch(nxt, _leg_context(ctx, run.base_headers))
-            if hedge_at is not None:  # not hedged yet: the new leg may be
-                hedge_at = loop.time() + _hedge_delay(nxt, hedge)
-    except asyncio.CancelledError:
-        error = interrupted(ctx, watchdog)
-        if error is not None:
-            raise error from None
-        raise
+        with waiting(ctx, watchdog):
+            while True:
+                timeout = None if hedge_at is None else max(0.0, hedge_at - loop.time())
+                done, _ = await asyncio.wait(legs, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if not done:  # the hedge delay is over
+                    hedge_at = None
+                    nxt = run.select(ctx)
+                    if nxt is not None and any(same(leg.deployment, nxt) for leg in legs.values()):
+                        unused(nxt)  # hedging is across deployments only
+                    elif nxt is not None:
+                        launch(nxt, _leg_context(ctx, run.base_headers))
+                    continue
+                winner = None
+                for task in done:
+                    leg = legs.pop(task)
+                    chunks, first, error, waited = task.result()
+                    if error is None and winner is None:
+                        winner = (leg, chunks, first, waited)
+                    elif error is None:  # two answered at once: the other one is not needed
+                        await close(chunks)
+                        if leg.deployment.stats is not None:
+                            leg.deployment.stats.succeeded(waited)
+                            leg.deployment.stats.end()
+                    else:
+                        leg.attempt.error = last = error
+                        report(leg.deployment, error)
+                if winner is not None:
+                    return _won(ctx, winner, watchdog, limits)
+                if legs:
+                    continue
+                assert last is not None
+                nxt = await run.next(last, deployment.route)
+                launch(nxt, _leg_context(ctx, run.base_headers))
+                if hedge_at is not None:  # not hedged yet: the new leg may be
+                    hedge_at = loop.time() + _hedge_delay(nxt, hedge)
     finally:
-        ctx.upstream_wait += loop.time() - started
         ctx.attempt_count = launched
         ctx.response_headers[ATTEMPTS_HEADER] = str(launched)
         await _abandon(legs)
