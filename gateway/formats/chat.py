@@ -26,6 +26,7 @@ token per event (the role and finish events make it a few tokens high). A backen
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -111,23 +112,6 @@ def chunk_choice(index: int, delta: dict[str, Any], finish_reason: str | None = 
     return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
-def chunk(
-    id: str,
-    created: int,
-    model: str,
-    choices: list[dict[str, Any]],
-    usage: Mapping[str, Any] | None = _MISSING,
-    system_fingerprint: str | None = None,
-) -> dict[str, Any]:
-    """A ``chat.completion.chunk`` object; ``choices`` are built with ``chunk_choice``.
-
-    ``usage`` is left out unless given: when the request asked for
-    ``stream_options.include_usage``, pass ``None`` on every chunk and the usage on one last chunk
-    with ``choices=[]`` (``usage_chunk``), as OpenAI does.
-    """
-    return stream_object("chat.completion.chunk", id, created, model, choices, usage, system_fingerprint)
-
-
 def stream_object(
     object_type: str,
     id: str,
@@ -147,6 +131,13 @@ def stream_object(
     if usage is not _MISSING:
         out["usage"] = usage
     return out
+
+
+#: A ``chat.completion.chunk`` object: ``chunk(id, created, model, choices, usage=..., system_fingerprint=None)``
+#: with ``choices`` built by ``chunk_choice``. ``usage`` is left out unless given: when the request
+#: asked for ``stream_options.include_usage``, pass ``None`` on every chunk and the usage on one last
+#: chunk with ``choices=[]`` (``usage_chunk``), as OpenAI does.
+chunk = functools.partial(stream_object, "chat.completion.chunk")
 
 
 def usage_chunk(

@@ -11,11 +11,12 @@ exactly its tokens.
 from __future__ import annotations
 
 import base64
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.formats.chat import _MISSING, estimate_tokens, stream_object, usage
+from gateway.formats.chat import estimate_tokens, stream_object, usage
 
 
 def text_completion_id() -> str:
@@ -28,21 +29,11 @@ def text_choice(index: int, text: str, finish_reason: str | None = None) -> dict
     return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
 
 
-def text_completion(
-    id: str,
-    created: int,
-    model: str,
-    choices: list[dict[str, Any]],
-    usage: Mapping[str, Any] | None = _MISSING,
-    system_fingerprint: str | None = None,
-) -> dict[str, Any]:
-    """A ``text_completion`` object; ``choices`` are built with ``text_choice``.
-
-    A streamed chunk is the same object: leave ``usage`` out, or, when the request asked for
-    ``stream_options.include_usage``, pass ``None`` on every chunk and the usage on one last chunk
-    with ``choices=[]`` (``text_usage_chunk``), as OpenAI does.
-    """
-    return stream_object("text_completion", id, created, model, choices, usage, system_fingerprint)
+#: A ``text_completion`` object: ``text_completion(id, created, model, choices, usage=..., system_fingerprint=None)``
+#: with ``choices`` built by ``text_choice``. A streamed chunk is the same object: leave ``usage`` out,
+#: or, when the request asked for ``stream_options.include_usage``, pass ``None`` on every chunk and
+#: the usage on one last chunk with ``choices=[]`` (``text_usage_chunk``), as OpenAI does.
+text_completion = functools.partial(stream_object, "text_completion")
 
 
 def text_usage_chunk(
