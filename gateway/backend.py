@@ -13,6 +13,7 @@ from gateway.log import redact
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
+    from gateway.upstream.errors import ModelCache
 
 
 #: Bytes a non-streamed upstream answer may have, by default (64 MiB: far above any chat answer; a batch
@@ -87,6 +88,9 @@ class Backend(ABC):
     native_endpoints: ClassVar[frozenset[str]] = frozenset()
     #: ``closed``, ``open`` or ``half_open``: set by circuit-breaking code; /metrics shows it.
     circuit_state: str = "closed"
+    #: Set by a backend that can list its upstream's models (``gateway.upstream.errors.ModelCache``):
+    #: ``list_models`` reads it when the config names no ``models``.
+    upstream_models: ModelCache | None = None
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
@@ -100,8 +104,11 @@ class Backend(ABC):
         """Close what ``__aenter__`` opened."""
 
     async def list_models(self) -> list[dict[str, Any]]:
-        """The OpenAI model objects this backend serves."""
-        return [model_object(m, self.owned_by) for m in self.config.models]
+        """The OpenAI model objects this backend serves: its configured ``models``, else its
+        upstream's (``upstream_models``, when the backend can ask)."""
+        if self.config.models or self.upstream_models is None:
+            return [model_object(m, self.owned_by) for m in self.config.models]
+        return await self.upstream_models.get()
 
     @abstractmethod
     def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:

@@ -110,7 +110,7 @@ class OpenAICompatBackend(Backend):
         self._path = yarl.URL(self.config.base_url).raw_path.rstrip("/")  # the paths' common prefix
         self._query = "?" + urlencode({"api-version": self.config.api_version}) if self.config.api_version else ""
         self._stream_options = True  # the upstream takes stream_options (until it refuses them)
-        self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
+        self.upstream_models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
 
     async def __aenter__(self) -> OpenAICompatBackend:
         headers = dict(self.config.headers)
@@ -266,13 +266,6 @@ class OpenAICompatBackend(Backend):
         return b"".join(kept), None
 
     # Models --------------------------------------------------------------------------------
-
-    async def list_models(self) -> list[dict[str, Any]]:
-        """The configured ``models``, else the upstream's ``/models``, cached ``models_ttl`` seconds
-        (``gateway.upstream.ModelCache``)."""
-        if self.config.models:
-            return await super().list_models()
-        return await self._models.get()
 
     async def _fetch_models(self) -> list[dict[str, Any]]:
         assert self.client is not None

@@ -121,7 +121,7 @@ class AnthropicBackend(Backend):
             *url_secrets(self.config.base_url),
         )
         self._sampling = self.config.version < SAMPLING_REMOVED_IN  # ISO dates sort as strings
-        self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
+        self.upstream_models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
 
     async def __aenter__(self) -> AnthropicBackend:
         headers = {
@@ -245,13 +245,6 @@ class AnthropicBackend(Backend):
         return http_error(self.name, status, orjson.dumps(event), secrets=self._secrets, overloaded=OVERLOADED)
 
     # Models ----------------------------------------------------------------------------------
-
-    async def list_models(self) -> list[dict[str, Any]]:
-        """The configured ``models``, else Anthropic's, cached ``models_ttl`` seconds
-        (``gateway.upstream.ModelCache``)."""
-        if self.config.models:
-            return await super().list_models()
-        return await self._models.get()
 
     async def _fetch_models(self) -> list[dict[str, Any]]:
         """Every page of ``GET /v1/models``, following ``has_more`` / ``last_id``."""

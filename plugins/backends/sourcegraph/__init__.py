@@ -80,6 +80,7 @@ class SourcegraphBackend(Backend):
     type_name = "sourcegraph"
     Config = SourcegraphConfig
     owned_by = OWNED_BY
+    upstream_models: ModelCache  # set in __init__
     config: SourcegraphConfig
 
     def __init__(self, config: BackendConfig) -> None:
@@ -89,7 +90,7 @@ class SourcegraphBackend(Backend):
         self._secrets = (self._token, *url_secrets(self.config.endpoint))
         self._learned: dict[str, bool] = {}  # capabilities found missing (auto mode)
         self._default: str | None = None  # the instance's default chat model (its model configuration)
-        self._models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
+        self.upstream_models = ModelCache(self.name, self._fetch_models, self.config.models_ttl)
 
     async def __aenter__(self) -> SourcegraphBackend:
         self.session = client_session(
@@ -108,7 +109,7 @@ class SourcegraphBackend(Backend):
 
     async def list_models(self) -> list[dict[str, Any]]:
         """The configured ``models`` (else the instance's list), then the aliases of listed models."""
-        listed = [model_object(m, OWNED_BY) for m in self.config.models] or await self._models.get()
+        listed = await super().list_models()
         ids = {m["id"] for m in listed}
         aliases = [model_object(a, OWNED_BY) for a, target in self.config.aliases.items() if target in ids]
         return listed + [a for a in aliases if a["id"] not in ids]
@@ -155,7 +156,7 @@ class SourcegraphBackend(Backend):
     async def _default_model(self, ctx: RequestContext) -> str:
         """The instance's default chat model, for the model ``default``; 404 when it names none."""
         with contextlib.suppress(GatewayError):
-            await self._models.get()
+            await self.upstream_models.get()
         if self._default is None:
             raise ModelNotFoundError(str(ctx.model))
         return self._default
@@ -173,9 +174,9 @@ class SourcegraphBackend(Backend):
                 raise ModelNotFoundError(str(ctx.model))
             return target
         try:
-            listed = {m["id"] for m in await self._models.get()}
+            listed = {m["id"] for m in await self.upstream_models.get()}
             if target not in listed:
-                listed = {m["id"] for m in await self._models.get(refresh=True)}
+                listed = {m["id"] for m in await self.upstream_models.get(refresh=True)}
         except GatewayError as exc:
             log.info("cannot check the model against the instance's list", backend=self.name, error=exc.message)
             return target
