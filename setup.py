@@ -10,7 +10,7 @@ from setuptools.command.build_py import build_py
 
 class BuildWithConfig(build_py):
     """Also ship the repository's ``config/gateway.yaml`` and ``config/examples/*.yaml`` inside the
-    package, as ``gateway/data/`` (``gateway.packaged`` reads them there). ``config/`` stays their one
+    package, as ``gateway/data/`` (``gateway.loading`` reads them there). ``config/`` stays their one
     source; an editable install reads it in place."""
 
     def run(self) -> None:

@@ -18,11 +18,10 @@ from gateway.config import ConfigError, GatewayConfig, environment
 from gateway.generation import reload_on_sighup
 from gateway.keys import lifecycle_key
 from gateway.lifecycle import AIOHTTP_MARGIN
-from gateway.loading import load, plugin_overview
+from gateway.loading import load, plugin_overview, resolve_config
 from gateway.log import setup_logging
-from gateway.packaged import resolve_config
-from gateway.server import serve as serve_app
-from gateway.workers import supervise
+from gateway.serving.server import serve as serve_app
+from gateway.serving.workers import supervise
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle kept-alive connection stays open (web.run_app's default)
@@ -130,7 +129,7 @@ def _check_shared_state(config: GatewayConfig) -> None:
 def run(path: str, host: str | None, port: int | None, workers: int = 1) -> int:
     """Serve until SIGINT/SIGTERM; in-flight requests get ``server.shutdown_timeout`` to finish.
     SIGHUP reloads the config file (``gateway.generation``).
-    With ``workers`` > 1, that many processes share the port (``gateway.workers``)."""
+    With ``workers`` > 1, that many processes share the port (``gateway.serving.workers``)."""
     loaded = load(path)
     config = loaded.config
     setup_logging(config.logging.format, config.logging.level)

@@ -29,7 +29,7 @@ from gateway.replies import CLIENT_CLOSED, json_response, render_error
 from gateway.resilience.attempts import backend_failure, interrupted
 from gateway.resilience.first_output import first_output
 from gateway.resilience.watchdog import Watchdog
-from gateway.server import BodyTimeout
+from gateway.serving.server import BodyTimeout
 from gateway.streaming import (
     DONE,
     SSE_HEADERS,
@@ -60,7 +60,7 @@ TOO_DEEP = f"The request body is nested too deeply (the limit is {ALLOWED_DEPTH}
 
 async def read_json(request: web.Request) -> Any:
     """The parsed request body: 413 over the size limit (at once when the declared length is over it),
-    408 when it stalls (``gateway.server``), 400 when it is not JSON."""
+    408 when it stalls (``gateway.serving.server``), 400 when it is not JSON."""
     too_large = f"Request body too large: the limit is {request.client_max_size} bytes."
     if (request.content_length or 0) > request.client_max_size:
         raise PayloadTooLargeError(too_large)

@@ -45,7 +45,7 @@ from gateway.formats.chat import (
 from gateway.hookspecs import hookimpl
 from gateway.keys import backends_key
 from gateway.loading import ConfigSource
-from gateway.server import GatewayRunner
+from gateway.serving.server import GatewayRunner
 
 MOCK_MODEL = "mock-gpt-model"
 

@@ -1,4 +1,4 @@
-"""The connection (``gateway.server``): header and body deadlines (408), a declared body over the limit
+"""The connection (``gateway.serving.server``): header and body deadlines (408), a declared body over the limit
 (413 at once), and aiohttp's parser errors as OpenAI error objects that echo nothing, over raw sockets."""
 
 from __future__ import annotations
