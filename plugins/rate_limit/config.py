@@ -54,6 +54,8 @@ class RateLimitConfig(BaseModel):
 
     def for_model(self, model: str) -> dict[str, int] | None:
         """The limits of ``model``: its exact entry, else the first pattern that matches."""
+        if not self._models:
+            return None
         if model in self._models:
             return self._models[model]
         return next((limits for pattern, limits in self._models.items() if fnmatchcase(model, pattern)), None)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,8 +54,11 @@ def plan(ctx: RequestContext, settings: RateLimitConfig) -> Plan:
         name = principal.name if principal is not None else ""
         who = f"key `{name}`" if principal is not None else "callers without a key"
         scopes.append((f"k:{name}", f"{ctx.model} for {who}", key_limits))
-    upstream = ctx.body.get("model") if ctx.body is not None else None  # an alias's model (transforms)
-    for model in dict.fromkeys(m for m in (ctx.model, upstream) if isinstance(m, str) and m):
+    models: Iterable[Any] = ()
+    if settings._models:  # the request's model, and an alias's (transforms)
+        upstream = ctx.body.get("model") if ctx.body is not None else None
+        models = dict.fromkeys(m for m in (ctx.model, upstream) if isinstance(m, str) and m)
+    for model in models:
         model_limits = settings.for_model(model)
         if model_limits is not None:
             scopes.append((f"m:{model}", model, model_limits))
