@@ -144,7 +144,8 @@ def gateway_handle_error(ctx: RequestContext, error: BaseException) -> GatewayEr
     (its status and OpenAI error body; after a stream started, a final SSE error event).
 
     The first non-None result wins; the built-in ``error_renderer`` is the ``trylast`` default
-    (``GatewayError`` as it is, anything else a logged 500). May be async.
+    (``GatewayError`` as it is, anything else a logged 500; on a front door in another dialect,
+    ``/v1/messages``, wrapped in that dialect's ``gateway.errors.DialectError``). May be async.
     """
 
 

@@ -60,10 +60,11 @@ async def upstream(aiohttp_server: Any) -> AnthropicUpstream:
 
 @pytest.fixture
 async def start(gateway: Any, upstream: AnthropicUpstream) -> Start:
-    """``url = await start(plugins=())``: the gateway in front of the fake upstream."""
+    """``url = await start(plugins=(), sections=None)``: the gateway in front of the fake upstream
+    (``sections``: the config's ``plugins`` section)."""
 
-    async def run(plugins: Any = ()) -> str:
-        client = await gateway(config(upstream.base_url), plugins)
+    async def run(plugins: Any = (), sections: Any = None) -> str:
+        client = await gateway({**config(upstream.base_url), "plugins": sections or {}}, plugins)
         return str(client.make_url("")).rstrip("/")
 
     return run
@@ -213,3 +214,19 @@ async def test_a_native_stream_that_ends_after_message_delta_is_complete(
     with pytest.raises(anthropic.APIError):
         async with claude.messages.stream(**REQUEST) as stream:
             await stream.get_final_message()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_transforms_response_filter_applies_on_the_translated_path(
+    upstream: AnthropicUpstream, start: Start, stream: bool
+) -> None:
+    rules = {"transforms": {"rules": [{"response_filters": [{"pattern": r"\d{3}-\d{4}", "replacement": "[PHONE]"}]}]}}
+    url = await start(sections=rules)
+    upstream.reply(Reply(blocks=[text("Call 555-0100 now")]))
+    async with anthropic.AsyncAnthropic(base_url=url, api_key="unused", max_retries=0, timeout=10) as claude:
+        if stream:
+            async with claude.messages.stream(**REQUEST) as events:
+                message = await events.get_final_message()
+        else:
+            message = await claude.messages.create(**REQUEST)
+    assert message.content[0].text == "Call [PHONE] now"  # type: ignore[union-attr]
