@@ -373,6 +373,7 @@ async def test_the_pass_through_path_parses_no_json_per_chunk(
     """A regression guard on cost that does not depend on timing: orjson.loads calls are counted."""
     import gateway.streaming as streaming
     import gateway_plugins.backends.openai_compat as compat
+    import gateway_plugins.backends.openai_compat.stream as compat_stream
 
     calls = []
 
@@ -386,6 +387,7 @@ async def test_the_pass_through_path_parses_no_json_per_chunk(
             return orjson.loads(data)
 
     monkeypatch.setattr(compat, "orjson", Counting)
+    monkeypatch.setattr(compat_stream, "orjson", Counting)
     monkeypatch.setattr(streaming, "orjson", Counting)
     upstream.default = Reply(content=" ".join(["word"] * 40))
     client = await start(gateway, upstream)
@@ -397,16 +399,19 @@ async def test_the_pass_through_path_parses_no_json_per_chunk(
 def test_a_block_is_read_event_by_event_only_from_its_usage_event_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """A regression guard on cost: the events before the usage event of a block go through unsplit."""
     import gateway_plugins.backends.openai_compat as compat
+    import gateway_plugins.backends.openai_compat.stream as compat_stream
 
     read = []
-    monkeypatch.setattr(compat, "_data", lambda event, real=compat._data: read.append(event) or real(event))
+    monkeypatch.setattr(
+        compat_stream, "_data", lambda event, real=compat_stream._data: read.append(event) or real(event)
+    )
     backend = compat.OpenAICompatBackend(
         compat.OpenAICompatConfig(name="up", type="openai_compat", base_url="http://h/v1")
     )
     ctx = RequestContext(request=None, request_id="t", generation=None, stream=True)  # type: ignore[arg-type]
     content = b"".join(b'data: {"choices":[{"delta":{"content":"w%d"}}],"usage":null}\n\n' % i for i in range(40))
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":40,"total_tokens":43}}\n\n'
-    events = compat._Events(backend, ctx, True, None, ())
+    events = compat_stream.Events(backend, ctx, True, None, ())
     assert events.feed(content + usage + b"data: [DONE]\n\n") == content.replace(b',"usage":null', b"")
     assert events.done and events.failure is None
     assert ctx.usage == {"prompt_tokens": 3, "completion_tokens": 40, "total_tokens": 43}
