@@ -38,6 +38,11 @@ class BackendConfig(BaseModel):
         description="bytes of a non-streamed upstream answer at most (a larger one is a 502, read no further)",
     )
 
+    def backend_references(self) -> dict[str, str]:
+        """The other backends this one calls, by config key (``{"target": name}``): each must be
+        configured, checked at start-up (``backends[i].target: no backend named ...``)."""
+        return {}
+
 
 class Backend(ABC):
     """A model provider. One instance per configured backend, entered once for the app's life.

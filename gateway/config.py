@@ -309,6 +309,7 @@ def _validate_backends(
         problems.append(("backends", "must be a list of backends"))
         return []
     backends: list[BackendConfig] = []
+    indexed: list[tuple[int, BackendConfig]] = []
     seen: set[str] = set()
     for i, entry in enumerate(raw_backends):
         where = f"backends[{i}]"
@@ -334,6 +335,14 @@ def _validate_backends(
             problems.append((f"{where}.name", f"duplicate backend name {backend.name!r}"))
         seen.add(backend.name)
         backends.append(backend)
+        indexed.append((i, backend))
+    declared = seen | {e["name"] for e in raw_backends if isinstance(e, dict) and isinstance(e.get("name"), str)}
+    for i, backend in indexed:  # a backend that calls another (replay's target) names a configured one
+        for key, name in backend.backend_references().items():
+            known = ", ".join(sorted(declared - {backend.name})) or "none"
+            problem = f"{name!r} is this backend itself" if name == backend.name else f"no backend named {name!r}"
+            if name == backend.name or name not in declared:
+                problems.append((f"backends[{i}].{key}", f"{problem} (configured: {known})"))
     return backends
 
 

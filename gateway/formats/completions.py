@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gateway.formats.chat import estimate_tokens, stream_object, usage
@@ -91,3 +91,27 @@ def completion_to_chunks(completion: Mapping[str, Any], include_usage: bool = Fa
     if include_usage and completion.get("usage"):
         chunks.append(text_usage_chunk(id, created, model, completion["usage"], fingerprint))
     return chunks
+
+
+def chunks_to_completion(chunks: Iterable[Mapping[str, Any]], usage: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``text_completion`` a complete stream of chunks makes (the inverse of
+    ``completion_to_chunks``): each choice's text joined, its last finish reason; ``usage`` or the
+    usage chunk's."""
+    frame: dict[str, Any] = {}
+    texts: dict[int, list[str]] = {}
+    reasons: dict[int, str | None] = {}
+    for chunk in chunks:
+        frame = frame or dict(chunk)
+        usage = usage or chunk.get("usage")
+        for c in chunk.get("choices") or ():
+            texts.setdefault(c.get("index", 0), []).append(c.get("text") or "")
+            reasons[c.get("index", 0)] = c.get("finish_reason") or reasons.get(c.get("index", 0))
+    choices = [text_choice(i, "".join(texts[i]), reasons[i]) for i in sorted(texts)]
+    return text_completion(
+        frame.get("id", text_completion_id()),
+        frame.get("created", 0),
+        frame.get("model", ""),
+        choices,
+        dict(usage) if usage else None,
+        frame.get("system_fingerprint"),
+    )

@@ -1,13 +1,13 @@
 """The ``replay`` backend: record another backend's answers into cassettes, replay them without it.
 
-It wraps the backend named by ``target`` (reached per request through the request's config
-generation, ``ctx.generation.backends``). ``mode: record`` always calls the target and (re)writes the
+It wraps the backend named by ``target`` (checked at start-up through ``backend_references``,
+reached per request through the request's config generation, ``ctx.generation.backends``). ``mode: record`` always calls the target and (re)writes the
 cassette; ``replay`` answers only from cassettes (an unrecorded request is a 404 naming the request
 key and the directory, and the target is never called); ``auto`` replays what is recorded and records
 the rest. One readable JSON file per request in ``dir``, named by ``gateway.formats.request_key``
 (``<key>.json``), holds the request and its answers: ``json`` (a non-streamed answer) and ``stream``
 (a streamed one, chunk by chunk, each with its offset in seconds, replayed with the same chunking and,
-with ``replay_timing: recorded``, the same pauses). A stream is recorded only when it completes.
+with ``replay_timing: recorded``, the same pauses); either answer serves the other mode. A stream is recorded only when it completes.
 Cassettes hold the request body and the answer, never headers or URLs; the target's secrets and the
 client's key are replaced by ``[redacted]`` wherever they would appear.
 """
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
 
 ToChunks = Callable[[Any, bool], list[dict[str, Any]]]
+ToCompletion = Callable[[list[dict[str, Any]], Any], dict[str, Any]]
 
 
 class NotRecordedError(NotFoundError):
@@ -51,6 +52,9 @@ class ReplayBackend(Backend):
         dir: str = Field(min_length=1, description="the cassette directory")
         replay_timing: Literal["recorded", "none"] = "none"
 
+        def backend_references(self) -> dict[str, str]:
+            return {"target": self.target}
+
     config: Config
 
     def __init__(self, config: BackendConfig) -> None:
@@ -58,10 +62,12 @@ class ReplayBackend(Backend):
         self.cassettes = Cassettes(self.config.dir)
 
     def chat(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:
-        return self._answer(ctx, "chat.completions", chat_format.completion_to_chunks)
+        return self._answer(ctx, "chat.completions", chat_format.completion_to_chunks, chat_format.chunks_to_completion)
 
     def completions(self, ctx: RequestContext) -> AsyncIterator[dict[str, Any] | bytes]:
-        return self._answer(ctx, "completions", completions_format.completion_to_chunks)
+        return self._answer(
+            ctx, "completions", completions_format.completion_to_chunks, completions_format.chunks_to_completion
+        )
 
     def _target(self, ctx: RequestContext) -> Backend:
         target = ctx.generation.backends.get(self.config.target)
@@ -69,15 +75,20 @@ class ReplayBackend(Backend):
             raise NotFoundError(f"Backend {self.name!r}: its target backend {self.config.target!r} is not configured.")
         return target
 
-    async def _answer(self, ctx: RequestContext, endpoint: str, to_chunks: ToChunks) -> AsyncIterator[Any]:
+    async def _answer(
+        self, ctx: RequestContext, endpoint: str, to_chunks: ToChunks, to_completion: ToCompletion
+    ) -> AsyncIterator[Any]:
         assert ctx.body is not None and ctx.deployment is not None
         key = request_key(endpoint, ctx.body, ctx.deployment.model)
         kind = "stream" if ctx.stream else "json"
         if self.config.mode != "record":
             cassette = self.cassettes.load(key)
-            answer = cassette["answers"].get(kind) if cassette else None
-            if answer is None and cassette and ctx.stream and cassette["answers"].get("json"):
-                answer = _as_stream(cassette["answers"]["json"], to_chunks, include_usage(ctx.body))
+            answers = cassette["answers"] if cassette else {}
+            answer = answers.get(kind)
+            if answer is None and ctx.stream and answers.get("json"):
+                answer = _as_stream(answers["json"], to_chunks, include_usage(ctx.body))
+            elif answer is None and not ctx.stream and answers.get("stream"):
+                answer = _as_json(answers["stream"], to_completion)
             if answer is not None:
                 async for item in self._replay(ctx, answer):
                     yield item
@@ -122,6 +133,12 @@ class ReplayBackend(Backend):
 def _as_stream(response: dict[str, Any], to_chunks: ToChunks, usage: bool) -> dict[str, Any]:
     """A recorded non-streamed answer replayed as a stream (a recorded stream is replayed as it came)."""
     return {"chunks": [{"chunk": c} for c in to_chunks(response["response"], usage)], "usage": response.get("usage")}
+
+
+def _as_json(stream: dict[str, Any], to_completion: ToCompletion) -> dict[str, Any]:
+    """A recorded stream replayed as one non-streamed answer (its chunks joined)."""
+    chunks = [c for e in stream["chunks"] for c in (e["sse"] if "sse" in e else [e["chunk"]])]
+    return {"response": to_completion(chunks, stream.get("usage")), "usage": stream.get("usage")}
 
 
 def _secrets(target: Backend, ctx: RequestContext) -> list[str]:

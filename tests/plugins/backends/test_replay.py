@@ -11,6 +11,7 @@ import openai
 import orjson
 import pytest
 
+from gateway.config import ConfigError
 from gateway.formats.request_key import request_key
 from gateway.loading import load
 from gateway.testing import ServerThread, make_app
@@ -139,3 +140,42 @@ def test_the_example_config_with_the_openai_sdk(tmp_path: Path, monkeypatch: pyt
             sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "new"}])
     assert len(fake.requests) == 2
     assert KEY not in all_text(tmp_path)
+
+
+async def test_a_recorded_stream_answers_a_non_stream_request_and_vice_versa(
+    gateway: Any, upstream: Any, tmp_path: Path
+) -> None:
+    upstream.reply(Reply(content="streamed once"), Reply(content="answered once"))
+    recorder = await gateway(replay_config(upstream.base_url, tmp_path, "record"))
+    streamed = await (await recorder.post("/v1/chat/completions", json=chat(stream=True))).read()
+    other = chat(messages=[{"role": "user", "content": "other"}])
+    answered = await (await recorder.post("/v1/chat/completions", json=other)).json()
+    assert b"streamed" in streamed and len(upstream.requests) == 2
+    await upstream.server.close()
+
+    player = await gateway(replay_config(upstream.base_url, tmp_path, "replay"))
+    async with openai.AsyncOpenAI(base_url=str(player.make_url("/v1")), api_key="unused") as sdk:
+        joined = await sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert joined.choices[0].message.content == "streamed once" and joined.choices[0].finish_reason == "stop"
+        assert joined.usage is not None and joined.usage.total_tokens > 0
+        chunks = [
+            c
+            async for c in await sdk.chat.completions.create(
+                model="gpt-4o-mini", messages=other["messages"], stream=True
+            )
+        ]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == answered["choices"][0]["message"]["content"] == "answered once"
+    assert len(upstream.requests) == 2
+
+
+@pytest.mark.parametrize(("target", "problem"), [("opnai", "no backend named 'opnai'"), ("rec", "is this backend")])
+def test_the_target_is_checked_at_start_up(tmp_path: Path, target: str, problem: str) -> None:
+    path = tmp_path / "replay.yaml"
+    config = replay_config("http://127.0.0.1:9/v1", tmp_path, "replay")
+    config["backends"][1]["target"] = target
+    path.write_text(orjson.dumps(config).decode())  # JSON is YAML
+    with pytest.raises(ConfigError) as caught:
+        load(str(path))
+    assert f"{path}: backends[1].target: " in str(caught.value) and problem in str(caught.value)
+    assert "(configured: up)" in str(caught.value)
