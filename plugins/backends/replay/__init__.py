@@ -1,13 +1,14 @@
 """The ``replay`` backend: record another backend's answers into cassettes, replay them without it.
 
 It wraps the backend named by ``target`` (checked at start-up through ``backend_references``,
-reached per request through the request's config generation, ``ctx.generation.backends``). ``mode: record`` always calls the target and (re)writes the
-cassette; ``replay`` answers only from cassettes (an unrecorded request is a 404 naming the request
-key and the directory, and the target is never called); ``auto`` replays what is recorded and records
-the rest. One readable JSON file per request in ``dir``, named by ``gateway.formats.request_key``
-(``<key>.json``), holds the request and its answers: ``json`` (a non-streamed answer) and ``stream``
-(a streamed one, chunk by chunk, each with its offset in seconds, replayed with the same chunking and,
-with ``replay_timing: recorded``, the same pauses); either answer serves the other mode. A stream is recorded only when it completes.
+reached per request through the request's config generation, ``ctx.generation.backends``).
+``mode: record`` always calls the target and (re)writes the cassette; ``replay`` answers only from
+cassettes (an unrecorded request is a 404 naming the request key and the directory, and the target is
+never called); ``auto`` replays what is recorded and records the rest. One readable JSON file per
+request in ``dir``, named by ``gateway.formats.request_key`` (``<key>.json``), holds the request and
+its answers: ``json`` (a non-streamed answer) and ``stream`` (a streamed one, chunk by chunk, each with
+its offset in seconds, replayed with the same chunking and, with ``replay_timing: recorded``, the same
+pauses); either answer serves the other mode. A stream is recorded only when it completes.
 Cassettes hold the request body and the answer, never headers or URLs; the target's secrets and the
 client's key are replaced by ``[redacted]`` wherever they would appear.
 """
