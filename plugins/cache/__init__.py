@@ -12,14 +12,16 @@ lookup and the store. Requests with ``temperature > 0`` bypass unless ``cache_no
 Single-flight: while a cacheable request is in flight, an identical one waits for its answer.
 ``Idempotency-Key`` (cache on or off): the same key again gets the first answer (waiting while the
 first runs), the same key with another request is a 409 ``idempotency_key_reused``; scoped by API key,
-kept ``idempotency_ttl`` seconds. State is per process, kept per config generation.
+kept ``idempotency_ttl`` seconds. State is per process, kept per config generation; with
+``state.store: redis`` (and ``store: auto``) answers, single-flight locks and idempotency records are
+in Redis, shared by every instance (``gateway_plugins.cache.shared``), and a Redis fault is a bypass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +30,8 @@ from gateway import hookimpl
 from gateway.errors import InvalidRequestError
 from gateway.formats.chat import chunks_to_completion
 from gateway.formats.request_key import request_key
+from gateway.state import StoreUnavailable
+from gateway_plugins.cache.shared import Held, IdempotencyConflict, SharedCache
 from gateway_plugins.cache.store import CacheState, Flight
 
 if TYPE_CHECKING:
@@ -49,6 +53,13 @@ class CacheConfig(BaseModel):
     cache_nondeterministic: bool = Field(False, description="also cache requests with temperature > 0")
     idempotency_ttl: float = Field(86400.0, gt=0, description="seconds an Idempotency-Key is remembered")
     wait: float = Field(600.0, gt=0, description="seconds a follower waits for the request in flight")
+    store: Literal["auto", "memory"] = Field(
+        "auto", description="auto: the state store when it is redis (shared by every instance), else memory"
+    )
+    max_entry_bytes: int = Field(1024 * 1024, gt=0, description="largest answer stored (bounds the Redis store)")
+    lock_ttl: float = Field(
+        5.0, gt=0, le=600, description="Redis: seconds a single-flight lock lives unless its holder renews it"
+    )
 
 
 class IdempotencyConflictError(InvalidRequestError):
@@ -59,7 +70,7 @@ class IdempotencyConflictError(InvalidRequestError):
 class Pending:
     """What a request that goes upstream owes: the cache entry and flight, the idempotency record."""
 
-    __slots__ = ("answer", "cache_key", "chunks", "flight", "record")
+    __slots__ = ("answer", "cache_key", "chunks", "flight", "held", "record")
 
     def __init__(self) -> None:
         self.cache_key: str | None = None
@@ -67,6 +78,11 @@ class Pending:
         self.record: Flight | None = None
         self.answer: dict[str, Any] | None = None
         self.chunks: list[dict[str, Any]] | None = None
+        self.held = Held()  # the Redis lock and idempotency record (state.store: redis)
+
+    def owes(self) -> bool:
+        """Whether the answer is to be stored or handed on (else the request holds nothing)."""
+        return bool(self.cache_key or self.flight or self.record or self.held.record)
 
 
 @hookimpl
@@ -78,7 +94,10 @@ def gateway_register_config(register):  # type: ignore[no-untyped-def]
 def _state(ctx: RequestContext, settings: CacheConfig) -> CacheState:
     state = ctx.generation_state.get(SECTION)
     if state is None:
-        state = ctx.generation_state[SECTION] = CacheState(settings.max_bytes)
+        store = ctx.state_store
+        shared = settings.store == "auto" and store.config.store == "redis"
+        state = CacheState(settings.max_bytes, SharedCache(store, settings.lock_ttl) if shared else None)
+        ctx.generation_state[SECTION] = state
     return state
 
 
@@ -110,53 +129,94 @@ async def gateway_process_request(ctx: RequestContext) -> None:
     if ctx.endpoint not in CACHEABLE or body is None or ctx.response is not None:
         return
     settings: CacheConfig = ctx.config.plugin_config(SECTION)
-    headers = ctx.request.headers
-    idempotency = headers.get("Idempotency-Key")
+    idempotency = ctx.request.headers.get("Idempotency-Key")
     if not settings.enabled and not idempotency:
         return
-    state, pending, caller = _state(ctx, settings), Pending(), _caller(ctx)
-    if idempotency:
-        ikey = request_key("idempotency", {"key": idempotency}, scope=caller)
-        exact = request_key(ctx.endpoint, body, scope=caller)
-        record = state.idempotency_record(ikey)
-        if record is not None:
-            if record.request != exact:
-                raise IdempotencyConflictError(
-                    "This Idempotency-Key was already used with a different request body.", param="Idempotency-Key"
-                )
-            answer = await _await(record, settings.wait)
-            if answer is not None:
-                _serve(ctx, answer)
-                ctx.response_headers[REPLAYED] = "true"
-                return
-        record = state.idempotency[ikey] = Flight(exact, time.monotonic() + settings.idempotency_ttl)
-        pending.record = record
+    state, pending = _state(ctx, settings), Pending()
+    ctx.state[SECTION] = pending  # from here on, request_finished releases what it holds
+    caller = _caller(ctx)
+    if idempotency and (answer := await _idempotent(ctx, state, settings, pending, caller, idempotency)):
+        _serve(ctx, answer)
+        ctx.response_headers[REPLAYED] = "true"
+        del ctx.state[SECTION]
+        return
+    try:
+        await _lookup(ctx, state, settings, pending, caller)
+    finally:
+        if not pending.owes():
+            ctx.state.pop(SECTION, None)
+
+
+async def _lookup(ctx: RequestContext, state: CacheState, settings: CacheConfig, pending: Pending, caller: str) -> None:
+    """The cache's part: a hit, a wait for the identical request in flight, or a miss to store."""
+    body, headers = ctx.body or {}, ctx.request.headers
     control = headers.get("Cache-Control", "").lower()
     nondeterministic = (body.get("temperature") or 0) > 0 and not settings.cache_nondeterministic
     if not settings.enabled:
-        pass  # no X-Gateway-Cache: the endpoint is not cacheable
-    elif "no-store" in control or nondeterministic:
-        ctx.cache = "bypass"
-    else:
-        key = request_key(ctx.endpoint, body, body.get("model"), "" if settings.shared else caller)
-        flight = state.flights.get(key)
-        if "no-cache" not in control:
-            answer = state.memory.get(key)
-            if answer is None and flight is not None:
-                answer = await _await(flight, settings.wait)
-            if answer is not None:
-                _serve(ctx, answer)
-                if pending.record is not None:
-                    _settle(state, pending, answer)
-                return
-        ctx.cache = "miss"
-        pending.cache_key = key
-        if key not in state.flights:
-            pending.flight = state.flights[key] = Flight(key)
-    if ctx.cache:
-        ctx.response_headers[HEADER] = ctx.cache
-    if pending.cache_key or pending.record:
-        ctx.state[SECTION] = pending
+        return  # no X-Gateway-Cache: the endpoint is not cacheable
+    if "no-store" in control or nondeterministic:
+        ctx.cache = ctx.response_headers[HEADER] = "bypass"
+        return
+    key = request_key(ctx.endpoint, body, body.get("model"), "" if settings.shared else caller)
+    read = "no-cache" not in control
+    flight = state.flights.get(key)
+    answer = None
+    if read:
+        answer = state.memory.get(key) if state.shared is None else None
+        if answer is None and flight is not None:
+            answer = await _await(flight, settings.wait)
+    if answer is None and key not in state.flights:
+        pending.flight = state.flights[key] = Flight(key)
+    if answer is None and state.shared is not None:
+        try:
+            answer = await state.shared.lookup(key, read, settings.wait, pending.held)
+        except StoreUnavailable:  # served without the cache; the store's breaker logs the outage once
+            ctx.cache = ctx.response_headers[HEADER] = "bypass"
+            return
+    if answer is not None:
+        _serve(ctx, answer)
+        await _settle(ctx, state, pending, answer)
+        pending.flight = pending.record = None
+        return
+    if state.shared is not None:
+        state.shared.keep(pending.held)
+    pending.cache_key = key
+    ctx.cache = ctx.response_headers[HEADER] = "miss"
+
+
+async def _idempotent(
+    ctx: RequestContext, state: CacheState, settings: CacheConfig, pending: Pending, caller: str, idempotency: str
+) -> bytes | None:
+    """The first answer given to ``Idempotency-Key`` (waiting while it runs), else None with the
+    record now this request's; 409 for the key with another request."""
+    ikey = request_key("idempotency", {"key": idempotency}, scope=caller)
+    exact = request_key(ctx.endpoint, ctx.body or {}, scope=caller)
+    if state.shared is not None:
+        try:
+            answer = await state.shared.claim_record(ikey, exact, settings.wait, pending.held)
+        except IdempotencyConflict:
+            raise _conflict() from None
+        except StoreUnavailable:
+            if ctx.state_store.config.on_error == "deny":
+                raise
+            return None  # on_error: allow: served, without the record (the breaker logs the outage)
+        state.shared.keep(pending.held)
+        return answer
+    record = state.idempotency_record(ikey)
+    if record is not None:
+        if record.request != exact:
+            raise _conflict()
+        answer = await _await(record, settings.wait)
+        if answer is not None:
+            return answer
+    pending.record = state.idempotency[ikey] = Flight(exact, time.monotonic() + settings.idempotency_ttl)
+    return None
+
+
+def _conflict() -> IdempotencyConflictError:
+    return IdempotencyConflictError(
+        "This Idempotency-Key was already used with a different request body.", param="Idempotency-Key"
+    )
 
 
 @hookimpl(trylast=True)
@@ -186,11 +246,11 @@ class _Collect:
 @hookimpl(trylast=True)
 def gateway_stream_filter(ctx: RequestContext) -> Any:
     pending = ctx.state.get(SECTION)
-    return _Collect(pending) if pending is not None else None
+    return _Collect(pending) if pending is not None and pending.owes() else None
 
 
 @hookimpl
-def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> None:
+async def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> None:
     """Store the answer (none after an error, a cut stream or a non-200) and release the followers."""
     pending: Pending | None = ctx.state.pop(SECTION, None)
     if pending is None:
@@ -203,13 +263,22 @@ def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -
         elif pending.answer is not None:
             answer = pending.answer if pending.answer.get("usage") else {**pending.answer, "usage": ctx.usage}
     data = orjson.dumps(answer) if answer is not None else None
-    if data is not None and pending.cache_key is not None:
-        settings: CacheConfig = ctx.config.plugin_config(SECTION)
-        ctx.cache_stored = state.memory.set(pending.cache_key, data, settings.ttl)
-    _settle(state, pending, data)
+    settings: CacheConfig = ctx.config.plugin_config(SECTION)
+    if data is not None and pending.cache_key is not None and len(data) <= settings.max_entry_bytes:
+        if state.shared is None:
+            ctx.cache_stored = state.memory.set(pending.cache_key, data, settings.ttl)
+        else:
+            ctx.cache_stored = len(data)
+            try:
+                await state.shared.store_answer(pending.cache_key, data, settings.ttl, pending.held)
+            except StoreUnavailable:
+                ctx.cache_stored = 0
+    await _settle(ctx, state, pending, data)
 
 
-def _settle(state: CacheState, pending: Pending, data: bytes | None) -> None:
+async def _settle(ctx: RequestContext, state: CacheState, pending: Pending, data: bytes | None) -> None:
+    """Hand ``data`` (None: the request failed) to the followers and the idempotency record; release
+    what the request holds in the store."""
     if pending.flight is not None:
         pending.flight.settle(data)
         if state.flights.get(pending.flight.request) is pending.flight:
@@ -221,3 +290,12 @@ def _settle(state: CacheState, pending: Pending, data: bytes | None) -> None:
             for key, kept in list(state.idempotency.items()):
                 if kept is record:
                     del state.idempotency[key]
+    held = pending.held
+    if state.shared is not None and (held.lock or held.record):
+        held.stop()
+        settings: CacheConfig = ctx.config.plugin_config(SECTION)
+        try:
+            await state.shared.settle_record(data, settings.idempotency_ttl, held)
+            await state.shared.release(held)
+        except StoreUnavailable:
+            pass  # what is held expires by itself after lock_ttl

@@ -7,6 +7,10 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway_plugins.cache.shared import SharedCache
 
 
 class MemoryStore:
@@ -62,10 +66,12 @@ class Flight:
 
 
 class CacheState:
-    """What one process keeps: the memory store, flights by cache key, idempotency records by key."""
+    """What one process keeps: the memory store, flights by cache key, idempotency records by key
+    (with ``shared``, answers and records are in the state store, and only flights stay here)."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, shared: SharedCache | None = None) -> None:
         self.memory = MemoryStore(max_bytes)
+        self.shared = shared  # the state store's cache (redis): answers, locks and records live there
         self.flights: dict[str, Flight] = {}
         self.idempotency: dict[str, Flight] = {}
 
