@@ -264,21 +264,20 @@ async def gateway_request_finished(ctx: RequestContext, error: BaseException | N
             answer = pending.answer if pending.answer.get("usage") else {**pending.answer, "usage": ctx.usage}
     data = orjson.dumps(answer) if answer is not None else None
     settings: CacheConfig = ctx.config.plugin_config(SECTION)
-    if data is not None and pending.cache_key is not None and len(data) <= settings.max_entry_bytes:
+    key = pending.cache_key if data is not None and len(data) <= settings.max_entry_bytes else None
+    if key is not None:
         if state.shared is None:
-            ctx.cache_stored = state.memory.set(pending.cache_key, data, settings.ttl)
+            ctx.cache_stored = state.memory.set(key, data, settings.ttl)
         else:
-            ctx.cache_stored = len(data)
-            try:
-                await state.shared.store_answer(pending.cache_key, data, settings.ttl, pending.held)
-            except StoreUnavailable:
-                ctx.cache_stored = 0
-    await _settle(ctx, state, pending, data)
+            ctx.cache_stored = len(data)  # written below, unless Redis fails
+    await _settle(ctx, state, pending, data, key)
 
 
-async def _settle(ctx: RequestContext, state: CacheState, pending: Pending, data: bytes | None) -> None:
-    """Hand ``data`` (None: the request failed) to the followers and the idempotency record; release
-    what the request holds in the store."""
+async def _settle(
+    ctx: RequestContext, state: CacheState, pending: Pending, data: bytes | None, key: str | None = None
+) -> None:
+    """Hand ``data`` (None: the request failed) to the followers and the idempotency record; with
+    Redis, store it under ``key`` and release what the request holds there."""
     if pending.flight is not None:
         pending.flight.settle(data)
         if state.flights.get(pending.flight.request) is pending.flight:
@@ -287,15 +286,25 @@ async def _settle(ctx: RequestContext, state: CacheState, pending: Pending, data
     if record is not None:
         record.settle(data)
         if data is None:  # the first attempt failed: a retry with the key may try again
-            for key, kept in list(state.idempotency.items()):
+            for ikey, kept in list(state.idempotency.items()):
                 if kept is record:
-                    del state.idempotency[key]
+                    del state.idempotency[ikey]
     held = pending.held
-    if state.shared is not None and (held.lock or held.record):
-        held.stop()
-        settings: CacheConfig = ctx.config.plugin_config(SECTION)
-        try:
-            await state.shared.settle_record(data, settings.idempotency_ttl, held)
-            await state.shared.release(held)
-        except StoreUnavailable:
-            pass  # what is held expires by itself after lock_ttl
+    held.stop()
+    if state.shared is not None and (key or held.lock or held.record):
+        # a task of its own, so that a client who leaves (a cancellation) never leaves a lock behind
+        task = asyncio.ensure_future(_write(state.shared, ctx.config.plugin_config(SECTION), held, key, data))
+        state.writes.add(task)
+        task.add_done_callback(state.writes.discard)
+        await asyncio.shield(task)
+
+
+async def _write(shared: SharedCache, settings: CacheConfig, held: Held, key: str | None, data: bytes | None) -> None:
+    """The answer into Redis, the idempotency record settled, the lock released (or let expire)."""
+    try:
+        if key is not None and data is not None:
+            await shared.store_answer(key, data, settings.ttl, held)
+        await shared.settle_record(data, settings.idempotency_ttl, held)
+        await shared.release(held)
+    except StoreUnavailable:
+        pass  # what is held expires by itself after lock_ttl

@@ -72,6 +72,7 @@ class CacheState:
     def __init__(self, max_bytes: int, shared: SharedCache | None = None) -> None:
         self.memory = MemoryStore(max_bytes)
         self.shared = shared  # the state store's cache (redis): answers, locks and records live there
+        self.writes: set[asyncio.Task[None]] = set()  # Redis writes under way (kept from the collector)
         self.flights: dict[str, Flight] = {}
         self.idempotency: dict[str, Flight] = {}
 

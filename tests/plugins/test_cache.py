@@ -200,3 +200,22 @@ def test_the_example_config(monkeypatch: pytest.MonkeyPatch) -> None:
                 model="gpt-4o-mini", messages=MESSAGES, extra_headers={"Cache-Control": "no-cache"}
             )
             assert len(fake.requests) == 2
+            other = [{"role": "user", "content": "a stream"}]
+            streams = []
+            for _ in "ab":
+                with sdk.chat.completions.with_streaming_response.create(
+                    model="gpt-4o-mini", messages=other, stream=True
+                ) as resp:
+                    text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+                    streams.append((resp.headers["x-gateway-cache"], text))
+            assert [h for h, _ in streams] == ["miss", "hit"] and streams[0][1] == streams[1][1] != ""
+            assert len(fake.requests) == 3
+            once = {"Idempotency-Key": "pay-once", "Cache-Control": "no-store"}
+            asked = [{"role": "user", "content": "idempotent"}]
+            answers = [
+                sdk.chat.completions.create(model="gpt-4o-mini", messages=asked, extra_headers=once) for _ in "ab"
+            ]
+            assert answers[0] == answers[1] and len(fake.requests) == 4
+            with pytest.raises(openai.ConflictError) as conflict:
+                sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, extra_headers=once)
+            assert conflict.value.code == "idempotency_key_reused" and len(fake.requests) == 4

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from gateway.state import StateConfig, open_store
@@ -55,8 +56,6 @@ async def post(client: Any, body: dict[str, Any], **headers: str) -> tuple[Any, 
 
 
 def streamed_text(raw: bytes) -> str:
-    import orjson
-
     events = [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: ") and line != b"data: [DONE]"]
     return "".join(c["choices"][0]["delta"].get("content") or "" for c in map(orjson.loads, events) if c["choices"])
 
@@ -272,3 +271,31 @@ async def test_the_scripts_python_twins_answer_as_redis_does(redis_url: str) -> 
     finally:
         await redis.close()
         await memory.close()
+
+
+async def test_a_client_that_leaves_while_the_answer_is_written_to_redis_leaves_nothing_behind(
+    gateway: Any, upstream: Any, redis_url: str
+) -> None:
+    """curl's way: read the whole answer and close the connection at once, while Redis is slow to take
+    the answer (the handler is cancelled then): the write still completes, no lock or flight stays."""
+    a, b = await two(gateway, config(upstream, redis_url, state={"timeout_ms": 3000}))
+    upstream.reply(Reply(content="left early", delay=0.3))
+    payload = orjson.dumps(chat())
+    reader, writer = await asyncio.open_connection(a.host, a.port)
+    head = f"POST {URL} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}"
+    writer.write(head.encode() + b"\r\n\r\n" + payload)
+    await asyncio.sleep(0.15)  # the lookup is done, the upstream is thinking
+    admin = open_store(StateConfig(store="redis", url=redis_url, timeout_ms=3000))
+    try:
+        await admin.client.execute_command("CLIENT", "PAUSE", "600", "WRITE")  # the STORE waits
+        head_in = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(h[15:]) for h in head_in.lower().split(b"\r\n") if h.startswith(b"content-length:"))
+        await reader.readexactly(length)
+        writer.close()
+        for client in (a, b, a):
+            resp, body = await asyncio.wait_for(post(client, chat()), 5)
+            assert resp.headers["X-Gateway-Cache"] == "hit" and body["choices"][0]["message"]["content"] == "left early"
+        assert calls(upstream) == 1
+        assert not [k for k in await admin.client.keys("*") if k.endswith(b":lock")]
+    finally:
+        await admin.close()
