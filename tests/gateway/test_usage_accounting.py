@@ -58,7 +58,7 @@ def access() -> Callable[[], list[dict[str, Any]]]:
 
 
 async def start(gateway: Any, upstream: OpenAITextUpstream, *plugins: object, **options: Any) -> TestClient:
-    backend = {"name": "up", "type": "openai_compat", "base_url": upstream.base_url, "timeout": 0.5, **options}
+    backend = {"name": "up", "type": "openai_compat", "base_url": upstream.base_url, "timeout": 10, **options}
     return await gateway({"backends": [backend], "models": [{"name": "*", "backend": "up"}]}, plugins)
 
 

@@ -20,7 +20,7 @@ MESSAGES = [{"role": "user", "content": "Hi"}]
 
 
 def compat_config(base_url: str, models: Any = None, **options: Any) -> dict[str, Any]:
-    backend = {"name": "up", "type": "openai_compat", "base_url": base_url, "api_key": KEY, "timeout": 0.5}
+    backend = {"name": "up", "type": "openai_compat", "base_url": base_url, "api_key": KEY, "timeout": 10}
     return {
         "backends": [{**backend, **options}],
         "models": models if models is not None else [{"name": "*", "backend": "up"}],
@@ -621,7 +621,7 @@ async def test_a_refused_connection_is_a_502(gateway: Any) -> None:
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_silent_upstream_is_a_504(gateway: Any, upstream: OpenAIUpstream, stream: bool) -> None:
     upstream.reply(Reply(hang=True))
-    client = await start(gateway, upstream)
+    client = await start(gateway, upstream, timeout=0.5)
     resp = await client.post("/v1/chat/completions", json=chat(stream=stream))
     assert resp.status == 504
     assert (await error_of(resp))["code"] == "upstream_timeout"
@@ -641,7 +641,7 @@ async def test_a_stream_that_breaks_ends_with_one_error_event(
 ) -> None:
     upstream.reply(reply)
     usage = Usage()
-    client = await start(gateway, upstream, plugins=[usage])
+    client = await start(gateway, upstream, plugins=[usage], timeout=0.5)
     resp = await client.post("/v1/chat/completions", json=chat(stream=True))
     assert resp.status == 200
     payloads = events(await resp.read())
