@@ -36,14 +36,6 @@ Start = Callable[..., Awaitable[anthropic.AsyncAnthropic]]
 
 
 @pytest.fixture
-async def upstream(aiohttp_server: Any) -> OpenAIUpstream:
-    fake = OpenAIUpstream()
-    server = await aiohttp_server(fake.app)
-    fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
-    return fake
-
-
-@pytest.fixture
 async def start(gateway: Any, upstream: OpenAIUpstream) -> AsyncIterator[Start]:
     """``claude = await start(plugins=None, api_key="unused")``: an AsyncAnthropic on the gateway."""
     clients: list[anthropic.AsyncAnthropic] = []

@@ -20,7 +20,6 @@ from tests.upstreams.anthropic import API_KEY as ANTHROPIC_KEY
 from tests.upstreams.anthropic import AnthropicUpstream, tool_use
 from tests.upstreams.anthropic import Reply as AnthropicReply
 from tests.upstreams.chat_api import ChatAPI
-from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.openai import Reply as OpenAIReply
 from tests.upstreams.sourcegraph import MODELS as SG_MODELS
 from tests.upstreams.sourcegraph import TOKEN as SG_TOKEN
@@ -235,39 +234,29 @@ async def test_anthropic_answers_match_the_spec(gateway: Any, aiohttp_server: An
 # openai_compat, the cache ------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def openai_upstream(aiohttp_server: Any) -> OpenAIUpstream:
-    fake = OpenAIUpstream()
-    server = await aiohttp_server(fake.app)
-    fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
-    return fake
-
-
 def openai_config(fake: Any, **plugins: Any) -> dict[str, Any]:
     backend = {"name": "up", "type": "openai_compat", "base_url": fake.base_url, "api_key": "sk-up"}
     return {"backends": [backend], "models": [{"name": "*", "backend": "up"}], "plugins": plugins}
 
 
-async def test_an_upstreams_fingerprint_passes_through_and_simulated_streams_match(
-    gateway: Any, openai_upstream: Any
-) -> None:
-    client = await gateway(openai_config(openai_upstream))
+async def test_an_upstreams_fingerprint_passes_through_and_simulated_streams_match(gateway: Any, upstream: Any) -> None:
+    client = await gateway(openai_config(upstream))
     done = await chat(client, model="gpt-4o-mini")
     assert done["system_fingerprint"] == "fp_upstream"
-    openai_upstream.reply(OpenAIReply(json_for_stream=True))  # a stream request answered in one piece
+    upstream.reply(OpenAIReply(json_for_stream=True))  # a stream request answered in one piece
     chunks = await chat(client, model="gpt-4o-mini", stream=True, stream_options={"include_usage": True})
     assert {c.get("system_fingerprint") for c in chunks} == {"fp_upstream"}
-    openai_upstream.reply(OpenAIReply(report_usage=False, json_for_stream=True))
+    upstream.reply(OpenAIReply(report_usage=False, json_for_stream=True))
     await chat(client, model="gpt-4o-mini", stream=True)
     await models(client, "gpt-4o-mini")
 
 
-async def test_answers_the_cache_replays_match_the_spec(gateway: Any, openai_upstream: Any) -> None:
+async def test_answers_the_cache_replays_match_the_spec(gateway: Any, upstream: Any) -> None:
     """A stored stream replayed whole (``chunks_to_completion``) and a stored answer replayed as a
     stream, with the upstream's fingerprint and without usage."""
-    client = await gateway(openai_config(openai_upstream, cache={"enabled": True}))
+    client = await gateway(openai_config(upstream, cache={"enabled": True}))
     for usage in (True, False):
-        openai_upstream.default = OpenAIReply(report_usage=usage)
+        upstream.default = OpenAIReply(report_usage=usage)
         messages = [{"role": "user", "content": f"stream first {usage}"}]
         await chat(client, model="gpt-4o-mini", stream=True, messages=messages)
         replayed = await chat(client, model="gpt-4o-mini", messages=messages)
@@ -276,4 +265,4 @@ async def test_answers_the_cache_replays_match_the_spec(gateway: Any, openai_ups
         await chat(client, model="gpt-4o-mini", messages=messages)
         chunks = await chat(client, model="gpt-4o-mini", stream=True, messages=messages)
         assert chunks[0]["system_fingerprint"] == "fp_upstream"
-    assert len(openai_upstream.requests) == 4
+    assert len(upstream.requests) == 4

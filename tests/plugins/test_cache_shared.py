@@ -10,7 +10,6 @@ from typing import Any
 
 import openai
 import orjson
-import pytest
 
 from gateway.state import StateConfig, open_store
 from gateway_plugins.cache.shared import CLAIM, EXTEND, IDEM_CLAIM, IDEM_SETTLE, RELEASE, STORE, SharedCache
@@ -19,14 +18,6 @@ from tests.upstreams.redis_server import RedisServer
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 URL = "/v1/chat/completions"
-
-
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> OpenAIUpstream:
-    fake = OpenAIUpstream()
-    server = await aiohttp_server(fake.app)
-    fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
-    return fake
 
 
 def calls(upstream: OpenAIUpstream) -> int:
