@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from gateway.state.config import StateConfig
-from gateway.state.resp import LeanConnection, pack
+from gateway.state.resp import LeanConnection, pack, pack_args
 from gateway.state.script import Script, StoreUnavailable
 
 T = TypeVar("T")
@@ -28,6 +28,8 @@ log = structlog.get_logger("gateway.state")
 
 #: Round-trip latency buckets (seconds) of the histogram on /info and /metrics.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+MAX_HEADS = 10_000  # packed EVALSHA heads remembered (then forgotten all at once)
 
 _UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
@@ -93,22 +95,23 @@ class RedisStore:
         self.latency = [0] * (len(BUCKETS) + 1)  # per bucket, the last is +Inf
         self.latency_sum = 0.0
         self.last_error: str | None = None
+        self._heads: dict[tuple[Any, ...], bytes] = {}  # (script, argument count, *keys) -> EVALSHA head
 
     def key(self, key: str) -> str:
         return self.config.key_prefix + key
 
-    async def _call(self, call: Callable[[], Awaitable[T]], bounded: bool = False) -> T:
-        """``call()`` through the breaker, counted and timed; ``bounded``: it bounds itself by
+    async def _call(self, call: Callable[..., Awaitable[T]], *args: Any, bounded: bool = False) -> T:
+        """``call(*args)`` through the breaker, counted and timed; ``bounded``: it bounds itself by
         ``timeout_ms`` (the lean connection), else it is bounded here."""
         if not self.breaker.allows():
             raise StoreUnavailable()
         started = time.perf_counter()
         try:
             if bounded:
-                result = await call()
+                result = await call(*args)
             else:
                 async with asyncio.timeout(self.config.timeout):
-                    result = await call()
+                    result = await call(*args)
         except (RedisError, OSError, TimeoutError) as exc:
             self.errors += 1
             self.last_error = type(exc).__name__
@@ -129,35 +132,50 @@ class RedisStore:
         return result
 
     async def get(self, key: str) -> bytes | None:
-        return await self._call(lambda: self.client.get(self.key(key)))
+        return await self._call(self.client.get, self.key(key))
 
     async def set(self, key: str, value: bytes | str, ttl: float | None = None, *, only_new: bool = False) -> bool:
         px = None if ttl is None else max(1, int(ttl * 1000))
-        return bool(await self._call(lambda: self.client.set(self.key(key), value, px=px, nx=only_new)))
+        return bool(await self._call(self.client.set, self.key(key), value, None, px, only_new))
 
     async def delete(self, key: str) -> None:
-        await self._call(lambda: self.client.delete(self.key(key)))
+        await self._call(self.client.delete, self.key(key))
 
     async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        call = (script, [self.key(k) for k in keys], args)
-        return (await self._call(lambda: self._scripts((call,)), bounded=True))[0]
+        call = (script, self._evalsha(script, keys, args))
+        return (await self._call(self._scripts, (call,), bounded=True))[0]
 
     async def run_many(self, calls: Sequence[tuple[Script, list[str], list[Any]]]) -> list[Any]:
-        full = [(script, [self.key(k) for k in keys], args) for script, keys, args in calls]
-        return await self._call(lambda: self._scripts(full), bounded=True)
+        packed = [(script, self._evalsha(script, keys, args)) for script, keys, args in calls]
+        return await self._call(self._scripts, packed, bounded=True)
 
-    async def _scripts(self, calls: Sequence[tuple[Script, list[str], list[Any]]]) -> list[Any]:
-        """``EVALSHA`` each call, pipelined; the scripts Redis does not know (a restart, a failover)
-        are loaded and only their calls run again (the others ran)."""
+    def _evalsha(self, script: Script, keys: list[str], args: list[Any]) -> bytes:
+        """``EVALSHA`` of ``script`` in RESP: its constant head (the sha, the key count, the
+        prefixed keys) remembered per script, keys and argument count; only the arguments packed."""
+        cached = (script, len(args), *keys)
+        head = self._heads.get(cached)
+        if head is None:
+            if len(self._heads) >= MAX_HEADS:
+                self._heads.clear()
+            words = ["EVALSHA", script.sha, len(keys), *[self.key(k) for k in keys]]
+            head = self._heads[cached] = b"*%d\r\n" % (len(words) + len(args)) + pack_args(words)
+        return head + pack_args(args)
+
+    async def _scripts(self, calls: Sequence[tuple[Script, bytes]]) -> list[Any]:
+        """Each packed ``EVALSHA``, pipelined; the scripts Redis does not know (a restart, a
+        failover) are loaded and only their calls run again (the others ran)."""
         lean = self.lean
-        replies = await lean.execute(b"".join([_evalsha(call) for call in calls]), len(calls))
+        if len(calls) == 1:
+            replies = await lean.execute(calls[0][1])
+        else:
+            replies = await lean.execute(b"".join([packed for _, packed in calls]), len(calls))
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             scripts = list({calls[i][0]: None for i in missing})
             for reply in await lean.execute(b"".join([pack("SCRIPT", "LOAD", s.lua) for s in scripts]), len(scripts)):
                 if isinstance(reply, Exception):
                     raise reply
-            again = await lean.execute(b"".join([_evalsha(calls[i]) for i in missing]), len(missing))
+            again = await lean.execute(b"".join([calls[i][1] for i in missing]), len(missing))
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         for reply in replies:
@@ -174,7 +192,7 @@ class RedisStore:
         finally:
             if held:
                 full = self.key(key)
-                await self._call(lambda: self.client.eval(_UNLOCK, 1, full, token))
+                await self._call(self.client.eval, _UNLOCK, 1, full, token)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -194,11 +212,6 @@ class RedisStore:
     async def close(self) -> None:
         self.lean.close()
         await self.client.aclose()
-
-
-def _evalsha(call: tuple[Script, list[str], list[Any]]) -> bytes:
-    script, keys, args = call
-    return pack("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 def _cumulative(counts: list[int]) -> list[int]:

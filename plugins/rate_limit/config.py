@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import functools
 from fnmatch import fnmatchcase
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.limits import Limits
 
@@ -34,13 +33,16 @@ class RateLimitConfig(BaseModel):
         "a process that dies holding slots frees them after at most this long",
     )
 
-    _default: dict[str, int] = PrivateAttr(default_factory=dict)
-    _models: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
+    @functools.cached_property
+    def default_limits(self) -> dict[str, int]:
+        """``default`` as a plain dict, once: requests only read it (a cached property is an instance
+        attribute; a pydantic private attribute costs a ``__getattr__`` on every read)."""
+        return self.default.set()
 
-    def model_post_init(self, context: Any) -> None:
-        """The limits as plain dicts, once: requests only read them."""
-        self._default = self.default.set()
-        self._models = {name: limits.set() for name, limits in self.models.items()}
+    @functools.cached_property
+    def model_limits(self) -> dict[str, dict[str, int]]:
+        """``models`` as plain dicts, once."""
+        return {name: limits.set() for name, limits in self.models.items()}
 
     def shared_state(self) -> str | None:
         """What of this section must be shared between processes (``gateway.state``)."""
@@ -50,12 +52,13 @@ class RateLimitConfig(BaseModel):
     def limits_anything(self) -> bool:
         """Whether any limit is set here (a key's own limits aside): when not, and the caller's key
         sets none, a request needs no planning at all."""
-        return bool(self._default or self._models)
+        return bool(self.default_limits or self.model_limits)
 
     def for_model(self, model: str) -> dict[str, int] | None:
         """The limits of ``model``: its exact entry, else the first pattern that matches."""
-        if not self._models:
+        models = self.model_limits
+        if not models:
             return None
-        if model in self._models:
-            return self._models[model]
-        return next((limits for pattern, limits in self._models.items() if fnmatchcase(model, pattern)), None)
+        if model in models:
+            return models[model]
+        return next((limits for pattern, limits in models.items() if fnmatchcase(model, pattern)), None)

@@ -45,7 +45,7 @@ def plan(ctx: RequestContext, settings: RateLimitConfig) -> Plan:
     """The charges of the request: its key's limits (over the section's default), its model's.
     Token charges reserve the prompt's estimate plus the answer's bound (``reserve``)."""
     principal = ctx.principal
-    key_limits = settings._default
+    key_limits = settings.default_limits
     own = principal.limits if principal is not None else None
     if own is not None:
         key_limits = {**key_limits, **own.set()}
@@ -55,7 +55,7 @@ def plan(ctx: RequestContext, settings: RateLimitConfig) -> Plan:
         who = f"key `{name}`" if principal is not None else "callers without a key"
         scopes.append((f"k:{name}", f"{ctx.model} for {who}", key_limits))
     models: Iterable[Any] = ()
-    if settings._models:  # the request's model, and an alias's (transforms)
+    if settings.model_limits:  # the request's model, and an alias's (transforms)
         upstream = ctx.body.get("model") if ctx.body is not None else None
         models = dict.fromkeys(m for m in (ctx.model, upstream) if isinstance(m, str) and m)
     for model in models:
@@ -101,11 +101,16 @@ def _estimate(ctx: RequestContext) -> int:
 
 def headers_of(planned: Sequence[_Planned], quotas: Sequence[Quota]) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-*`` headers, for requests and tokens: the bucket with the least left."""
+    least: dict[str, Quota] = {}
+    for p, q in zip(planned, quotas, strict=True):
+        if q.remaining is not None and p.kind != "concurrent":
+            known = least.get(p.kind)
+            if known is None or q.remaining < (known.remaining or 0):
+                least[p.kind] = q
     headers: dict[str, str] = {}
     for kind in ("requests", "tokens"):
-        found = [q for p, q in zip(planned, quotas, strict=True) if p.kind == kind and q.remaining is not None]
-        if found:
-            quota = min(found, key=lambda q: q.remaining or 0)
+        quota = least.get(kind)
+        if quota is not None:
             headers[f"x-ratelimit-limit-{kind}"] = str(quota.limit)
             headers[f"x-ratelimit-remaining-{kind}"] = str(quota.remaining)
             headers[f"x-ratelimit-reset-{kind}"] = duration(quota.reset)

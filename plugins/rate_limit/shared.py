@@ -159,7 +159,7 @@ class SharedStore:
         self.store = store
         self.refused: dict[str, tuple[float, int, int, float]] = {}  # key -> until, limit, amount, reset at
         self.held: dict[str, tuple[str, float]] = {}  # slot member -> its key, lease (s): renewed
-        self._keys: dict[str, tuple[str, str]] = {}  # bucket -> its Redis key and hash tag
+        self._keys: dict[str, tuple[str, str, bool]] = {}  # bucket -> its Redis key, hash tag, requests?
         self._renewer: asyncio.Task[None] | None = None
         self._finishing: set[asyncio.Task[None]] = set()
 
@@ -167,23 +167,28 @@ class SharedStore:
 
     async def acquire(self, charges: Sequence[Charge]) -> Grant:
         placed = [self._placed(c.bucket) for c in charges]
-        keys = [key for key, _ in placed]
+        keys = [key for key, _, _ in placed]
         if self.refused:
             local = self._refused_locally(charges, keys)
             if local is not None:
                 return local
         members = [secrets.token_hex(8) if c.window is None else "" for c in charges]
-        groups: dict[str, list[int]] = {}
-        for i, (_, tag) in enumerate(placed):
-            groups.setdefault(tag, []).append(i)
-        calls = [
-            (ACQUIRE, [keys[i] for i in idx], [a for i in idx for a in _args(charges[i], members[i])])
-            for idx in groups.values()
-        ]
-        run = self.store.run_many(calls) if len(calls) > 1 else self._run_one(calls[0])
+        if len(placed) == 1 or all(p[1] == placed[0][1] for p in placed):  # one scope: one script call
+            groups = [range(len(charges))]
+            calls = [(ACQUIRE, keys, [a for c, m in zip(charges, members, strict=True) for a in _args(c, m)])]
+        else:
+            by_tag: dict[str, list[int]] = {}
+            for i, (_, tag, _) in enumerate(placed):
+                by_tag.setdefault(tag, []).append(i)
+            groups = list(by_tag.values())
+            calls = [
+                (ACQUIRE, [keys[i] for i in idx], [a for i in idx for a in _args(charges[i], members[i])])
+                for idx in groups
+            ]
+        run = self.store.run_many(calls)
         try:
-            if all(c.window is not None and k.endswith(":requests") for c, k in zip(charges, keys, strict=True)):
-                answers = await run  # a request counted when its client left still came
+            if all(p[2] for p in placed):  # requests only: a request counted when its client left still came
+                answers = await run
             else:  # it reserves (tokens, slots): if the client leaves meanwhile, what it took goes back
                 task = asyncio.ensure_future(run)
                 try:
@@ -196,12 +201,12 @@ class SharedStore:
                 raise
             return Grant(True, _unknown(charges), [None] * len(charges))
         quotas: list[Quota] = [None] * len(charges)  # type: ignore[list-item]
-        granted = []
-        for idx, (ok, out) in zip(groups.values(), answers, strict=True):
+        granted: list[int] = []
+        for idx, (ok, out) in zip(groups, answers, strict=True):
             for n, i in enumerate(idx):
-                remaining, reset, wait = out[n * 3], out[n * 3 + 1], out[n * 3 + 2]
-                waited = wait / 1000 if wait >= 0 else math.inf if wait == -1 else None
-                quotas[i] = Quota(charges[i].limit, remaining, reset / 1000, waited)
+                wait = out[n * 3 + 2]
+                waited = 0.0 if wait == 0 else wait / 1000 if wait > 0 else math.inf if wait == -1 else None
+                quotas[i] = Quota(charges[i].limit, out[n * 3], out[n * 3 + 1] / 1000, waited)
             if ok:
                 granted.extend(idx)
         receipts = [_receipt(key, c, member) for key, c, member in zip(keys, charges, members, strict=True)]
@@ -217,15 +222,12 @@ class SharedStore:
                     self._renewer = asyncio.get_running_loop().create_task(self._renew())
         return Grant(True, quotas, receipts)
 
-    async def _run_one(self, call: tuple[Script, list[str], list[Any]]) -> list[Any]:
-        return [await self.store.run(*call)]
-
-    def _abandoned(self, done: asyncio.Future[list[Any]], groups: dict[str, list[int]], *of: Sequence[Any]) -> None:
+    def _abandoned(self, done: asyncio.Future[list[Any]], groups: Sequence[Sequence[int]], *of: Sequence[Any]) -> None:
         """``acquire`` was cancelled while Redis ran it: give back what the scopes that granted took."""
         if done.cancelled() or done.exception() is not None:
             return
         charges, keys, members = of
-        taken = [i for idx, (ok, _) in zip(groups.values(), done.result(), strict=True) if ok for i in idx]
+        taken = [i for idx, (ok, _) in zip(groups, done.result(), strict=True) if ok for i in idx]
         if taken:
             receipts = [_receipt(keys[i], charges[i], members[i]) for i in taken]
             self._track(self._give_back(receipts, [charges[i] for i in taken]))
@@ -236,13 +238,14 @@ class SharedStore:
         task.add_done_callback(self._finishing.discard)
         return task
 
-    def _placed(self, bucket: str) -> tuple[str, str]:
-        """The bucket's Redis key and hash tag (``redis_key``), remembered."""
+    def _placed(self, bucket: str) -> tuple[str, str, bool]:
+        """The bucket's Redis key and hash tag (``redis_key``), and whether it counts requests, remembered."""
         placed = self._keys.get(bucket)
         if placed is None:
             if len(self._keys) >= MAX_CACHED:
                 self._keys.clear()
-            placed = self._keys[bucket] = redis_key(bucket)
+            key, tag = redis_key(bucket)
+            placed = self._keys[bucket] = (key, tag, key.endswith(":requests"))
         return placed
 
     def _refused_locally(self, charges: Sequence[Charge], keys: Sequence[str]) -> Grant | None:

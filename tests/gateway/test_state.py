@@ -107,6 +107,68 @@ async def test_replies_split_over_many_reads_and_many_callers_in_order(redis_url
         await store.close()
 
 
+ECHO = Script("test_echo.v1", "return {KEYS[1], ARGV[1]}", _count)
+
+
+async def test_concurrent_scripts_go_out_together_each_with_its_own_reply(redis_url: str) -> None:
+    store = open_store(StateConfig(store="redis", url=redis_url, timeout_ms=2000))
+    try:
+        await store.run(ECHO, ["{t}:warm"], [0])  # connected, the script loaded
+        protocol = store.lean._protocol
+        writes = protocol.writes
+        calls = [store.run(ECHO, [f"{{t{n}}}:e"], [n]) for n in range(200)]
+        calls += [store.run_many([(ECHO, ["{a}:x"], ["é"]), (ECHO, ["{b}:x"], [b"raw"])])]
+        results = await asyncio.gather(*calls)
+        assert results[:200] == [[f"gw:{{t{n}}}:e".encode(), str(n).encode()] for n in range(200)]
+        assert results[200] == [[b"gw:{a}:x", "é".encode()], [b"gw:{b}:x", b"raw"]]
+        assert protocol.writes - writes == 1  # one event-loop iteration: one write for all 201 calls
+        assert store.lean._protocol is protocol and not protocol.waiters
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_caller_in_a_batch_leaves_the_others_their_replies(redis_url: str) -> None:
+    store = open_store(StateConfig(store="redis", url=redis_url, timeout_ms=2000))
+    try:
+        tasks = [asyncio.ensure_future(store.run(ECHO, ["{t}:c"], [n])) for n in range(20)]
+        await asyncio.sleep(0)  # sent
+        tasks[7].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(done[7], asyncio.CancelledError)
+        assert [r[1] for i, r in enumerate(done) if i != 7] == [str(n).encode() for n in range(20) if n != 7]
+        assert await store.run(ECHO, ["{t}:c"], ["next"]) == [b"gw:{t}:c", b"next"]  # its reply was skipped
+    finally:
+        await store.close()
+
+
+BUSY = """local t = redis.call('TIME')
+while (redis.call('TIME')[1] - t[1]) * 1e6 + redis.call('TIME')[2] - t[2] < 300000 do end
+return 1"""
+
+
+async def test_a_timeout_in_a_batch_fails_the_calls_on_that_connection_then_it_recovers() -> None:
+    server = RedisServer().start()  # its own: the busy script blocks it
+    store = open_store(StateConfig(store="redis", url=server.url, timeout_ms=50, breaker_s=0.1))
+    busy = Script("test_busy.v1", BUSY, _count)
+    try:
+        await store.run(ECHO, ["{t}:w"], [0])
+        with pytest.raises(StoreUnavailable):  # loaded and run once: its 300 ms are past the timeout
+            await store.run(busy, ["{t}:b"], [])
+        await asyncio.sleep(0.4)
+        started = time.monotonic()
+        calls = [store.run(busy, ["{t}:b"], [])] + [store.run(ECHO, ["{t}:e"], [n]) for n in range(10)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert time.monotonic() - started < 0.25  # each call bounded by timeout_ms: no hang behind the busy one
+        assert all(isinstance(r, StoreUnavailable) for r in results)  # queued behind it on the dropped connection
+        assert store.errors >= 1 and store.describe()["connected"] is False
+        await asyncio.sleep(0.4)  # Redis free again, the breaker's period over
+        assert await store.run(ECHO, ["{t}:e"], ["back"]) == [b"gw:{t}:e", b"back"]  # a new connection
+        assert store.describe()["connected"] is True
+    finally:
+        await store.close()
+        server.stop()
+
+
 async def test_scripts_authenticate_and_select_the_urls_database() -> None:
     server = RedisServer(password="s3cret-pw").start()
     try:
