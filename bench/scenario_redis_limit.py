@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -107,8 +108,9 @@ def config(tmp: Path, name: str, redis_port: int) -> Path:
     return path
 
 
-async def in_process(redis_port: int, count: int) -> float:
-    """CPU µs per request of the limit's own path: ``SharedStore.acquire`` of one request window."""
+async def in_process(redis_port: int, count: int, concurrent: int = 1) -> float:
+    """CPU µs per request of the limit's own path: ``SharedStore.acquire`` of one request window,
+    ``concurrent`` callers at once (their calls auto-pipelined: one write per event-loop iteration)."""
     from gateway.state import StateConfig, open_store
     from gateway_plugins.rate_limit.shared import SharedStore
     from gateway_plugins.rate_limit.store import Charge
@@ -119,10 +121,14 @@ async def in_process(redis_port: int, count: int) -> float:
     try:
         for _ in range(200):
             await shared.acquire(charges)
+
+        async def caller() -> None:
+            for _ in range(count // concurrent):
+                await shared.acquire(charges)
+
         started = time.process_time()
-        for _ in range(count):
-            await shared.acquire(charges)
-        return (time.process_time() - started) / count * 1e6
+        await asyncio.gather(*(caller() for _ in range(concurrent)))
+        return (time.process_time() - started) / (count // concurrent * concurrent) * 1e6
     finally:
         await shared.close()
         await store.close()
@@ -167,13 +173,18 @@ def run(bench: Any) -> dict[str, Any]:
                 )
                 runs[name].append(measured)
         result["in_process_cpu_us"] = _loop_run(in_process(redis_port, 20_000))
+        result["in_process_concurrent_cpu_us"] = _loop_run(in_process(redis_port, 64_000, 64))
     for name, measured in runs.items():
         result[name] = {
             key: statistics.median(m[key] for m in measured)
             for key in ("cpu_us", "rps", "p50_ms", "p99_ms", "redis_commands_per_request")
         }
         result[name]["cpu_rounds"] = [round(m["cpu_us"], 1) for m in measured]
+    for name in ("memory_limit", "redis_limit"):  # the same round's no-limit run: the machine's state cancels
+        pairs = zip(result[name]["cpu_rounds"], result["no_limit"]["cpu_rounds"], strict=True)
+        result[name]["added_cpu_us_paired"] = statistics.median(a - b for a, b in pairs)
     result["rounds"] = rounds
+    result["load_after"] = os.getloadavg()
     return result
 
 
@@ -181,7 +192,7 @@ def report(r: dict[str, Any]) -> str:
     none, redis = r["no_limit"], r["redis_limit"]
     return (
         "### One Redis-backed limit (bench/scenario_redis_limit.py)\n\n"
-        f"{r['started']}, medians of {r['rounds']} interleaved rounds; non-stream requests through "
+        f"{r['started']}{_load(r)}, medians of {r['rounds']} interleaved rounds; non-stream requests through "
         "config/examples/openai.yaml, without a limit and with one `requests_per_minute` in redis-server "
         "on 127.0.0.1.\n\n"
         "| | gateway CPU µs/request | req/s (64 conns) | p50 / p99 ms, one at a time | Redis round trips/request |\n"
@@ -192,11 +203,20 @@ def report(r: dict[str, Any]) -> str:
             for label, x in (("no limit", none), ("one memory limit", r["memory_limit"]), ("one Redis limit", redis))
         )
         + "\n"
-        f"Added per limited request: {redis['cpu_us'] - none['cpu_us']:.0f} CPU µs at saturation, "
+        f"Added per limited request: {redis['added_cpu_us_paired']:.0f} CPU µs at saturation (the median of "
+        f"each round's difference to the no-limit run; {redis['cpu_us'] - none['cpu_us']:.0f} between the "
+        f"medians; one memory limit: {r['memory_limit']['added_cpu_us_paired']:.0f}), "
         f"{redis['p50_ms'] - none['p50_ms']:.3f} ms at p50 and {redis['p99_ms'] - none['p99_ms']:.3f} ms at p99, "
         f"{redis['redis_commands_per_request']:.2f} round trips. The limit's own path in one process "
-        f"(SharedStore.acquire over the lean connection): {r['in_process_cpu_us']:.1f} CPU µs per request.\n"
+        f"(SharedStore.acquire over the lean connection): {r['in_process_concurrent_cpu_us']:.1f} CPU µs per "
+        f"request with 64 callers at once (their calls auto-pipelined), {r['in_process_cpu_us']:.1f} one call at a "
+        "time (a write and a read each).\n"
     )
+
+
+def _load(r: dict[str, Any]) -> str:
+    marks = [(when, r[key]) for when, key in (("start", "load_before"), ("end", "load_after")) if key in r]
+    return "".join(f", load average {', '.join(f'{x:.2f}' for x in v)} at the {when}" for when, v in marks)
 
 
 def main() -> None:

@@ -29,7 +29,9 @@ log = structlog.get_logger("gateway.state")
 #: Round-trip latency buckets (seconds) of the histogram on /info and /metrics.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
-MAX_HEADS = 10_000  # packed EVALSHA heads remembered (then forgotten all at once)
+MAX_HEADS = 10_000  # packed EVALSHA commands and heads remembered (then forgotten all at once)
+
+_PLAIN = frozenset((int, str, bytes))  # argument types whose values can key a packed command
 
 _UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
@@ -96,6 +98,7 @@ class RedisStore:
         self.latency_sum = 0.0
         self.last_error: str | None = None
         self._heads: dict[tuple[Any, ...], bytes] = {}  # (script, argument count, *keys) -> EVALSHA head
+        self._packed: dict[tuple[Any, ...], bytes] = {}  # (script, *keys, *args) -> the whole EVALSHA
 
     def key(self, key: str) -> str:
         return self.config.key_prefix + key
@@ -150,8 +153,13 @@ class RedisStore:
         return await self._call(self._scripts, packed, bounded=True)
 
     def _evalsha(self, script: Script, keys: list[str], args: list[Any]) -> bytes:
-        """``EVALSHA`` of ``script`` in RESP: its constant head (the sha, the key count, the
-        prefixed keys) remembered per script, keys and argument count; only the arguments packed."""
+        """``EVALSHA`` of ``script`` in RESP, remembered whole per script, keys and arguments (a
+        request's limit check repeats the same command), else its head (the sha, the key count, the
+        prefixed keys) per script, keys and argument count, and only the arguments packed."""
+        whole = (script, *keys, *args) if _PLAIN.issuperset(map(type, args)) else None  # 1 == 1.0 == True
+        packed = self._packed.get(whole)  # type: ignore[arg-type]
+        if packed is not None:
+            return packed
         cached = (script, len(args), *keys)
         head = self._heads.get(cached)
         if head is None:
@@ -159,7 +167,12 @@ class RedisStore:
                 self._heads.clear()
             words = ["EVALSHA", script.sha, len(keys), *[self.key(k) for k in keys]]
             head = self._heads[cached] = b"*%d\r\n" % (len(words) + len(args)) + pack_args(words)
-        return head + pack_args(args)
+        packed = head + pack_args(args)
+        if whole is not None:
+            if len(self._packed) >= MAX_HEADS:
+                self._packed.clear()
+            self._packed[whole] = packed
+        return packed
 
     async def _scripts(self, calls: Sequence[tuple[Script, bytes]]) -> list[Any]:
         """Each packed ``EVALSHA``, pipelined; the scripts Redis does not know (a restart, a

@@ -127,6 +127,16 @@ async def test_concurrent_scripts_go_out_together_each_with_its_own_reply(redis_
         await store.close()
 
 
+async def test_remembered_commands_keep_equal_numbers_of_other_types_apart(redis_url: str) -> None:
+    store = open_store(StateConfig(store="redis", url=redis_url, timeout_ms=2000))
+    try:
+        for _ in range(2):  # packed, then from the store's memory
+            for arg, sent in ((1, b"1"), (1.0, b"1.0"), (True, b"True"), ("1", b"1"), (b"1", b"1")):
+                assert await store.run(ECHO, ["{t}:n"], [arg]) == [b"gw:{t}:n", sent]
+    finally:
+        await store.close()
+
+
 async def test_a_cancelled_caller_in_a_batch_leaves_the_others_their_replies(redis_url: str) -> None:
     store = open_store(StateConfig(store="redis", url=redis_url, timeout_ms=2000))
     try:
