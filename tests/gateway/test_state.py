@@ -37,7 +37,7 @@ COUNT = Script(
 @pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest) -> Any:
     if request.param == "redis":
-        config = StateConfig(store="redis", url=request.getfixturevalue("redis_url"), timeout_ms=500)
+        config = StateConfig(store="redis", url=request.getfixturevalue("redis_url"), timeout_ms=3000)
     else:
         config = StateConfig()
     store = open_store(config)
@@ -203,7 +203,7 @@ async def test_scripts_authenticate_and_select_the_urls_database() -> None:
 
 async def test_script_reloaded_after_a_flush() -> None:
     server = RedisServer().start()
-    store = open_store(StateConfig(store="redis", url=server.url, timeout_ms=500))
+    store = open_store(StateConfig(store="redis", url=server.url, timeout_ms=3000))
     try:
         assert await store.run(COUNT, ["{t}:n"], [1]) == 1
         await store.client.script_flush()

@@ -93,7 +93,7 @@ def test_bad_responses_config_fails_at_start_up(responses: Any, path: str, probl
 
 
 def test_a_response_stored_by_one_gateway_is_read_and_continued_by_another(redis_url: str) -> None:
-    config = {**mock_config(), "state": {"store": "redis", "url": redis_url, "timeout_ms": 500}}
+    config = {**mock_config(), "state": {"store": "redis", "url": redis_url, "timeout_ms": 3000}}
     with ServerThread(make_app(config)) as one, ServerThread(make_app(config)) as two:
         first = OpenAI(base_url=one.url + "/v1", api_key="sk-a", max_retries=0)
         second = OpenAI(base_url=two.url + "/v1", api_key="sk-a", max_retries=0)

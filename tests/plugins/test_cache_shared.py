@@ -29,7 +29,7 @@ def config(upstream: Any, redis_url: str, state: Any = None, **cache: Any) -> di
         "backends": [{"name": "up", "type": "openai_compat", "base_url": upstream.base_url, "api_key": "sk-up"}],
         "models": [{"name": "*", "backend": "up"}],
         "plugins": {"cache": {"enabled": True, **cache}},
-        "state": {"store": "redis", "url": redis_url, "timeout_ms": 500, **(state or {})},
+        "state": {"store": "redis", "url": redis_url, "timeout_ms": 3000, **(state or {})},
     }
 
 
