@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -100,6 +101,11 @@ def machine() -> dict[str, Any]:
     return {"cpu_model": model, "cpus": os.cpu_count(), "load_before": os.getloadavg()}
 
 
+def gateway_env(upstream_url: str) -> dict[str, str]:
+    """The environment config/examples/openai.yaml reads, pointed at bench/upstream.py."""
+    return {"OPENAI_API_BASE": upstream_url, "OPENAI_API_KEY": "sk-bench-key", "OPENAI_MODEL": "mock"}
+
+
 # Load: wrk ------------------------------------------------------------------------------------
 
 WRK_SCRIPT = """
@@ -130,6 +136,11 @@ function done(summary, latency, requests)
   io.write(string.format("CHECKED good=%%d bad=%%d\\n", g, b))
 end
 """
+
+
+def need_wrk() -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install wrk")
 
 
 def wrk(

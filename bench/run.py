@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -56,7 +55,9 @@ from harness import (
     ROOT,
     cpu_per_request,
     free_port,
+    gateway_env,
     machine,
+    need_wrk,
     process,
     rss_mb,
     sequential,
@@ -167,12 +168,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="measure only these targets (gateway, floor, lean_floor...)")
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is needed: apt-get install wrk")
+    need_wrk()
 
     up_port = free_port()
     upstream_url = f"http://127.0.0.1:{up_port}/v1"
-    env = {"OPENAI_API_BASE": upstream_url, "OPENAI_API_KEY": "sk-bench-key", "OPENAI_MODEL": "mock"}
+    env = gateway_env(upstream_url)
     results: dict[str, Any] = {"pinned": PINNED, "python": sys.version.split()[0], **machine()}
     results["started"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     log = Path(tempfile.gettempdir()) / "bench-gateway.log"

@@ -36,6 +36,8 @@ from harness import (
     cpu_per_request,
     cpu_seconds,
     free_port,
+    gateway_env,
+    need_wrk,
     process,
 )
 from upstream import CONTENT
@@ -132,9 +134,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="The cost of a cache hit (see the module docstring).")
     parser.add_argument("--seconds", type=float, default=8, help="length of each saturation run")
     args = parser.parse_args()
+    need_wrk()
     up_port, gw_port = free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{up_port}/v1"
-    env = {"OPENAI_API_BASE": upstream_url, "OPENAI_API_KEY": "sk-bench-key", "OPENAI_MODEL": "mock"}
+    env = gateway_env(upstream_url)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         stack.enter_context(process([sys.executable, "bench/upstream.py", "--port", str(up_port)], up_port, LOAD_CPU))

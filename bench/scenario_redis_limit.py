@@ -41,7 +41,9 @@ from harness import (
     _pin,
     cpu_per_request,
     free_port,
+    gateway_env,
     machine,
+    need_wrk,
     process,
     sequential,
     wrk,
@@ -226,11 +228,10 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=2000, help="requests in each low-load run")
     parser.add_argument("--out", type=Path, default=BENCH / "results-redis")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is needed: apt-get install wrk")
+    need_wrk()
     up_port = free_port()
     upstream_url = f"http://127.0.0.1:{up_port}/v1"
-    env = {"OPENAI_API_BASE": upstream_url, "OPENAI_API_KEY": "sk-bench-key", "OPENAI_MODEL": "mock"}
+    env = gateway_env(upstream_url)
     with process([sys.executable, "bench/upstream.py", "--port", str(up_port)], up_port, LOAD_CPU):
         result = {**machine(), "python": sys.version.split()[0], **run(SimpleNamespace(args=args, env=env))}
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
