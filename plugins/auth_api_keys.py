@@ -3,7 +3,8 @@
 Off unless the ``auth_api_keys`` section lists keys (or sets ``mode: passthrough``), so the default
 config stays keyless. A key comes as ``Authorization: Bearer <key>`` (any case; ``bearer<key>``
 with no space too, as the seeds' clients send it) or as ``x-api-key: <key>``, and is compared in
-constant time against the sha256 of every configured key.
+constant time against the sha256 of every configured key (a configured key found once is then
+looked up in a dict: ``AuthConfig.find``).
 
 - ``required``: every API call needs a configured key (401 ``invalid_api_key`` otherwise).
 - ``optional``: a call without a key passes anonymously; a key that is sent must be a configured one.
@@ -24,6 +25,7 @@ never goes upstream.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
@@ -47,6 +49,7 @@ SECTION = "auth_api_keys"
 OPEN_ENDPOINTS = frozenset({HEALTH, INFO})
 ALWAYS_OPEN_PATHS = frozenset({"/", "/health"})
 METRICS_PATH = "/metrics"  # the one path a ``metrics_only`` key opens
+MAX_SEEN = 10_000  # keys remembered by ``AuthConfig.find`` (a key may come in several spellings)
 
 MISSING_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using "
@@ -91,7 +94,7 @@ class ApiKey(BaseModel):
 
     def principal(self) -> Principal:
         """A new principal per request (later plugins may edit its metadata)."""
-        return Principal(self.name, copy.deepcopy(self.metadata), self.limits)
+        return Principal(self.name, copy.deepcopy(self.metadata) if self.metadata else {}, self.limits)
 
 
 class AuthConfig(BaseModel):
@@ -134,17 +137,33 @@ class AuthConfig(BaseModel):
         self._digests = [(entry.digest, entry) for entry in self.keys]
         return self
 
-    @property
+    @functools.cached_property
     def active(self) -> bool:
         return bool(self.keys) or self.mode == "passthrough"
 
+    @functools.cached_property
+    def guarded(self) -> frozenset[str]:
+        """The ``protect`` paths, when there are keys to open them (with none they stay open)."""
+        return frozenset(self.protect) if self.keys else frozenset()
+
+    @functools.cached_property
+    def seen(self) -> dict[str, ApiKey]:
+        """The keys ``find`` has found, as clients sent them (only configured ones: a few entries)."""
+        return {}
+
     def find(self, key: str) -> ApiKey | None:
-        """The entry of ``key``: every configured digest is compared, in constant time, whatever matches."""
+        """The entry of ``key``. A key found before is looked up in ``seen`` (a dict: its time tells
+        found or not, which the answer tells anyway, and nothing of how close a wrong key is); any
+        other is hashed and compared with every configured digest, in constant time, whatever matches."""
+        found = self.seen.get(key)
+        if found is not None:
+            return found
         digest = hashlib.sha256(key.encode(errors="surrogateescape")).digest()  # not UTF-8: matches none
-        found = None
         for candidate, entry in self._digests:
             if hmac.compare_digest(digest, candidate) and found is None:
                 found = entry
+        if found is not None and len(self.seen) < MAX_SEEN:
+            self.seen[key] = found
         return found
 
 
@@ -200,7 +219,7 @@ async def protect(
 ) -> web.StreamResponse:
     ctx = request[ctx_key]
     settings: AuthConfig = ctx.config.plugin_config(SECTION)
-    if settings.keys and request.path in settings.protect and request.method != "OPTIONS":  # a preflight has no key
+    if request.path in settings.guarded and request.method != "OPTIONS":  # a preflight has no key
         ctx.principal = identify(ctx, settings, "required")  # whatever the mode: anonymous callers stay out
     return await handler(request)
 
@@ -213,7 +232,13 @@ def gateway_authenticate(ctx: RequestContext) -> Principal | None:
         return ctx.principal  # set by the middleware when the path is protected
     ctx.principal = principal = ctx.principal or identify(ctx, settings)  # a refused caller is named in logs
     entry: ApiKey | None = ctx.state.get(SECTION)
-    if ctx.body is not None and ctx.model and entry is not None and not entry.allows(ctx.model):
+    if (
+        ctx.body is not None
+        and entry is not None
+        and entry.models is not None
+        and ctx.model
+        and not entry.allows(ctx.model)
+    ):
         if settings.hide_forbidden_models:
             raise ModelNotFoundError(ctx.model)
         raise PermissionDeniedError(

@@ -24,7 +24,8 @@ or with ``state.store: redis`` ``rate_limit.shared.SharedStore`` over the gatewa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -36,7 +37,7 @@ from gateway.keys import ctx_key
 from gateway.state import store_of
 
 from .config import SECTION, RateLimitConfig
-from .plan import duration, headers_of, plan, refusal
+from .plan import Plan, duration, headers_of, plan, refusal
 from .store import WINDOW, Charge, Grant, LimitStore, MemoryStore, Quota, store_key
 
 __all__ = [
@@ -59,8 +60,8 @@ class _Held:
     store: LimitStore
     headers: dict[str, str]  # OpenAI's x-ratelimit-* headers of this grant
     prompt: int  # the prompt's estimate: what the tokens settle to without usage
-    tokens: list[Any] = field(default_factory=list)  # receipts of token charges, settled with the actual usage
-    slots: list[Any] = field(default_factory=list)  # receipts of concurrency slots, released
+    tokens: list[Any] | None = None  # receipts of token charges, settled with the actual usage
+    slots: list[Any] | None = None  # receipts of concurrency slots, released
 
 
 @hookimpl
@@ -94,37 +95,48 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
 
 
 @hookimpl(trylast=True)  # after the other pre-processing: refused requests don't count, prompts are final
-async def gateway_process_request(ctx: RequestContext) -> None:
-    """Charge the request to its key's and its model's budgets, or refuse it with 429."""
+def gateway_process_request(ctx: RequestContext) -> Awaitable[None] | None:
+    """Charge the request to its key's and its model's budgets, or refuse it with 429. (Not ``async
+    def``: with the memory store nothing waits, so no coroutine is made; another store's is awaited.)"""
     if ctx.body is None:  # models, info: not counted
-        return
+        return None
     settings: RateLimitConfig = ctx.config.plugin_config(SECTION)
     principal = ctx.principal
     if not settings.limits_anything and (principal is None or principal.limits is None):
-        return
+        return None
     planned = plan(ctx, settings)
     if not planned.charges:
-        return
+        return None
     store = ctx.request.app[store_key]
-    grant = await store.acquire([p.charge for p in planned.charges])
-    headers = headers_of(planned.charges, grant.quotas)
+    if isinstance(store, MemoryStore):
+        _admit(ctx, store, planned, store.acquire_now(planned.charges))
+        return None
+    return _acquire(ctx, store, planned)
+
+
+async def _acquire(ctx: RequestContext, store: LimitStore, planned: Plan) -> None:
+    _admit(ctx, store, planned, await store.acquire(planned.charges))
+
+
+def _admit(ctx: RequestContext, store: LimitStore, planned: Plan, grant: Grant) -> None:
+    """Hold what ``grant`` took until the request finishes, or refuse the request."""
+    headers = headers_of(planned.planned, grant.quotas)
     if not grant.granted:
-        raise refusal(planned.charges, grant.quotas, headers)
-    held = _Held(store, headers, planned.prompt)
-    for p, receipt in zip(planned.charges, grant.receipts, strict=True):
-        if p.kind == "tokens":
-            held.tokens.append(receipt)
-        elif p.kind == "concurrent":
-            held.slots.append(receipt)
-    ctx.state[SECTION] = held
+        raise refusal(planned.planned, grant.quotas, headers, ctx.model)
+    held = ctx.state[SECTION] = _Held(store, headers, planned.prompt)
+    if planned.tokens:
+        held.tokens = [r for p, r in zip(planned.planned, grant.receipts, strict=True) if p.kind == "tokens"]
+    if planned.slots:
+        held.slots = [r for p, r in zip(planned.planned, grant.receipts, strict=True) if p.kind == "concurrent"]
 
 
 @hookimpl(tryfirst=True)  # before other observers: a slow (or cancelled) one must not hold the slots
-async def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> None:
-    """Free the concurrency slots, and settle the tokens reserved to the actual usage."""
+def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> Awaitable[None] | None:
+    """Free the concurrency slots, and settle the tokens reserved to the actual usage (directly in
+    the memory store; another store's coroutine is awaited)."""
     held: _Held | None = ctx.state.pop(SECTION, None)
-    if held is None:
-        return
+    if held is None or (held.tokens is None and held.slots is None):
+        return None
     settles: list[tuple[Any, int]] = []
     if held.tokens:
         usage = ctx.usage
@@ -132,4 +144,8 @@ async def gateway_request_finished(ctx: RequestContext, error: BaseException | N
         if not isinstance(total, int):
             total = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0) if usage else held.prompt
         settles = [(receipt, total) for receipt in held.tokens]
-    await held.store.finish(held.slots, settles)
+    slots = held.slots or ()
+    if isinstance(held.store, MemoryStore):
+        held.store.finish_now(slots, settles)
+        return None
+    return held.store.finish(slots, settles)

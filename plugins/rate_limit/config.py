@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from fnmatch import fnmatchcase
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +44,12 @@ class RateLimitConfig(BaseModel):
     def model_limits(self) -> dict[str, dict[str, int]]:
         """``models`` as plain dicts, once."""
         return {name: limits.set() for name, limits in self.models.items()}
+
+    @functools.cached_property
+    def plans(self) -> tuple[dict[Any, Any], dict[str, Any]]:
+        """What each key and each model is charged (``plan.plan``), worked out once per config: a
+        reload starts afresh."""
+        return {}, {}
 
     def shared_state(self) -> str | None:
         """What of this section must be shared between processes (``gateway.state``)."""

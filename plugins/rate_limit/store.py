@@ -29,7 +29,7 @@ class Charge:
     lease: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Quota:
     """A bucket as a charge found it: ``remaining`` after the charge if granted, ``reset`` seconds
     until the bucket is full again, ``wait`` seconds until the charge fits (0: it did; ``math.inf``:
@@ -42,7 +42,7 @@ class Quota:
     wait: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Grant:
     """The outcome of ``acquire``: all charges taken, or none. ``receipts[i]`` (granted only) is
     what ``settle``/``release`` take for ``charges[i]``."""
@@ -70,19 +70,31 @@ class LimitStore(Protocol):
 
 
 class _Window:
-    """The charges of one bucket in the last ``length`` seconds, oldest first, and their sum."""
+    """The charges of one bucket in the last ``length`` seconds, oldest first, and their sum: times
+    and amounts side by side (plain numbers, nothing for the garbage collector to walk). Charge
+    number ``n`` (``add``'s answer) sits at ``n - dropped``."""
 
-    __slots__ = ("entries", "length", "total")
+    __slots__ = ("amounts", "dropped", "length", "times", "total")
 
     def __init__(self, length: float) -> None:
-        self.entries: deque[list[float]] = deque()  # [time, amount]
+        self.times: deque[float] = deque()
+        self.amounts: deque[int] = deque()
         self.length = length
-        self.total = 0.0
+        self.total = 0
+        self.dropped = 0  # charges expired so far
 
     def expire(self, now: float) -> None:
-        entries = self.entries
-        while entries and entries[0][0] <= now - self.length:
-            self.total -= entries.popleft()[1]
+        times, edge = self.times, now - self.length
+        while times and times[0] <= edge:
+            times.popleft()
+            self.total -= self.amounts.popleft()
+            self.dropped += 1
+
+    def add(self, now: float, amount: int) -> int:
+        self.times.append(now)
+        self.amounts.append(amount)
+        self.total += amount
+        return self.dropped + len(self.times) - 1
 
     def wait(self, amount: int, limit: int, now: float) -> float:
         excess = self.total + amount - limit
@@ -90,18 +102,20 @@ class _Window:
             return 0.0
         if amount > limit:
             return math.inf
-        for at, taken in self.entries:
+        for at, taken in zip(self.times, self.amounts, strict=True):
             excess -= taken
             if excess <= 0:
                 return at + self.length - now
-        return math.inf  # not reached: the entries sum to the total
+        return math.inf  # not reached: the amounts sum to the total
 
     def reset(self, now: float) -> float:
-        return self.entries[-1][0] + self.length - now if self.entries else 0.0
+        return self.times[-1] + self.length - now if self.times else 0.0
 
 
 class MemoryStore:
-    """A ``LimitStore`` in this process's memory (exact sliding windows); ``clock`` is injectable."""
+    """A ``LimitStore`` in this process's memory (exact sliding windows); ``clock`` is injectable.
+    Nothing in it waits: ``acquire_now`` and ``finish_now`` are its methods without a coroutine,
+    which the plugin calls directly."""
 
     SWEEP_EVERY = 1000  # acquisitions between two sweeps of empty windows
 
@@ -112,12 +126,20 @@ class MemoryStore:
         self._calls = 0
 
     async def acquire(self, charges: Sequence[Charge]) -> Grant:
+        return self.acquire_now(charges)
+
+    def acquire_now(self, charges: Sequence[Charge]) -> Grant:
         now = self.clock()
         self._calls += 1
         if self._calls % self.SWEEP_EVERY == 0:
             self._sweep(now)
-        quotas = [self._quota(charge, now) for charge in charges]
-        if any(quota.wait != 0 for quota in quotas):
+        quotas: list[Quota] = []
+        fits = True
+        for charge in charges:
+            quota = self._quota(charge, now)
+            quotas.append(quota)
+            fits = fits and quota.wait == 0
+        if not fits:
             return Grant(False, quotas)
         receipts: list[Any] = []
         for charge in charges:
@@ -126,10 +148,7 @@ class MemoryStore:
                 receipts.append((charge.bucket, charge.amount))
             else:
                 window = self._windows[charge.bucket]
-                entry = [now, float(charge.amount)]
-                window.entries.append(entry)
-                window.total += charge.amount
-                receipts.append((window, entry))
+                receipts.append((window, window.add(now, charge.amount)))
         return Grant(True, quotas, receipts)
 
     def _quota(self, charge: Charge, now: float) -> Quota:
@@ -140,20 +159,29 @@ class MemoryStore:
         window = self._windows.get(charge.bucket)
         if window is None:
             window = self._windows[charge.bucket] = _Window(charge.window)
-        window.expire(now)
-        wait = window.wait(charge.amount, charge.limit, now)
-        taken = charge.amount if wait == 0 else 0
-        remaining = max(0, math.floor(charge.limit - window.total - taken))
-        reset = charge.window if taken else window.reset(now)
-        return Quota(charge.limit, remaining, reset, wait)
+        times = window.times
+        if times and times[0] <= now - window.length:
+            window.expire(now)
+        limit, amount, total = charge.limit, charge.amount, window.total
+        if total + amount <= limit:  # it fits
+            reset = charge.window if amount else window.reset(now)
+            return Quota(limit, limit - total - amount, reset, 0.0)
+        return Quota(limit, max(0, limit - total), window.reset(now), window.wait(amount, limit, now))
 
     async def settle(self, receipt: Any, amount: int) -> None:
-        window, entry = receipt
-        if entry[0] > self.clock() - window.length:  # still counted (else it left the window as it was)
-            window.total += amount - entry[1]
-            entry[1] = float(amount)
+        self._settle(receipt, amount)
+
+    def _settle(self, receipt: Any, amount: int) -> None:
+        window, number = receipt
+        at = number - window.dropped
+        if at >= 0 and window.times[at] > self.clock() - window.length:  # still counted (else it left as it was)
+            window.total += amount - window.amounts[at]
+            window.amounts[at] = amount
 
     async def release(self, receipt: Any) -> None:
+        self._release(receipt)
+
+    def _release(self, receipt: Any) -> None:
         bucket, amount = receipt
         left = self._slots.get(bucket, 0) - amount
         if left > 0:
@@ -162,15 +190,18 @@ class MemoryStore:
             self._slots.pop(bucket, None)
 
     async def finish(self, slots: Sequence[Any], settles: Sequence[tuple[Any, int]]) -> None:
-        for receipt in slots:  # never suspends: a cancellation cannot cut it short
-            await self.release(receipt)
+        self.finish_now(slots, settles)
+
+    def finish_now(self, slots: Sequence[Any], settles: Sequence[tuple[Any, int]]) -> None:
+        for receipt in slots:
+            self._release(receipt)
         for receipt, amount in settles:
-            await self.settle(receipt, amount)
+            self._settle(receipt, amount)
 
     def _sweep(self, now: float) -> None:
         for bucket, window in list(self._windows.items()):
             window.expire(now)
-            if not window.entries:
+            if not window.times:
                 del self._windows[bucket]
 
 

@@ -151,8 +151,11 @@ async def test_other_credential_forms_are_missing_keys(gateway: Any, headers: di
 async def test_a_key_configured_by_its_sha256_only(gateway: Any) -> None:
     digest = hashlib.sha256(ADMIN_KEY.encode()).hexdigest().upper()
     client = await gateway(keys_config(keys=[{"name": "hashed", "sha256": digest}]))
-    assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer(ADMIN_KEY))).status == 200
-    assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer(digest))).status == 401
+    for _ in range(2):  # the second time from the keys already found
+        assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer(ADMIN_KEY))).status == 200
+        assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer(digest))).status == 401
+        near = ADMIN_KEY[:-1] + ("0" if ADMIN_KEY[-1] != "0" else "1")
+        assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer(near))).status == 401
 
 
 async def test_a_stream_needs_a_key_too(gateway: Any) -> None:

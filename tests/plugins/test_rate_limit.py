@@ -20,6 +20,7 @@ from openai import AsyncOpenAI, OpenAI
 from gateway import hookimpl
 from gateway.config import ConfigError
 from gateway.context import RequestContext
+from gateway.keys import generations_key
 from gateway.loading import load
 from gateway.testing import MOCK_MODEL, Finished, ServerThread, make_app, mock_config
 from gateway_plugins.rate_limit import Charge, MemoryStore, duration, store_key
@@ -150,6 +151,18 @@ async def test_settle_replaces_the_estimate_while_it_counts(clock: Clock) -> Non
     assert (await store.acquire([Charge("tokens", limit=100, amount=0)])).quotas[0].remaining == 100
 
 
+async def test_settle_finds_its_charge_after_older_ones_left_the_window(clock: Clock) -> None:
+    store = MemoryStore(clock)
+    tokens = [Charge("tokens", limit=100, amount=30)]
+    await store.acquire(tokens)
+    clock.advance(30)
+    grant = await store.acquire(tokens)
+    clock.advance(31)  # the first charge leaves the window
+    assert (await store.acquire([Charge("tokens", limit=100, amount=0)])).quotas[0].remaining == 70
+    await store.settle(grant.receipts[0], 50)
+    assert (await store.acquire([Charge("tokens", limit=100, amount=0)])).quotas[0].remaining == 50
+
+
 async def test_concurrency_slots_are_held_until_released(clock: Clock) -> None:
     store = MemoryStore(clock)
     slot = [Charge("c", limit=2, window=None)]
@@ -212,6 +225,21 @@ async def test_a_keys_requests_per_minute(start: Any, clock: Clock) -> None:
     assert again.status == 200
     assert again.headers["x-ratelimit-remaining-requests"] == "0"  # the ones of +10 and +20 still count
     assert (await again.read()).endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_reload_applies_its_limits_at_once(start: Any) -> None:
+    """What a key is charged is worked out once per config: a reload's limits count from the next
+    request on (over the same counters), and a refusal names the model each request asked for."""
+    client = await start(limits_config(keys=keys(requests_per_minute=1)))
+    assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer(TEAM_KEY))).status == 200
+    refused = await client.post("/v1/chat/completions", json={**CHAT, "model": LARGE}, headers=bearer(TEAM_KEY))
+    assert refused.status == 429
+    assert (await refused.json())["error"]["message"].startswith(f"Rate limit reached for {LARGE} for key `team` ")
+    assert await client.server.app[generations_key].reload(limits_config(keys=keys(requests_per_minute=3)))
+    again = await client.post("/v1/chat/completions", json=CHAT, headers=bearer(TEAM_KEY))
+    assert again.status == 200
+    assert ratelimit_headers(again)["x-ratelimit-limit-requests"] == "3"
+    assert ratelimit_headers(again)["x-ratelimit-remaining-requests"] == "1"  # the first request still counts
 
 
 async def test_model_listings_and_refused_callers_do_not_count(start: Any) -> None:
