@@ -80,22 +80,6 @@ def _may_hold_secret(value: str) -> bool:
     )
 
 
-def _may_need_redaction(values: str) -> bool:
-    """``_may_hold_secret`` for a line's values rendered as one JSON array, looser (``token`` anywhere),
-    and true for any nested object or array (whose keys need a look)."""
-    lowered = values.lower()
-    return (
-        "bearer" in lowered
-        or "sk-" in lowered
-        or "token" in lowered
-        or "basic" in lowered
-        or "{" in values
-        or "[" in values[1:]
-        or ("=" in values and ("?" in values or "&" in values))
-        or ("@" in values and "://" in values)
-    )
-
-
 def _mask(match: re.Match[str]) -> str:
     return (match.group(1) or match.group(2) or match.group(3) or match.group(4) or "") + REDACTED
 
@@ -103,37 +87,65 @@ def _mask(match: re.Match[str]) -> str:
 #: Fields the gateway fills itself with values that cannot hold a secret: not scanned.
 _TRUSTED_FIELDS = frozenset({"level", "timestamp", "method", "status", "stream"})
 
-
 #: Field names known not to name a secret (``is_secret_key``), up to ``_PLAIN_KEYS_MAX`` of them.
 _PLAIN_KEYS: set[str] = set()
 _PLAIN_KEYS_MAX = 4096
+#: Short strings seen to hold nothing to mask (a path, a model or backend name: the same ones on most
+#: lines), up to ``_CLEAN_MAX`` of them (then it starts again): not scanned again. Never a string
+#: that held a secret.
+_CLEAN: set[str] = set()
+_CLEAN_MAX, _CLEAN_LENGTH = 4096, 256
+#: Values of these types are written as they are: nothing in them to mask.
+_PLAIN_TYPES = frozenset({int, float, bool, type(None)})
+
+
+def redact_text(value: str) -> str:
+    """``redact`` of a string, remembering short strings that need nothing (``_CLEAN``)."""
+    if value in _CLEAN:
+        return value
+    if _may_hold_secret(value):
+        return _SECRET_VALUE.sub(_mask, value)
+    if len(value) <= _CLEAN_LENGTH:
+        if len(_CLEAN) >= _CLEAN_MAX:  # unique values (ids) filled it: start again
+            _CLEAN.clear()
+        _CLEAN.add(value)
+    return value
 
 
 def redact_processor(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: mask secret-named fields and credentials in any field's value. A line
-    whose fields are all known plain names and whose values hold nothing that looks like a
-    credential (``_may_need_redaction``, over the values rendered once) is left as it is."""
-    if event_dict.keys() <= _PLAIN_KEYS and not _may_need_redaction(
-        orjson.dumps(tuple(event_dict.values()), default=repr).decode()
-    ):
-        return event_dict
+    """structlog processor: mask secret-named fields (whatever their value, but ``true``/``false``
+    and unset) and credentials in any field's value (strings, and the strings and secret-named keys of
+    mappings and lists). Numbers, booleans and null pass as they are; field names and short strings
+    already seen to be plain are not tested again."""
+    if not event_dict.keys() <= _PLAIN_KEYS:
+        for key, value in event_dict.items():
+            if not is_secret_key(key):
+                if len(_PLAIN_KEYS) < _PLAIN_KEYS_MAX:
+                    _PLAIN_KEYS.add(key)
+            elif masks(value):
+                event_dict[key] = REDACTED
     for key, value in event_dict.items():
-        if is_secret_key(key) and masks(value):
-            event_dict[key] = REDACTED
-            continue
-        if len(_PLAIN_KEYS) < _PLAIN_KEYS_MAX:
-            _PLAIN_KEYS.add(key)
-        if type(value) is str:
-            if key not in _TRUSTED_FIELDS and _may_hold_secret(value):
-                event_dict[key] = _SECRET_VALUE.sub(_mask, value)
-        elif isinstance(value, (dict, list, tuple)):
-            event_dict[key] = redact(value)
+        kind = type(value)
+        if kind is str:
+            if value not in _CLEAN and key not in _TRUSTED_FIELDS:
+                clean = redact_text(value)
+                if clean is not value:
+                    event_dict[key] = clean
+        elif kind not in _PLAIN_TYPES:
+            if isinstance(value, (dict, list, tuple)):
+                event_dict[key] = redact(value)
+            elif isinstance(value, str) and key not in _TRUSTED_FIELDS:  # a str subclass
+                event_dict[key] = redact(value)
     return event_dict
 
 
 def render_json(_logger: Any, _method: str, event_dict: dict[str, Any]) -> bytes:
     """structlog renderer: one JSON line (orjson; unknown types as their repr)."""
     return orjson.dumps(event_dict, default=repr)
+
+
+#: ``.123Z``: the end of a timestamp, by milliseconds.
+_MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 class _Timestamp:
@@ -144,12 +156,15 @@ class _Timestamp:
         self._second = -1
         self._prefix = ""
 
-    def __call__(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    def now(self) -> str:
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+        return self._prefix + _MILLISECONDS[int((now - second) * 1000)]
+
+    def __call__(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        event_dict["timestamp"] = self.now()
         return event_dict
 
 
@@ -196,22 +211,51 @@ _json_lines: _JsonLines | None = None
 
 def write_event(logger: Any, level: str, event: str, fields: dict[str, Any]) -> None:
     """``logger.<level>(event, **fields)``: when logging is ``setup_logging``'s JSON lines, the same
-    line (bound context, level, timestamp, redaction) rendered and written directly, without
-    structlog's generic pipeline per call (half its cost: the access line takes this way);
-    through ``logger`` when logging is configured otherwise, or ``fields`` hold ``exc_info``."""
+    line (bound context, level, timestamp, redaction) built and written directly, one ``orjson.dumps``
+    and one write, without structlog's generic pipeline per call (the access line takes this way);
+    through ``logger`` when logging is configured otherwise, or ``fields`` hold ``exc_info``.
+    ``fields`` becomes the line: pass a dict of your own."""
     lines = _json_lines
     if lines is None or "exc_info" in fields or not lines.current():
         getattr(logger, level)(event, **fields)
         return
     if _LEVELS[level] < lines.level:
         return
-    line = {**fields, "event": event}
-    structlog.contextvars.merge_contextvars(None, level, line)
-    line["level"] = level
-    redact_processor(None, level, lines.timestamp(None, level, line))
+    fields["event"] = event
+    _merge_context(fields)
+    fields["level"] = level
+    fields["timestamp"] = lines.timestamp.now()
+    redact_processor(None, level, fields)
     output = lines.output
-    output.write(orjson.dumps(line, default=repr) + b"\n")
+    output.write(orjson.dumps(fields, default=repr) + b"\n")
     output.flush()
+
+
+#: structlog's context-local variables (``bind_contextvars``), by their prefixed names.
+_CONTEXT_VARS: dict[str, Any] | None = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+_PREFIX = len(structlog.contextvars.STRUCTLOG_KEY_PREFIX)
+
+
+def _merge_context(line: dict[str, Any]) -> None:
+    """``structlog.contextvars.merge_contextvars``: the bound context (the request id) added to
+    ``line``. One bound value is read from its variable, without copying the whole context; with more,
+    structlog's own merge, which orders them as the context does."""
+    if _CONTEXT_VARS is not None:
+        found = None
+        try:
+            for name, var in _CONTEXT_VARS.items():
+                value = var.get()
+                if value is not Ellipsis:
+                    if found is not None:
+                        break
+                    found = (name, value)
+            else:
+                if found is not None:
+                    line.setdefault(found[0][_PREFIX:], found[1])
+                return
+        except RuntimeError:  # another thread bound a new name meanwhile
+            pass
+    structlog.contextvars.merge_contextvars(None, "", line)
 
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}

@@ -34,6 +34,7 @@ from gateway.keys import backends_key, ctx_key
 from gateway.openapi import operation
 from gateway.state import store_of
 from gateway_plugins.metrics_series import (
+    Cell,
     MemoryCollector,
     MemorySeries,
     PrometheusSeries,
@@ -138,17 +139,24 @@ class Metrics:
         self.requests, self.duration, self.ttfb, self.gap, self.overhead = (series[s] for s in SPECS[:5])
         self.chunks, self.tokens, self.upstream_errors, self.retries, self.fallbacks = (series[s] for s in SPECS[5:10])
         self.cache, self.cache_stored = series[CACHE], series[CACHE_STORED]
+        self._rows: dict[tuple[Any, ...], _Row] = {}
 
     def observe(self, ctx: RequestContext) -> None:
-        """Record one finished request."""
+        """Record one finished request: its row's cells (``_Row``), found with one dict lookup."""
         backend = ctx.deployment.backend.name if ctx.deployment else ""
         # a model name a client made up (404, 400...) would be a new series: only routed or answered ones
         model = (ctx.model or "") if ctx.deployment or ctx.status < 400 else ""
-        endpoint, stream = ctx.endpoint, "true" if ctx.stream else "false"
-        self.requests.inc((endpoint, model, backend, str(ctx.status), stream))
+        endpoint = ctx.endpoint
+        key = (endpoint, model, backend, ctx.status, ctx.stream)
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows[key] = _Row(
+                self, endpoint, model, backend, str(ctx.status), "true" if ctx.stream else "false"
+            )
+        row.requests.inc()
         if endpoint in UNTIMED:
             return
-        self.duration.observe((endpoint, model, backend, stream), ctx.duration)
+        (row.duration or row.fill("duration")).observe(ctx.duration)
         for error in ctx.upstream_errors:
             self.upstream_errors.inc((backend, error))
         if ctx.retries:
@@ -161,20 +169,54 @@ class Metrics:
                 self.cache_stored.inc((endpoint,), ctx.cache_stored)
         usage = ctx.usage
         if usage and ctx.cache != "hit":  # a hit's tokens were counted when they were spent
-            key = ctx.principal.name if ctx.principal else ""
+            key_name = ctx.principal.name if ctx.principal else ""
             for field, kind in TOKEN_KINDS:
                 tokens = usage.get(field)
                 if isinstance(tokens, int) and tokens > 0:
-                    self.tokens.inc((model, backend, key, kind), tokens)
+                    row.tokens(key_name, kind).inc(tokens)
         if ctx.first_byte is None or not backend:
             return
-        self.ttfb.observe((endpoint, model, backend, stream), ctx.first_byte - ctx.started)
+        (row.ttfb or row.fill("ttfb")).observe(ctx.first_byte - ctx.started)
         if ctx.chunks:
-            self.chunks.inc((model, backend), ctx.chunks)
+            (row.chunks or row.fill("chunks")).inc(ctx.chunks)
             if ctx.chunks > 1:
-                self.gap.observe((model, backend), ctx.max_gap)
+                (row.gap or row.fill("gap")).observe(ctx.max_gap)
         if ctx.error is None and ctx.status < 400:
-            self.overhead.observe((endpoint, stream), max(ctx.duration - ctx.upstream_wait, 0.0))
+            (row.overhead or row.fill("overhead")).observe(max(ctx.duration - ctx.upstream_wait, 0.0))
+
+
+class _Row:
+    """The cells one kind of request records into (endpoint, model, backend, status, stream): each
+    looked up in its series when first used (a series shows only label values it recorded), then kept."""
+
+    __slots__ = ("chunks", "duration", "gap", "labels", "metrics", "overhead", "requests", "token_cells", "ttfb")
+
+    def __init__(self, metrics: Metrics, endpoint: str, model: str, backend: str, status: str, stream: str) -> None:
+        self.metrics = metrics
+        self.labels = {
+            "duration": (metrics.duration, (endpoint, model, backend, stream)),
+            "ttfb": (metrics.ttfb, (endpoint, model, backend, stream)),
+            "chunks": (metrics.chunks, (model, backend)),
+            "gap": (metrics.gap, (model, backend)),
+            "overhead": (metrics.overhead, (endpoint, stream)),
+        }
+        self.requests = metrics.requests.cell((endpoint, model, backend, status, stream))
+        self.duration = self.ttfb = self.chunks = self.gap = self.overhead = None
+        self.token_cells: dict[tuple[str, str], Cell] = {}
+
+    def fill(self, name: str) -> Cell:
+        """The cell ``name`` (``duration``, ``ttfb``...), looked up in its series and kept."""
+        series, labels = self.labels[name]
+        cell = series.cell(labels)
+        setattr(self, name, cell)
+        return cell
+
+    def tokens(self, key: str, kind: str) -> Cell:
+        found = self.token_cells.get((key, kind))
+        if found is None:
+            model, backend = self.labels["chunks"][1]
+            found = self.token_cells[key, kind] = self.metrics.tokens.cell((model, backend, key, kind))
+        return found
 
 
 class CircuitCollector:

@@ -32,8 +32,19 @@ class Spec:
     buckets: tuple[float, ...] = ()
 
 
+class Cell(Protocol):
+    """The value of one label combination: a counter's ``inc`` or a histogram's ``observe``."""
+
+    def inc(self, amount: float = 1.0) -> None: ...
+
+    def observe(self, value: float) -> None: ...
+
+
 class Series(Protocol):
-    """What ``Metrics.observe`` records into: a counter's ``inc`` or a histogram's ``observe``."""
+    """What ``Metrics.observe`` records into: the ``cell`` of some label values, kept by the caller
+    (one dict lookup for many requests), or a counter's ``inc`` or a histogram's ``observe`` at once."""
+
+    def cell(self, labels: tuple[str, ...]) -> Cell: ...
 
     def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None: ...
 
@@ -45,12 +56,27 @@ def disable_created() -> None:
     disable_created_metrics()
 
 
-class _Histogram:
-    __slots__ = ("counts", "sum")
+class _Counter:
+    __slots__ = ("value",)
 
-    def __init__(self, buckets: int) -> None:
-        self.counts = [0] * buckets
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _Histogram:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
         self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value, as prometheus-client's
+        self.sum += value
 
 
 class MemorySeries:
@@ -59,26 +85,27 @@ class MemorySeries:
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
         self.bounds = (*spec.buckets, math.inf)
-        self.values: dict[tuple[str, ...], Any] = {}  # counter: float; histogram: _Histogram
+        self.values: dict[tuple[str, ...], Any] = {}  # _Counter or _Histogram
 
-    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
-        values = self.values
-        values[labels] = values.get(labels, 0.0) + amount
-
-    def observe(self, labels: tuple[str, ...], value: float) -> None:
+    def cell(self, labels: tuple[str, ...]) -> Any:
         found = self.values.get(labels)
         if found is None:
-            found = self.values[labels] = _Histogram(len(self.bounds))
-        found.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value, as prometheus-client's
-        found.sum += value
+            found = self.values[labels] = _Histogram(self.bounds) if self.spec.buckets else _Counter()
+        return found
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        self.cell(labels).inc(amount)
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        self.cell(labels).observe(value)
 
     def collect(self) -> Metric:
         spec = self.spec
         name = spec.name
         if not spec.buckets:
             family = Metric(name, spec.help, "counter")
-            for labels, value in list(self.values.items()):
-                family.add_sample(f"{name}_total", dict(zip(spec.labels, labels, strict=True)), value)
+            for labels, counter in list(self.values.items()):
+                family.add_sample(f"{name}_total", dict(zip(spec.labels, labels, strict=True)), counter.value)
             return family
         family = Metric(name, spec.help, "histogram")
         les = [floatToGoString(bound) for bound in self.bounds]
@@ -120,14 +147,14 @@ class PrometheusSeries:
             self.metric = Counter(spec.name, spec.help, spec.labels, registry=registry)
         self.children: dict[tuple[str, ...], Any] = {}
 
-    def child(self, labels: tuple[str, ...]) -> Any:
+    def cell(self, labels: tuple[str, ...]) -> Any:
         found = self.children.get(labels)
         if found is None:
             found = self.children[labels] = self.metric.labels(*labels)
         return found
 
     def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
-        self.child(labels).inc(amount)
+        self.cell(labels).inc(amount)
 
     def observe(self, labels: tuple[str, ...], value: float) -> None:
-        self.child(labels).observe(value)
+        self.cell(labels).observe(value)

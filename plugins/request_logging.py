@@ -4,6 +4,7 @@ off by default) with the request's raw body and the response's, redacted and tru
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -129,25 +130,27 @@ def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> N
 
 
 @hookimpl
-async def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> None:
+def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> Awaitable[None] | None:
     """Write the access line, its fields in this order (the console shows them so): method, path,
     status, duration, endpoint, model, backend (the one that served, its deployment's name when it differs,
     the attempts when there were several), stream, time to first byte, tokens (``usage_estimated``
     when the gateway estimated them), cache, principal, error, with body logging on the bodies, then
-    the request id; at the level ``level`` says."""
+    the request id; at the level ``level`` says. Sync (no coroutine per request) unless the bodies
+    are logged, which may have to be read."""
     request = ctx.request
     status = ctx.status
     settings: RequestLoggingConfig = ctx.config.plugin_config("request_logging")
     if status < 400 and request.path in settings.skip_paths:
-        return
+        return None
     fields = {
         "method": request.method,
         "path": request.path,
         "status": status,
         "duration_ms": round(ctx.duration * 1000, 2),
     }
-    if ctx.endpoint:
-        fields["endpoint"] = ctx.endpoint
+    endpoint = ctx.endpoint
+    if endpoint:
+        fields["endpoint"] = endpoint
     if ctx.model is not None:
         fields["model"] = ctx.model
     deployment = ctx.deployment
@@ -157,13 +160,14 @@ async def gateway_request_finished(ctx: RequestContext, error: BaseException | N
             fields["deployment"] = deployment.name
         if ctx.attempt_count != 1:
             fields["attempts"] = ctx.attempt_count
-    if ctx.endpoint in STREAMING:
+    if endpoint in STREAMING:
         fields["stream"] = ctx.stream
     if ctx.first_byte is not None:
         fields["ttfb_ms"] = round((ctx.first_byte - ctx.started) * 1000, 2)
-    if ctx.usage:
-        fields["prompt_tokens"] = ctx.usage.get("prompt_tokens")
-        fields["completion_tokens"] = ctx.usage.get("completion_tokens")
+    usage = ctx.usage
+    if usage:
+        fields["prompt_tokens"] = usage.get("prompt_tokens")
+        fields["completion_tokens"] = usage.get("completion_tokens")
         if ctx.usage_estimated:
             fields["usage_estimated"] = True
     if ctx.cache:
@@ -173,11 +177,19 @@ async def gateway_request_finished(ctx: RequestContext, error: BaseException | N
     if error is not None:
         fields["error"] = f"{type(error).__name__}: {error}"
     if settings.bodies.enabled:
-        try:
-            await _add_bodies(ctx, settings.bodies, fields)
-        except Exception as exc:  # the access line is written whatever the bodies hold
-            fields["request_body"] = f"[not logged: {type(exc).__name__}]"
+        return _write_with_bodies(ctx, settings.bodies, fields, error)
     write_event(ctx.log, level(status, error), "request", fields)
+    return None
+
+
+async def _write_with_bodies(
+    ctx: RequestContext, bodies: BodyLoggingConfig, fields: dict[str, Any], error: BaseException | None
+) -> None:
+    try:
+        await _add_bodies(ctx, bodies, fields)
+    except Exception as exc:  # the access line is written whatever the bodies hold
+        fields["request_body"] = f"[not logged: {type(exc).__name__}]"
+    write_event(ctx.log, level(ctx.status, error), "request", fields)
 
 
 def level(status: int, error: BaseException | None) -> str:

@@ -70,3 +70,42 @@ def test_another_logger_factory_gets_the_event_through_structlog() -> None:
     structlog.configure(logger_factory=lambda *_: type("L", (), {"info": lambda _, m: returned.append(m)})())
     write_event(log, "info", "request", dict(FIELDS))
     assert buffer.getvalue() == b"" and json.loads(returned[0])["event"] == "request"
+
+
+def test_a_secret_named_field_logged_once_as_a_setting_is_still_masked_later() -> None:
+    """``api_key=True`` (a setting, not masked) must not make ``api_key`` a plain name for later lines."""
+    buffer = io.BytesIO()
+    setup_logging("json", "info", stream=buffer)
+    log.info("setting", api_key=True)
+    log.info("leak", api_key="plain-looking-key-value")
+    write_event(log, "info", "request", {**FIELDS, "api_key": "plain-looking-key-value"})
+    assert [line["api_key"] for line in lines(buffer)] == [True, "[REDACTED]", "[REDACTED]"]
+    assert b"plain-looking-key-value" not in buffer.getvalue()
+
+
+def test_the_same_credential_is_masked_on_every_line() -> None:
+    """Strings seen to be plain are remembered; one that held a credential never is."""
+    buffer = io.BytesIO()
+    setup_logging("json", "info", stream=buffer)
+    for _ in range(3):
+        write_event(log, "info", "request", {**FIELDS, "path": "/v1/models/sk-abcdefghijkl"})
+        log.info("request", path="/v1/models/sk-abcdefghijkl")
+    assert [line["path"] for line in lines(buffer)] == ["/v1/models/[REDACTED]"] * 6
+
+
+def test_every_bound_value_is_merged_and_redacted_as_structlog_does() -> None:
+    buffer = io.BytesIO()
+    setup_logging("json", "info", stream=buffer)
+    with structlog.contextvars.bound_contextvars(request_id="r-2", client_request_id="Bearer abcdefghijklmnop"):
+        log.info("request", **FIELDS)
+        write_event(log, "info", "request", dict(FIELDS))
+    with structlog.contextvars.bound_contextvars(client_request_id="c-1"):  # one bound value, not the first name
+        log.info("request", **FIELDS)
+        write_event(log, "info", "request", dict(FIELDS))
+    first, direct_first, second, direct_second = lines(buffer)
+    for via_structlog, direct in ((first, direct_first), (second, direct_second)):
+        assert list(direct) == list(via_structlog)
+        del via_structlog["timestamp"], direct["timestamp"]
+        assert direct == via_structlog
+    assert direct_first["client_request_id"] == "Bearer [REDACTED]" and direct_first["request_id"] == "r-2"
+    assert direct_second["client_request_id"] == "c-1" and "request_id" not in direct_second
