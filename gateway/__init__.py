@@ -40,7 +40,7 @@ PUBLIC_MODULES = frozenset(
         "gateway.formats",  # chat, completions, embeddings, requests, response_models, json_schema, request_key
         "gateway.keys",  # typed app/request keys: ctx_key, backends_key, state_store_key
         "gateway.limits",  # Limits: a principal's rate limits
-        "gateway.log",  # redact, is_secret_key, REDACTED, write_event
+        "gateway.log",  # redact, is_secret_key, json_needs_redaction, REDACTED, write_event
         "gateway.model_table",  # ModelRoute, DeploymentConfig: the ``models`` table's types
         "gateway.openapi",  # operation(): document a route a plugin adds; build_document
         "gateway.replies",  # json_response: a JSON answer from a plugin's own route

@@ -80,6 +80,41 @@ def _may_hold_secret(value: str) -> bool:
     )
 
 
+#: A key of a JSON object in orjson's output (no whitespace), as written (escapes and all).
+_JSON_KEY = re.compile(r'[{,]"([^"\\]*(?:\\.[^"\\]*)*)":')
+
+
+def json_needs_redaction(text: str) -> bool:
+    """Whether ``redact`` could change the value that ``text`` (orjson's output) encodes: False only
+    when no string in it can hold a credential (``_may_hold_secret``, over the whole text) and no key
+    names a secret. Looser than ``redact`` (true for some values it leaves as they are); a few passes
+    over the text, Python work per key, not per value."""
+    lowered = text.lower()
+    if (
+        "bearer" in lowered
+        or "sk-" in lowered
+        or '"token' in lowered  # a string that starts with it
+        or '"basic' in lowered
+        or ("=" in text and ("?" in text or "&" in text))
+        or ("@" in text and "://" in text)
+    ):
+        return True
+    # Each key ends a piece, after its opening quote: a ``":`` inside a string is ``\\":``, and a
+    # quote inside a key leaves the end of it, which names a secret if the key does.
+    keys = {piece[piece.rfind('"') + 1 :] for piece in text.split('":')[:-1]}
+    if any("\\" in key for key in keys):  # escapes: the keys exactly, decoded
+        keys = {orjson.loads(f'"{key}"') for key in _JSON_KEY.findall(text)}
+        return any(is_secret_key(key) for key in keys)
+    if keys <= _PLAIN_KEYS:
+        return False
+    for key in keys - _PLAIN_KEYS:
+        if is_secret_key(key):
+            return True
+        if len(_PLAIN_KEYS) < _PLAIN_KEYS_MAX:
+            _PLAIN_KEYS.add(key)
+    return False
+
+
 def _mask(match: re.Match[str]) -> str:
     return (match.group(1) or match.group(2) or match.group(3) or match.group(4) or "") + REDACTED
 

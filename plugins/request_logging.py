@@ -3,6 +3,7 @@ off by default) with the request's raw body and the response's, redacted and tru
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable
 from typing import Any
@@ -14,9 +15,10 @@ from gateway import ChunkFilter, hookimpl
 from gateway.context import RequestContext
 from gateway.endpoints import CHAT, COMPLETIONS, MESSAGES, RESPONSES
 from gateway.errors import GatewayError, InternalError
-from gateway.log import REDACTED, is_secret_key, masks, redact, write_event
+from gateway.log import REDACTED, is_secret_key, json_needs_redaction, masks, redact, write_event
 
 STATE = "request_logging.response"  # ctx.state: the response body (a dict, or a stream's collector)
+SECRETS = "request_logging.secrets"  # ctx.generation_state: the config's secrets
 STREAMING = (CHAT.name, COMPLETIONS.name, MESSAGES.name, RESPONSES.name)  # access lines that say `stream`
 
 
@@ -67,11 +69,14 @@ class BodyLoggingConfig(BaseModel):
     def render(self, value: Any, secrets: frozenset[str] = frozenset(), raw: bytes | None = None) -> str:
         """A body as logged: scrubbed, as JSON text, cut after ``max_chars``. One that cannot be
         written as JSON (nested deeper than orjson goes) is logged as its ``raw`` text, cut first,
-        then scrubbed (secret-named fields masked by pattern)."""
+        then scrubbed (secret-named fields masked by pattern). A body with nothing to scrub (the usual
+        case, tested on its text: ``_plain``) is written once, without a walk through its values."""
         try:
-            text = self.scrub(value, secrets)
-            if not isinstance(text, str):
-                text = orjson.dumps(text, default=str).decode()
+            text = self._plain(value, secrets)
+            if text is None:
+                text = self.scrub(value, secrets)
+                if not isinstance(text, str):
+                    text = orjson.dumps(text, default=str).decode()
         except (TypeError, ValueError, RecursionError):
             source = raw.decode("utf-8", "replace") if raw is not None else "[a body that cannot be rendered]"
             cut = source[: self.max_chars + 256]  # room for a secret's tail, masked before the cut below
@@ -79,6 +84,28 @@ class BodyLoggingConfig(BaseModel):
         if len(text) > self.max_chars:
             text = f"{text[: self.max_chars]}... [{len(text) - self.max_chars} more characters]"
         return text
+
+    def _plain(self, value: Any, secrets: frozenset[str]) -> str | None:
+        """``value`` as JSON text when ``scrub`` would leave it as it is, else None: no ``redact``
+        pattern configured, none of the config's ``secrets`` in the text (each one written in JSON as
+        it is, unescaped), nothing ``gateway.log.json_needs_redaction`` sees in it."""
+        if self.redact:
+            return None
+        if isinstance(value, str):
+            text, plain = value, redact(value) == value
+        else:
+            text = orjson.dumps(value, default=str).decode()
+            plain = not json_needs_redaction(text)
+        if not plain or (secrets and (not _json_plain(secrets) or any(secret in text for secret in secrets))):
+            return None
+        return text
+
+
+@functools.lru_cache(maxsize=16)
+def _json_plain(secrets: frozenset[str]) -> bool:
+    """Whether every secret is written in JSON as it is (no character JSON escapes), so that one in
+    a body shows in the body's text."""
+    return all(orjson.dumps(secret)[1:-1].decode() == secret for secret in secrets)
 
 
 #: A ``"name": "value"`` pair in JSON text, for masking secret-named fields without parsing.
@@ -207,7 +234,7 @@ def level(status: int, error: BaseException | None) -> str:
 async def _add_bodies(ctx: RequestContext, bodies: BodyLoggingConfig, fields: dict[str, Any]) -> None:
     """``request_body``: the raw body the client sent (when the gateway read it whole);
     ``response_body``: the response, or the stream as assembled from its chunks."""
-    request, secrets = ctx.request, ctx.config.secrets
+    request, secrets = ctx.request, _secrets(ctx)
     if request.body_exists and not request.can_read_body and ctx.status not in (408, 413):
         raw = await request.read()  # the bytes the pipeline read, kept by aiohttp
         try:
@@ -219,6 +246,14 @@ async def _add_bodies(ctx: RequestContext, bodies: BodyLoggingConfig, fields: di
         response = response.assembled(ctx)
     if response is not None:
         fields["response_body"] = bodies.render(response, secrets)
+
+
+def _secrets(ctx: RequestContext) -> frozenset[str]:
+    """``ctx.config.secrets``, kept in the generation's state (the config's property costs microseconds)."""
+    kept = ctx.generation_state.get(SECRETS)
+    if kept is None:
+        kept = ctx.generation_state[SECRETS] = ctx.config.secrets
+    return kept
 
 
 class StreamCollector:

@@ -756,3 +756,54 @@ async def test_metrics_scrapes_get_no_access_line_unless_configured(
     assert (await client.get("/metrics")).status == 200
     await finished.wait(3)
     assert [line["path"] for line in log.access()] == ["/health", "/metrics"]
+
+
+#: Bodies whose logged text must be what walking them (``scrub``) gives: each key and value shape
+#: the text-level test (``json_needs_redaction``) has to see through.
+TRICKY_BODIES = [
+    {"model": "m", "messages": [{"role": "user", "content": "plain words, nothing to hide"}]},
+    {"model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 2}, "max_tokens": 5},
+    {"metadata": {"api_key": "plain-looking-value"}},
+    {"nested": [{"deeper": {"Authorization": 12345}}]},
+    {'a"_key': "plain-looking-value"},  # a quote in the key: it still ends in _key
+    {"api_key\n": "plain-looking-value"},  # a secret name before a newline (escaped as \n)
+    {"tool": {"arguments": '{"api_key": "plain-looking-value"}'}},  # JSON text in a string: no key
+    {"content": 'he said \\"x\\": fine'},
+    {"content": "Bearer abcdefghijklmnop"},
+    {"content": "token abcdef"},
+    {"url": "https://api.example.com/v1?key=plain-looking-value&x=1"},
+    {"url": "https://user:hunter2-hunter2@example.com/"},
+    {"content": f"the key {SECRET} leaked"},
+    {"content": "my configured key gw-key-1234 in the text"},
+    {"api_key": True, "token": None, "password": False},
+    {"content": "unicode é ü 字 and control \u0001 chars \t"},
+    ["a list", {"secret": "x"}],
+    "a text body with gw-key-1234 in it",
+    42,
+]
+
+
+@pytest.mark.parametrize("body", TRICKY_BODIES)
+def test_a_body_is_logged_as_walking_it_would_log_it(body: Any) -> None:
+    from gateway_plugins.request_logging import BodyLoggingConfig
+
+    bodies = BodyLoggingConfig(enabled=True, max_chars=100_000)
+    secrets = frozenset({"gw-key-1234"})
+    walked = bodies.scrub(body, secrets)
+    expected = walked if isinstance(walked, str) else json.dumps(walked, ensure_ascii=False, separators=(",", ":"))
+    assert bodies.render(body, secrets) == expected
+    if body is not TRICKY_BODIES[6]:  # JSON text in a string is text: its "key" names nothing
+        for secret in ("plain-looking-value", "hunter2-hunter2", SECRET, "gw-key-1234", "abcdefghijklmnop"):
+            assert secret not in bodies.render(body, secrets)
+
+
+async def test_secret_named_fields_of_a_body_are_masked_without_patterns(
+    gateway: Any, log: JsonLog, finished: Finished
+) -> None:
+    client = await gateway(bodies_config(), plugins=[finished])
+    body = {**CHAT, "metadata": {"api_key": "plain-looking-value", "note": "fine"}}
+    assert (await client.post("/v1/chat/completions", json=body)).status == 200
+    await finished.wait(1)
+    [line] = log.access()
+    assert json.loads(line["request_body"])["metadata"] == {"api_key": REDACTED, "note": "fine"}
+    assert "plain-looking-value" not in log.text
