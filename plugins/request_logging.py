@@ -9,13 +9,17 @@ from collections.abc import Awaitable
 from typing import Any
 
 import orjson
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from gateway import ChunkFilter, hookimpl
+from gateway.config import GatewayConfig
 from gateway.context import RequestContext
 from gateway.endpoints import CHAT, COMPLETIONS, MESSAGES, RESPONSES
 from gateway.errors import GatewayError, InternalError
+from gateway.keys import ctx_key
 from gateway.log import REDACTED, is_secret_key, json_needs_redaction, masks, redact, write_event
+from gateway.streaming import iter_sse_data
 
 STATE = "request_logging.response"  # ctx.state: the response body (a dict, or a stream's collector)
 SECRETS = "request_logging.secrets"  # ctx.generation_state: the config's secrets
@@ -137,15 +141,55 @@ def _bodies(ctx: RequestContext) -> BodyLoggingConfig:
     return ctx.config.plugin_config("request_logging").bodies
 
 
+#: Streams whose bytes are OpenAI chunks as they are sent: read from the response's writes (``_tee``).
+TEED = frozenset({CHAT.name, COMPLETIONS.name})
+tee_key = web.AppKey("request_logging.tee", bool)  # the app reads streams' bytes (``_tee`` installed)
+
+
+@hookimpl
+def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
+    """With body logging on at start-up: read a chat or completions stream's bytes as they are written
+    (``_tee``), so that it stays on the pass-through path (no chunk filter)."""
+    if config.plugin_config("request_logging").bodies.enabled:
+        app[tee_key] = True
+        app.on_response_prepare.append(_tee)
+
+
 @hookimpl(trylast=True)
 def gateway_stream_filter(ctx: RequestContext) -> ChunkFilter | None:
-    """With body logging on: collect the streamed reply as the client gets it (trylast: after every
-    other filter). Off, no filter: the stream stays on the pass-through path."""
+    """With body logging on: collect the streamed reply as the client gets it. A chat or completions
+    stream is read from its writes when the app can (``_tee``: no filter, the stream stays on the
+    pass-through path); another (or body logging turned on by a reload) through a filter, trylast:
+    after every other filter. Off, no filter."""
     bodies = _bodies(ctx)
     if not bodies.enabled:
         return None
     collector = ctx.state[STATE] = StreamCollector(bodies.max_chars)
+    if ctx.endpoint in TEED and ctx.request.app.get(tee_key):
+        collector.teed = True
+        return None
     return collector
+
+
+async def _tee(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: a stream whose collector reads its writes gets its ``write`` and
+    ``write_eof`` wrapped, each block fed to the collector once sent (``StreamCollector.feed``)."""
+    ctx = request.get(ctx_key)
+    collector = ctx.state.get(STATE) if ctx is not None else None
+    if not isinstance(collector, StreamCollector) or not collector.teed:
+        return
+    send, end = response.write, response.write_eof
+
+    async def write(data: bytes | bytearray | memoryview) -> None:
+        await send(data)
+        collector.feed(bytes(data))
+
+    async def write_eof(data: bytes = b"") -> None:
+        await end(data)
+        if data:
+            collector.feed(data)
+
+    response.write, response.write_eof = write, write_eof  # type: ignore[method-assign]
 
 
 @hookimpl(trylast=True)
@@ -258,14 +302,30 @@ def _secrets(ctx: RequestContext) -> frozenset[str]:
 
 class StreamCollector:
     """A ``ChunkFilter`` that passes every chunk on and keeps, per choice, the text (and tool call
-    arguments) it carried, up to ``limit`` characters each, and its finish reason."""
+    arguments) it carried, up to ``limit`` characters each, and its finish reason. ``teed``: it reads
+    the stream's written blocks instead (``feed``)."""
 
-    __slots__ = ("choices", "frame", "limit")
+    __slots__ = ("choices", "frame", "limit", "teed")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.choices: dict[int, dict[str, Any]] = {}
         self.frame: dict[str, Any] = {}
+        self.teed = False
+
+    def feed(self, block: bytes) -> None:
+        """A block of SSE events as sent: its chunks parsed in one ``orjson.loads`` (an error event,
+        the gateway's own, is no chunk; a block that is not JSON events is skipped)."""
+        payloads = [data for data in iter_sse_data(block) if data and data != b"[DONE]"]
+        if not payloads:
+            return
+        try:
+            chunks = orjson.loads(b"[" + b",".join(payloads) + b"]")
+        except orjson.JSONDecodeError:
+            return
+        for chunk in chunks:
+            if isinstance(chunk, dict) and "error" not in chunk:
+                self(chunk)
 
     def __call__(self, chunk: dict[str, Any] | None) -> dict[str, Any] | None:
         if chunk is None:
