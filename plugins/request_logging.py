@@ -19,7 +19,7 @@ from gateway.endpoints import CHAT, COMPLETIONS, MESSAGES, RESPONSES
 from gateway.errors import GatewayError, InternalError
 from gateway.keys import ctx_key
 from gateway.log import REDACTED, is_secret_key, json_needs_redaction, masks, redact, write_event
-from gateway.streaming import iter_sse_data
+from gateway.streaming import DONE, iter_sse_data
 
 STATE = "request_logging.response"  # ctx.state: the response body (a dict, or a stream's collector)
 SECRETS = "request_logging.secrets"  # ctx.generation_state: the config's secrets
@@ -292,6 +292,19 @@ async def _add_bodies(ctx: RequestContext, bodies: BodyLoggingConfig, fields: di
         fields["response_body"] = bodies.render(response, secrets)
 
 
+def _as_array(block: bytes) -> bytes:
+    """The usual block, ``data: <json>\\n\\n`` events one line each (and perhaps ``data: [DONE]``), as
+    one JSON array of its payloads, in a few passes over the bytes; anything else gives text that is
+    not JSON (the caller then reads the events one by one)."""
+    if block.endswith(DONE):
+        block = block[: -len(DONE)]
+    if not block:
+        return b"[]"
+    if not (block.startswith(b"data: ") and block.endswith(b"\n\n")) or block.count(b"\n") != 2 * block.count(b"\n\n"):
+        return b""
+    return b"[" + block[6:-2].replace(b"\n\ndata: ", b",") + b"]"
+
+
 def _secrets(ctx: RequestContext) -> frozenset[str]:
     """``ctx.config.secrets``, kept in the generation's state (the config's property costs microseconds)."""
     kept = ctx.generation_state.get(SECRETS)
@@ -316,13 +329,14 @@ class StreamCollector:
     def feed(self, block: bytes) -> None:
         """A block of SSE events as sent: its chunks parsed in one ``orjson.loads`` (an error event,
         the gateway's own, is no chunk; a block that is not JSON events is skipped)."""
-        payloads = [data for data in iter_sse_data(block) if data and data != b"[DONE]"]
-        if not payloads:
-            return
         try:
-            chunks = orjson.loads(b"[" + b",".join(payloads) + b"]")
+            chunks = orjson.loads(_as_array(block))
         except orjson.JSONDecodeError:
-            return
+            payloads = [data for data in iter_sse_data(block) if data and data != b"[DONE]"]
+            try:
+                chunks = orjson.loads(b"[" + b",".join(payloads) + b"]")
+            except orjson.JSONDecodeError:
+                return
         for chunk in chunks:
             if isinstance(chunk, dict) and "error" not in chunk:
                 self(chunk)

@@ -871,3 +871,28 @@ async def test_body_logging_turned_on_by_a_reload_logs_streams_through_a_filter(
     [line] = log.access()
     assert json.loads(line["response_body"])["choices"] == [{"index": 0, "content": PROMPT, "finish_reason": "stop"}]
     assert len(seen.seen[0]) == 1  # the collector, as a filter
+
+
+def _event(text: str, crlf: bool = False, space: bool = True) -> bytes:
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m"}
+    chunk["choices"] = [{"index": 0, "delta": {"content": text}, "finish_reason": None}]
+    end = b"\r\n\r\n" if crlf else b"\n\n"
+    return (b"data: " if space else b"data:") + json.dumps(chunk).encode() + end
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        _event("one ") + _event("two") + b"data: [DONE]\n\n",  # the usual block, read in one pass
+        _event("one ", crlf=True) + _event("two", crlf=True),
+        b"event: x\n" + _event("one ") + b": comment\n\n" + _event("two", space=False),  # other lines
+        _event("one ") + _event("two") + b'data: {"error":{"message":"cut"}}\n\n',  # the gateway's error event
+    ],
+)
+def test_the_stream_collector_reads_each_event_of_a_block(block: bytes) -> None:
+    from gateway_plugins.request_logging import StreamCollector
+
+    collector = StreamCollector(limit=100)
+    collector.feed(block)
+    assert "".join(collector.choices[0]["text"]) == "one two"
+    assert collector.frame == {"id": "c", "object": "chat.completion.chunk", "model": "m"}
