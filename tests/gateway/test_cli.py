@@ -175,6 +175,7 @@ def test_plugins_lists_the_builtins_with_their_hooks() -> None:
         "gateway_process_response",
         "gateway_register_config",
         "gateway_request_finished",
+        "gateway_setup_app",
         "gateway_stream_filter",
     ]
     assert [p["name"] for p in plugins][:5] == list(lines)[:5]
