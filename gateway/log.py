@@ -84,6 +84,13 @@ def _may_hold_secret(value: str) -> bool:
 _JSON_KEY = re.compile(r'[{,]"([^"\\]*(?:\\.[^"\\]*)*)":')
 
 
+#: How a key naming a secret ends in JSON text, lowered (``_SECRET_KEY``; ASCII text only: the
+#: regex's case-insensitive match knows letters ``lower()`` does not fold).
+_SECRET_KEY_ENDS = tuple(
+    f'{word}":' for word in ("key", "token", "secret", "password", "passwd", "auth", "authorization", "cookie")
+) + ('credential":', 'credentials":', '\\n":')
+
+
 def json_needs_redaction(text: str) -> bool:
     """Whether ``redact`` could change the value that ``text`` (orjson's output) encodes: False only
     when no string in it can hold a credential (``_may_hold_secret``, over the whole text) and no key
@@ -99,6 +106,8 @@ def json_needs_redaction(text: str) -> bool:
         or ("@" in text and "://" in text)
     ):
         return True
+    if text.isascii() and not any(end in lowered for end in _SECRET_KEY_ENDS):
+        return False  # no key ends in a secret's name (an escaped newline may end one: looked at)
     # Each key ends a piece, after its opening quote: a ``":`` inside a string is ``\\":``, and a
     # quote inside a key leaves the end of it, which names a secret if the key does.
     keys = {piece[piece.rfind('"') + 1 :] for piece in text.split('":')[:-1]}

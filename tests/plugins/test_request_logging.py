@@ -778,6 +778,9 @@ TRICKY_BODIES = [
     {"api_key": True, "token": None, "password": False},
     {"content": "unicode é ü 字 and control \u0001 chars \t"},
     ["a list", {"secret": "x"}],
+    {"API_KEY": "plain-looking-value", "x_credentials": {"user": "u"}, "Cookie": "plain-looking-value"},
+    {"\u017fecret": "plain-looking-value"},  # a letter the regex folds and lower() does not
+    {"x_\u212aey": "plain-looking-value"},
     "a text body with gw-key-1234 in it",
     42,
 ]
