@@ -86,9 +86,8 @@ _JSON_KEY = re.compile(r'[{,]"([^"\\]*(?:\\.[^"\\]*)*)":')
 
 #: How a key naming a secret ends in JSON text, lowered (``_SECRET_KEY``; ASCII text only: the
 #: regex's case-insensitive match knows letters ``lower()`` does not fold).
-_SECRET_KEY_ENDS = tuple(
-    f'{word}":' for word in ("key", "token", "secret", "password", "passwd", "auth", "authorization", "cookie")
-) + ('credential":', 'credentials":', '\\n":')
+_SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "auth", "authorization", "cookie", "credential")
+_SECRET_KEY_ENDS = (*(f'{word}":' for word in _SECRET_WORDS), 'credentials":', '\\n":')
 
 
 def json_needs_redaction(text: str) -> bool:
