@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 EVENT_END = b"\n\n"
+DONE_EVENT = b"data: [DONE]\n\n"
 #: The ``[DONE]`` event's line, with or without the space.
 _DONE_LINE = re.compile(rb"data: ?\[DONE\][ \t]*")
 _FIELDS = (b"data:", b"event:", b"id:", b"retry:")
@@ -60,16 +61,24 @@ class EventBlocks:
         self.size = 0
         if cut < len(data):
             self._hold(data[cut:])
-        if b"[DONE]" in block:
-            at = done_at(block)
-            if at >= 0:
-                block, self.done = block[:at], True
+        if block.endswith(DONE_EVENT) and well_formed(head := block[: -len(DONE_EVENT)]):
+            block, self.done = head, True  # the usual last read: whole events, then [DONE]
+        elif not well_formed(block):  # [DONE] amid the events, other fields, comments, or a bad event
+            block = self._check(block)
+        if len(block) > self.limit and max(map(len, block.split(EVENT_END))) > self.limit:
+            block, self.problem = b"", f"sent a stream event over {self.limit} bytes"
+        return block
+
+    def _check(self, block: bytes) -> bytes:
+        """A block the counts did not pass: cut at ``[DONE]`` (``done``), then before its first
+        malformed event (``problem``)."""
+        at = done_at(block) if b"[DONE]" in block else -1
+        if at >= 0:
+            block, self.done = block[:at], True
         if not well_formed(block):
             bad = first_malformed(block)
             if bad is not None:
                 block, self.problem = block[:bad], "sent a malformed stream event (not data: {...})"
-        if len(block) > self.limit and max(map(len, block.split(EVENT_END))) > self.limit:
-            block, self.problem = b"", f"sent a stream event over {self.limit} bytes"
         return block
 
     def _hold(self, data: bytes) -> None:
@@ -97,12 +106,17 @@ def done_at(block: bytes) -> int:
 
 
 def well_formed(block: bytes) -> bool:
-    """The common case, by counting: every event of ``block`` one ``data: {...}`` line."""
-    events = block.count(EVENT_END)
+    """The common case, by two counts: every event of ``block`` one ``data: {...}`` line. (Its newlines
+    are then exactly the two that end each event: one pair at its end, one in each ``}\\n\\ndata: {``
+    between two events.)"""
+    if not block:
+        return True
+    lines = block.count(b"\n")
     return (
-        block.count(b"\n") == 2 * events
-        and block.count(b"}\n\n") == events
-        and block.count(b"\ndata: {") + block.startswith(b"data: {") == events
+        lines % 2 == 0
+        and block.startswith(b"data: {")
+        and block.endswith(b"}\n\n")
+        and block.count(b"}\n\ndata: {") == lines // 2 - 1
     )
 
 

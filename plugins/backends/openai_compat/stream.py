@@ -66,7 +66,18 @@ class Events:
     oversized one turned into ``failure``, the choices' finishes counted (until each of ``choices`` has
     finished). A block that needs no rewrite goes out as it came in."""
 
-    __slots__ = ("backend", "blocks", "choices", "ctx", "drop_usage", "failure", "finishes", "renamer", "secrets")
+    __slots__ = (
+        "backend",
+        "blocks",
+        "choices",
+        "ctx",
+        "drop_usage",
+        "failure",
+        "finishes",
+        "null",
+        "renamer",
+        "secrets",
+    )
 
     def __init__(
         self,
@@ -81,6 +92,7 @@ class Events:
         self.blocks = EventBlocks(backend.config.max_event_size)
         self.choices, self.finishes = choices, 0
         self.failure: UpstreamError | None = None
+        self.null: bytes | None = None  # the upstream's spelling of ``"usage": null``, once seen
 
     @property
     def done(self) -> bool:
@@ -94,16 +106,42 @@ class Events:
             self.failure = UpstreamError(f"Backend {self.backend.name!r} {blocks.problem}.")
         if not block:
             return block
-        if self.finishes < self.choices:
+        if not blocks.done and self.finishes < self.choices:  # a stream ends on [DONE], or on these
             self.finishes += block.count(_FINISHES[0]) + block.count(_FINISHES[1])
         if self.drop_usage:  # ``"usage": null`` on each chunk: only the gateway asked for usage
-            for null in _NULL_USAGE:
-                block = block.replace(null, b"")
-        if b'"error"' in block or _carries_usage(block):
+            block = self._drop_nulls(block)
+        if b'"error"' in block:
             block, failure = inspect_block(self.backend.name, self.ctx, block, self.drop_usage, self.secrets)
             self.failure = failure or self.failure
+        else:
+            block = self._read_usage(block)
         if self.renamer is not None:
             block = self.renamer(block)
+        return block
+
+    def _drop_nulls(self, block: bytes) -> bytes:
+        """``block`` without its ``"usage": null`` fields, in the spelling the upstream uses (the first
+        block that holds one tells which)."""
+        null = self.null
+        if null is None:
+            null = self.null = next((n for n in _NULL_USAGE if n in block), None)
+            if null is None:
+                return block
+        return block.replace(null, b"")
+
+    def _read_usage(self, block: bytes) -> bytes:
+        """Record the usage of the block's last ``"usage"`` field when it holds more than null (the
+        usage event comes last: nothing before it is read); the event is dropped when only the gateway
+        asked for usage and it answers no choice."""
+        at = block.rfind(b'"usage"')
+        if at < 0 or _USAGE.match(block, at) is None:
+            return block
+        cut = block.rfind(_EVENT_END, 0, at)
+        start, end = cut + 2 if cut >= 0 else 0, block.find(_EVENT_END, at) + 2
+        chunk = orjson.loads(_data(block[start:end]))
+        self.ctx.usage = chunk.get("usage") or self.ctx.usage
+        if self.drop_usage and not chunk.get("choices"):
+            return block[:start] + block[end:]
         return block
 
     def ended(self) -> bool:
@@ -122,12 +160,6 @@ def choices_of(body: Mapping[str, Any], operation: str) -> int:
     if operation == "completions":
         return n * max(1, len(completions_format.split_inputs(body.get("prompt"))))
     return n
-
-
-def _carries_usage(block: bytes) -> bool:
-    """Whether a ``"usage"`` field of ``block`` holds more than null (three counts, no parsing)."""
-    fields = block.count(b'"usage"')
-    return bool(fields) and fields != block.count(b'"usage":null') + block.count(b'"usage": null')
 
 
 def _reports_error(payload: bytes) -> bool:
