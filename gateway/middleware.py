@@ -72,9 +72,12 @@ async def context_middleware(
         # FileResponse again after the handler whatever its state: that one it sends itself.)
         if not response.prepared and not isinstance(response, web.FileResponse):
             try:
-                async with asyncio.timeout(_write_limit(ctx, response)):
-                    await response.prepare(request)
-                    await response.write_eof()
+                limit = _write_limit(ctx, response)
+                if limit is None:  # no timer for a body the socket's buffer takes at once
+                    await _send(request, response)
+                else:
+                    async with asyncio.timeout(limit):
+                        await _send(request, response)
             except ConnectionError as exc:
                 ctx.status, ctx.error = CLIENT_CLOSED, exc
             except TimeoutError:  # the client is not reading
@@ -111,6 +114,11 @@ def _let_go(request: web.Request, ctx: RequestContext, response: web.StreamRespo
         request.pop(ctx_key, None)
         if getattr(request, "_read_bytes", None) is not None:  # aiohttp's copy of the body read
             request._read_bytes = None
+
+
+async def _send(request: web.Request, response: web.StreamResponse) -> None:
+    await response.prepare(request)
+    await response.write_eof()
 
 
 def _write_limit(ctx: RequestContext, response: web.StreamResponse) -> float | None:

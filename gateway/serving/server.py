@@ -12,6 +12,7 @@ reads of the body.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -27,6 +28,10 @@ from gateway.keys import generations_key
 
 log = structlog.get_logger("gateway")
 
+#: Objects the cyclic collector may count before it runs (Python's default: 700). A request frees what
+#: it allocates by reference counting; at 700 a collection ran every few dozen requests, scanning what
+#: the requests in flight hold, for nothing (about 5 µs per request).
+GC_THRESHOLD = 10_000
 HEADER_TIMEOUT = "The request's headers did not arrive within {} s."
 BODY_TIMEOUT = "The request body stalled: no data for {} s."
 ERROR_11 = ERROR._replace(version=HttpVersion11)
@@ -198,6 +203,7 @@ def serve(app: web.Application, *, host: str, port: int, loop: asyncio.AbstractE
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+            _tune_collector()
             await asyncio.Event().wait()  # until GracefulExit
         finally:
             await runner.cleanup()
@@ -219,3 +225,11 @@ def serve(app: web.Application, *, host: str, port: int, loop: asyncio.AbstractE
         loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+def _tune_collector() -> None:
+    """Once the app is up: what start-up built (modules, the config, the plugins) is moved out of the
+    cyclic collector's sight (``gc.freeze``), so that a full collection no longer walks it (about 40 ms
+    each, every few thousand requests); and the youngest generation is collected less often."""
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
