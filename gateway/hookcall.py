@@ -45,7 +45,7 @@ class Hooks:
         first = name in self._first
         results = []
         for function, argnames, _ in self._impls[name]:
-            result = function(*[kwargs[a] for a in argnames])
+            result = function(*map(kwargs.__getitem__, argnames))
             if result is not None:
                 if first:
                     return result
@@ -55,7 +55,7 @@ class Hooks:
     async def first_result(self, name: str, **kwargs: Any) -> Any:
         """The first non-None result; later impls are not called. Exceptions propagate."""
         for function, argnames, _ in self._impls[name]:
-            result = function(*[kwargs[a] for a in argnames])
+            result = function(*map(kwargs.__getitem__, argnames))
             if result is not None and _awaitable(result):
                 result = await result
             if result is not None:
@@ -65,7 +65,7 @@ class Hooks:
     async def call_all(self, name: str, **kwargs: Any) -> None:
         """Call every impl in order. Exceptions propagate (decision hooks fail closed)."""
         for function, argnames, _ in self._impls[name]:
-            result = function(*[kwargs[a] for a in argnames])
+            result = function(*map(kwargs.__getitem__, argnames))
             if result is not None and _awaitable(result):
                 await result
 
@@ -76,7 +76,7 @@ class Hooks:
         cancelled: asyncio.CancelledError | None = None
         for function, argnames, plugin in self._impls[name]:
             try:
-                result = function(*[kwargs[a] for a in argnames])
+                result = function(*map(kwargs.__getitem__, argnames))
                 if result is not None and _awaitable(result):
                     await result
             except asyncio.CancelledError as exc:

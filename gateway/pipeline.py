@@ -61,13 +61,12 @@ TOO_DEEP = f"The request body is nested too deeply (the limit is {ALLOWED_DEPTH}
 async def read_json(request: web.Request) -> Any:
     """The parsed request body: 413 over the size limit (at once when the declared length is over it),
     408 when it stalls (``gateway.serving.server``), 400 when it is not JSON."""
-    too_large = f"Request body too large: the limit is {request.client_max_size} bytes."
     if (request.content_length or 0) > request.client_max_size:
-        raise PayloadTooLargeError(too_large)
+        raise _too_large(request)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLargeError(too_large) from None
+        raise _too_large(request) from None
     except BodyTimeout as exc:
         raise RequestTimeoutError(str(exc)) from None
     try:
@@ -83,6 +82,10 @@ async def read_json(request: web.Request) -> Any:
         except TypeError:
             raise InvalidRequestError(TOO_DEEP) from None
     return body
+
+
+def _too_large(request: web.Request) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"Request body too large: the limit is {request.client_max_size} bytes.")
 
 
 NOT_UTF8_KEY = "Incorrect API key provided: it is not valid UTF-8."

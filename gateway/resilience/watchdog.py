@@ -33,8 +33,8 @@ class Watchdog:
     )
 
     def __init__(self, timeout: float, gap: float | None = None, deadline: float | None = None) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
+        self.loop = loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task(loop)
         self.timeout = timeout  # the silence allowed now
         self.gap = timeout if gap is None else gap
         self.deadline = deadline

@@ -66,9 +66,10 @@ def parse_problem(exc: BaseException | None) -> str:
 
 class GatewayProtocol(RequestHandler):
     """aiohttp's ``RequestHandler`` with the header and body deadlines and OpenAI-shaped parser errors.
-    The per-read cost is one clock read (``_last_read``); the timers re-arm only when they fire."""
+    The per-read cost is one clock read (``_last_read``); the timers re-arm only when they fire, so a
+    request on a kept-alive connection costs no timer of its own."""
 
-    __slots__ = ("_body", "_body_handle", "_header_handle", "_last_read", "_limits")
+    __slots__ = ("_body", "_body_handle", "_header_handle", "_headers_since", "_last_read", "_limits")
 
     def __init__(self, manager: web.Server, *, limits: Callable[[], Any], **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -77,11 +78,12 @@ class GatewayProtocol(RequestHandler):
         self._body_handle: asyncio.TimerHandle | None = None
         self._body: Any = None  # the payload being read
         self._last_read = 0.0
+        self._headers_since: float | None = None  # when the awaited request's first bytes came
         make_request = self._request_factory
         assert make_request is not None
 
         def request_factory(message: Any, payload: Any, *args: Any) -> web.BaseRequest:
-            self._headers_done()
+            self._headers_since = None
             if message is ERROR:  # aiohttp's stand-in request for a parser error is HTTP/1.0: answer in 1.1
                 message = ERROR_11
             if not payload.is_eof():
@@ -93,35 +95,41 @@ class GatewayProtocol(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._last_read = self._loop.time()
+        self._last_read = self._headers_since = self._loop.time()  # its first request is awaited
         self._arm_header_timer()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._headers_done()
+        if self._header_handle is not None:
+            self._header_handle.cancel()
+        self._header_handle = self._headers_since = None
         if self._body_handle is not None:
             self._body_handle.cancel()
         self._body = self._body_handle = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self._last_read = self._loop.time()
-        if self._header_handle is None and self._current_request is None and not self._messages:
-            self._arm_header_timer()  # the first bytes of the next request on a kept-alive connection
+        self._last_read = now = self._loop.time()
+        if self._headers_since is None and self._current_request is None and not self._messages:
+            self._headers_since = now  # the first bytes of the next request on a kept-alive connection
+            if self._header_handle is None:
+                self._arm_header_timer()
         super().data_received(data)
 
     def _arm_header_timer(self) -> None:
-        self._header_handle = self._loop.call_later(self._limits().header_timeout, self._header_timeout)
+        assert self._headers_since is not None
+        due = self._headers_since + self._limits().header_timeout
+        self._header_handle = self._loop.call_at(due, self._check_headers)
 
-    def _headers_done(self) -> None:
-        if self._header_handle is not None:
-            self._header_handle.cancel()
-            self._header_handle = None
-
-    def _header_timeout(self) -> None:
+    def _check_headers(self) -> None:
+        """The header deadline of the request awaited when the timer was set: met (the timer stops
+        until the next request's first bytes), not yet due (re-armed), or passed (408)."""
         self._header_handle = None
-        if self._current_request is not None or self.transport is None:
-            return  # a request is being served: its next one's headers get their own deadline
+        if self._headers_since is None or self._current_request is not None or self.transport is None:
+            return  # its headers came; a request being served gives the next one its own deadline
         seconds = self._limits().header_timeout
+        if self._loop.time() < self._headers_since + seconds:
+            self._arm_header_timer()  # a later request's: it began after this timer was set
+            return
         log.warning("request headers timed out", status=408, header_timeout=seconds, peer=self._peer())
         error = RequestTimeoutError(HEADER_TIMEOUT.format(seconds))
         body = orjson.dumps(error.to_dict())

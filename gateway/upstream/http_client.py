@@ -106,10 +106,9 @@ class HttpClient:
         return await connection.send(b"".join(head))
 
     def _idle_connection(self) -> _Connection | None:
-        now = asyncio.get_running_loop().time()
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed and now - connection.idle_since < KEEPALIVE:
+            if not connection.closed and connection.loop.time() - connection.idle_since < KEEPALIVE:
                 return connection
             connection.close()
         return None
@@ -161,7 +160,7 @@ class HttpClient:
             connection.close()
             return
         idle = self._idle
-        connection.idle_since = now = asyncio.get_running_loop().time()
+        connection.idle_since = now = connection.loop.time()
         if idle and now - idle[0].idle_since >= KEEPALIVE:
             idle.popleft().close()
         idle.append(connection)
@@ -178,6 +177,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, client: HttpClient) -> None:
         self.client = client
+        self.loop = asyncio.get_running_loop()  # made in a connect: looked up once, not per use
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -246,7 +246,7 @@ class _Connection(asyncio.Protocol):
     async def send(self, data: bytes) -> Response:
         """Write a request and wait for its answer's head."""
         assert self.transport is not None
-        self.response, self.head = None, asyncio.get_running_loop().create_future()
+        self.response, self.head = None, self.loop.create_future()
         head = self.head
         try:
             self.transport.write(data)
