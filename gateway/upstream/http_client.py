@@ -179,6 +179,10 @@ class _Connection(asyncio.Protocol):
         self.client = client
         self.loop = asyncio.get_running_loop()  # made in a connect: looked up once, not per use
         self.transport: asyncio.Transport | None = None
+        # llhttp gives a chunked body chunk by chunk: the pieces of one read are gathered without a
+        # Python call each and go to the response once per read (``_deliver``)
+        self.body_parts: list[bytes] = []
+        self.on_body = self.body_parts.append
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
@@ -199,8 +203,22 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self._deliver()
             self._fail(ClientPayloadError(f"the upstream's answer is not valid HTTP: {exc}"))
             self.close()
+        else:
+            if self.body_parts:
+                self._deliver()
+
+    def _deliver(self) -> None:
+        """The body pieces the last read held, to the response in one piece."""
+        parts = self.body_parts
+        if not parts:
+            return
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        if self.response is not None:
+            self.response._feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -233,11 +251,8 @@ class _Connection(asyncio.Protocol):
         if head is not None and not head.done():
             head.set_result(response)
 
-    def on_body(self, body: bytes) -> None:
-        if self.response is not None:
-            self.response._feed(body)
-
     def on_message_complete(self) -> None:
+        self._deliver()
         if self.response is not None:
             self.response._finish()
 
