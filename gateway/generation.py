@@ -45,7 +45,7 @@ class Generation:
         self.number = number
         self.config = config
         self.pm = pm
-        self.hooks = Hooks(pm)
+        self.hooks = Hooks(pm, config)
         self.backends = BackendRegistry(backends)
         self.state: dict[str, Any] = {}  # plugins' caches built from this config, by plugin name
         self.active = 0

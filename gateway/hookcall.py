@@ -18,14 +18,18 @@ log = structlog.get_logger("gateway")
 
 
 class Hooks:
-    """The per-request hooks of one plugin manager, with their impls resolved once at start-up."""
+    """The per-request hooks of one plugin manager, with their impls resolved once at start-up; with
+    ``config``, less the impls of the plugins idle under it (``gateway_idle``; a hook with a wrapper
+    goes through pluggy, which calls them all)."""
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    def __init__(self, pm: pluggy.PluginManager, config: Any = None) -> None:
         self._pm = pm
+        self.idle = idle_plugins(pm, config) if config is not None else frozenset()
         self._impls: dict[str, tuple[tuple[Callable[..., Any], tuple[str, ...], str], ...]] = {
             name: tuple(
                 (impl.function, tuple(impl.argnames), impl.plugin_name)
                 for impl in reversed(getattr(pm.hook, name).get_hookimpls())
+                if impl.plugin_name not in self.idle
             )
             for name in ASYNC_HOOKS | PER_REQUEST_HOOKS
         }
@@ -85,6 +89,12 @@ class Hooks:
                 log.exception("observer hook failed", hook=name, plugin=plugin)
         if cancelled is not None:
             raise cancelled
+
+
+def idle_plugins(pm: pluggy.PluginManager, config: Any) -> frozenset[str]:
+    """The plugins whose ``gateway_idle`` says they have nothing to do under ``config``."""
+    impls = pm.hook.gateway_idle.get_hookimpls()
+    return frozenset(impl.plugin_name for impl in impls if impl.function(*[config for _ in impl.argnames]))
 
 
 def _awaitable(result: object) -> bool:

@@ -84,6 +84,14 @@ def gateway_cleanup_ctx(
     """
 
 
+@hookspec
+def gateway_idle(config: GatewayConfig) -> bool | None:
+    """True when this plugin has nothing to do on any request under ``config`` (say, its section
+    configures nothing): its per-request hooks are then not called while that config serves (a
+    reload asks again). Sync; each plugin answers for itself.
+    """
+
+
 # Per-request hooks -----------------------------------------------------------------------------
 
 

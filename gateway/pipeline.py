@@ -107,7 +107,7 @@ async def admit(ctx: RequestContext, ingress: Ingress | None = None) -> None:
     (``gateway_process_request``)."""
     hooks = ctx.generation.hooks
     refuse_unreadable_keys(ctx)
-    ctx.principal = await hooks.first_result("gateway_authenticate", ctx=ctx)
+    ctx.principal = await hooks.first_result("gateway_authenticate", ctx=ctx) or ctx.principal
     if ingress is not None:
         await ingress.admitted(ctx)
     await hooks.call_all("gateway_process_request", ctx=ctx)

@@ -17,7 +17,7 @@ HOOKS = hookspecs_names()
 
 
 def test_there_are_hooks() -> None:
-    assert len(HOOKS) == 11
+    assert len(HOOKS) == 12
     assert hookspecs.ASYNC_HOOKS <= set(HOOKS)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -122,16 +123,19 @@ async def _await(flight: Flight, seconds: float) -> bytes | None:
 
 
 @hookimpl(trylast=True)
-async def gateway_process_request(ctx: RequestContext) -> None:
+def gateway_process_request(ctx: RequestContext) -> Awaitable[None] | None:
     """Answer from the cache or an idempotency record, wait for an identical request in flight, or
-    note what the answer must be stored as."""
-    body = ctx.body
-    if ctx.endpoint not in CACHEABLE or body is None or ctx.response is not None:
-        return
+    note what the answer must be stored as. (Sync, and async only for a request it has work for.)"""
+    if ctx.endpoint not in CACHEABLE or ctx.body is None or ctx.response is not None:
+        return None
     settings: CacheConfig = ctx.config.plugin_config(SECTION)
     idempotency = ctx.request.headers.get("Idempotency-Key")
     if not settings.enabled and not idempotency:
-        return
+        return None
+    return _process_request(ctx, settings, idempotency)
+
+
+async def _process_request(ctx: RequestContext, settings: CacheConfig, idempotency: str | None) -> None:
     state, pending = _state(ctx, settings), Pending()
     ctx.state[SECTION] = pending  # from here on, request_finished releases what it holds
     caller = _caller(ctx)
@@ -250,11 +254,13 @@ def gateway_stream_filter(ctx: RequestContext) -> Any:
 
 
 @hookimpl
-async def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> None:
+def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> Awaitable[None] | None:
     """Store the answer (none after an error, a cut stream or a non-200) and release the followers."""
     pending: Pending | None = ctx.state.pop(SECTION, None)
-    if pending is None:
-        return
+    return None if pending is None else _finished(ctx, error, pending)
+
+
+async def _finished(ctx: RequestContext, error: BaseException | None, pending: Pending) -> None:
     state = ctx.generation_state[SECTION]
     answer = None
     if error is None and ctx.status == 200:

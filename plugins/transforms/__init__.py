@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import ChunkFilter, hookimpl, model_object
+from gateway.config import GatewayConfig
 from gateway.context import RequestContext
 from gateway.endpoints import MODELS_LIST, MODELS_RETRIEVE
 from gateway.keys import backends_key
@@ -32,6 +33,12 @@ FILTERS = "transforms.filters"  # ctx.state: the response filters of the rules t
 def gateway_register_config(register):  # type: ignore[no-untyped-def]
     """Declare the ``transforms`` section."""
     register(SECTION, TransformsConfig)
+
+
+@hookimpl
+def gateway_idle(config: GatewayConfig) -> bool:
+    """Idle without rules."""
+    return not config.plugin_config(SECTION).rules
 
 
 def _rules(ctx: RequestContext) -> list[Rule]:

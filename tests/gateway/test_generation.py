@@ -73,6 +73,22 @@ async def test_plugin_settings_read_per_request_reload(gateway: Any) -> None:
     assert resp.status == 200
 
 
+async def test_a_plugin_idle_under_a_config_wakes_with_the_reload_that_configures_it(gateway: Any) -> None:
+    """``gateway_idle``: transforms without rules is not called on requests; a reload with a rule
+    makes it work again (a request is refused by it), and a reload without rules idles it again."""
+    client = await gateway(mock_config())
+    generations = client.server.app[generations_key]
+    assert "transforms" in generations.current.hooks.idle
+    assert (await chat(client, "mock-gpt-model")).status == 200
+    refusing = {**mock_config(), "plugins": {"transforms": {"rules": [{"refuse": ["hi"]}]}}}
+    assert await generations.reload(refusing)
+    assert "transforms" not in generations.current.hooks.idle
+    refused = await chat(client, "mock-gpt-model")
+    assert refused.status == 400 and (await refused.json())["error"]["code"] == "content_policy"
+    assert await generations.reload(mock_config())
+    assert "transforms" in generations.current.hooks.idle and (await chat(client, "mock-gpt-model")).status == 200
+
+
 @pytest.mark.parametrize(
     ("config", "reason"),
     [

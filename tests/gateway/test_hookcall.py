@@ -223,3 +223,39 @@ def test_call_lets_pluggy_run_a_hook_with_a_wrapper() -> None:
     hooks = hooks_of(sync_hooks_plugin("A", chunk_filter="f-A"), Wrapper())
     assert hooks.call("gateway_stream_filter", ctx=log) == ["f-A", "f-wrapper"]
     assert log == ["before", "A", "after"]
+
+
+class Settings:
+    """A stand-in config for ``gateway_idle``: which plugins have nothing to do."""
+
+    def __init__(self, *idle: str) -> None:
+        self.idle = idle
+
+
+def idle_when_named(name: str, log: list[str]) -> object:
+    class Plugin:
+        @hookimpl
+        def gateway_idle(self, config: Any) -> bool:
+            return name in config.idle
+
+        @hookimpl
+        def gateway_process_request(self, ctx: Any) -> None:
+            log.append(name)
+
+    return Plugin()
+
+
+async def test_the_impls_of_a_plugin_idle_under_the_config_are_not_called() -> None:
+    log: list[str] = []
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(idle_when_named("a", log), name="a")
+    pm.register(idle_when_named("b", log), name="b")
+    pm.register(recorder(log, "c"), name="c")  # no gateway_idle: never idle
+    hooks = Hooks(pm, Settings("a"))
+    assert hooks.idle == {"a"}
+    await hooks.call_all("gateway_process_request", ctx=None)
+    assert log == ["c", "b"]
+    log.clear()
+    await Hooks(pm).call_all("gateway_process_request", ctx=None)  # without a config: nothing idle
+    assert log == ["c", "b", "a"]
