@@ -346,25 +346,35 @@ class StreamCollector:
             return None
         if not self.frame:
             self.frame = {"id": chunk.get("id"), "object": chunk.get("object"), "model": chunk.get("model")}
+        kept_choices, limit = self.choices, self.limit
         for choice in chunk.get("choices") or ():
             index = choice.get("index", 0)
-            kept = self.choices.get(index)
+            kept = kept_choices.get(index)
             if kept is None:
-                kept = self.choices[index] = {"index": index, "text": [], "size": 0, "finish_reason": None}
+                kept = kept_choices[index] = {"index": index, "text": [], "size": 0, "finish_reason": None}
             delta = choice.get("delta")
-            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-            if text and kept["size"] <= self.limit:
+            if type(delta) is dict:
+                text = delta.get("content")
+                calls = delta.get("tool_calls")
+            else:
+                text, calls = choice.get("text"), None
+            if text and kept["size"] <= limit:
                 kept["text"].append(text)
                 kept["size"] += len(text)
-            for call in (delta.get("tool_calls") if isinstance(delta, dict) else None) or ():
-                function = call.get("function") or {}
-                if kept["size"] <= self.limit:
-                    piece = (function.get("name") or "") + (function.get("arguments") or "")
-                    kept.setdefault("tool_calls", []).append(piece)
-                    kept["size"] += len(piece)
-            if choice.get("finish_reason") is not None:
-                kept["finish_reason"] = choice["finish_reason"]
+            if calls:
+                self._tool_calls(kept, calls)
+            reason = choice.get("finish_reason")
+            if reason is not None:
+                kept["finish_reason"] = reason
         return chunk
+
+    def _tool_calls(self, kept: dict[str, Any], calls: list[dict[str, Any]]) -> None:
+        for call in calls:
+            function = call.get("function") or {}
+            if kept["size"] <= self.limit:
+                piece = (function.get("name") or "") + (function.get("arguments") or "")
+                kept.setdefault("tool_calls", []).append(piece)
+                kept["size"] += len(piece)
 
     def assembled(self, ctx: RequestContext) -> dict[str, Any]:
         """The stream as one response: each choice's text, tool call text and finish reason."""
