@@ -29,6 +29,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
@@ -89,6 +90,22 @@ class ApiKey(BaseModel):
         assert self.sha256 is not None
         return bytes.fromhex(self.sha256)
 
+
+@dataclass(slots=True, eq=False)
+class Caller:
+    """A configured key as requests read it (what ``AuthConfig.find`` gives): plain attributes, as
+    each read of a pydantic model's goes through its ``__getattr__`` hook."""
+
+    name: str
+    metadata: dict[str, Any]
+    limits: Limits | None
+    models: list[str] | None
+    metrics_only: bool
+
+    @classmethod
+    def of(cls, key: ApiKey) -> Caller:
+        return cls(key.name, key.metadata, key.limits, key.models, key.metrics_only)
+
     def allows(self, model: str) -> bool:
         return self.models is None or any(fnmatchcase(model, pattern) for pattern in self.models)
 
@@ -110,7 +127,7 @@ class AuthConfig(BaseModel):
         description="paths besides the API that need one of the `keys`, in every mode",
     )
 
-    _digests: list[tuple[bytes, ApiKey]] = PrivateAttr(default_factory=list)
+    _digests: list[tuple[bytes, Caller]] = PrivateAttr(default_factory=list)
 
     def shared_state(self) -> str | None:
         """What of this section must be shared between processes (``gateway.state``): keys' limits."""
@@ -134,7 +151,7 @@ class AuthConfig(BaseModel):
             if entry.digest in digests:
                 raise ValueError(f"keys[{i}]: the same key as keys[{digests[entry.digest]}]")
             names[entry.name], digests[entry.digest] = i, i
-        self._digests = [(entry.digest, entry) for entry in self.keys]
+        self._digests = [(entry.digest, Caller.of(entry)) for entry in self.keys]
         return self
 
     @functools.cached_property
@@ -147,11 +164,11 @@ class AuthConfig(BaseModel):
         return frozenset(self.protect) if self.keys else frozenset()
 
     @functools.cached_property
-    def seen(self) -> dict[str, ApiKey]:
+    def seen(self) -> dict[str, Caller]:
         """The keys ``find`` has found, as clients sent them (only configured ones: a few entries)."""
         return {}
 
-    def find(self, key: str) -> ApiKey | None:
+    def find(self, key: str) -> Caller | None:
         """The entry of ``key``. A key found before is looked up in ``seen`` (a dict: its time tells
         found or not, which the answer tells anyway, and nothing of how close a wrong key is); any
         other is hashed and compared with every configured digest, in constant time, whatever matches."""
@@ -177,7 +194,7 @@ def identify(ctx: RequestContext, settings: AuthConfig, mode: str | None = None)
     an anonymous one, or 401."""
     mode = mode or settings.mode
     key = ctx.client_key or ctx.request.headers.get("x-api-key", "").strip() or None
-    entry = settings.find(key) if key is not None else None
+    entry = None if key is None else settings.seen.get(key) or settings.find(key)
     if mode == "passthrough":
         ctx.client_key = key  # the upstream gets the key as the client sent it
         if entry is None:
@@ -231,7 +248,7 @@ def gateway_authenticate(ctx: RequestContext) -> Principal | None:
     if not settings.active or ctx.endpoint in OPEN_ENDPOINTS:
         return ctx.principal  # set by the middleware when the path is protected
     ctx.principal = principal = ctx.principal or identify(ctx, settings)  # a refused caller is named in logs
-    entry: ApiKey | None = ctx.state.get(SECTION)
+    entry: Caller | None = ctx.state.get(SECTION)
     if (
         ctx.body is not None
         and entry is not None
@@ -254,7 +271,7 @@ def gateway_process_response(ctx: RequestContext, response: dict[str, Any]) -> N
     if ctx.endpoint == OPENAPI:
         _lock_operations(ctx.config.plugin_config(SECTION), response)
         return
-    entry: ApiKey | None = ctx.state.get(SECTION)
+    entry: Caller | None = ctx.state.get(SECTION)
     if entry is None or entry.models is None:
         return
     if ctx.endpoint == MODELS_LIST:

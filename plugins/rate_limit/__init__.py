@@ -53,12 +53,14 @@ __all__ = [
 ]
 
 
+HELD = f"{SECTION}.held"  # ctx.state: what a request holds (SECTION: its x-ratelimit-* headers)
+
+
 @dataclass(slots=True)
 class _Held:
     """What a granted request holds until it finishes."""
 
     store: LimitStore
-    headers: dict[str, str]  # OpenAI's x-ratelimit-* headers of this grant
     prompt: int  # the prompt's estimate: what the tokens settle to without usage
     tokens: list[Any] | None = None  # receipts of token charges, settled with the actual usage
     slots: list[Any] | None = None  # receipts of concurrency slots, released
@@ -89,9 +91,9 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
     """``on_response_prepare``, after the core's: this gateway's ``x-ratelimit-*`` headers replace
     those a backend passed on from its upstream (the provider account's budget, not the caller's)."""
     ctx = request.get(ctx_key)
-    held = ctx.state.get(SECTION) if ctx is not None else None
-    if held is not None:
-        response.headers.update(held.headers)
+    headers = ctx.state.get(SECTION) if ctx is not None else None
+    if headers:
+        response.headers.update(headers)
 
 
 @hookimpl(trylast=True)  # after the other pre-processing: refused requests don't count, prompts are final
@@ -123,7 +125,10 @@ def _admit(ctx: RequestContext, store: LimitStore, planned: Plan, grant: Grant) 
     headers = headers_of(planned.planned, grant.quotas)
     if not grant.granted:
         raise refusal(planned.planned, grant.quotas, headers, ctx.model)
-    held = ctx.state[SECTION] = _Held(store, headers, planned.prompt)
+    ctx.state[SECTION] = headers
+    if not (planned.tokens or planned.slots):
+        return  # nothing to give back when the request ends
+    held = ctx.state[HELD] = _Held(store, planned.prompt)
     if planned.tokens:
         held.tokens = [r for p, r in zip(planned.planned, grant.receipts, strict=True) if p.kind == "tokens"]
     if planned.slots:
@@ -134,8 +139,8 @@ def _admit(ctx: RequestContext, store: LimitStore, planned: Plan, grant: Grant) 
 def gateway_request_finished(ctx: RequestContext, error: BaseException | None) -> Awaitable[None] | None:
     """Free the concurrency slots, and settle the tokens reserved to the actual usage (directly in
     the memory store; another store's coroutine is awaited)."""
-    held: _Held | None = ctx.state.pop(SECTION, None)
-    if held is None or (held.tokens is None and held.slots is None):
+    held: _Held | None = ctx.state.pop(HELD, None)
+    if held is None:
         return None
     settles: list[tuple[Any, int]] = []
     if held.tokens:

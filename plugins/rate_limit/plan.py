@@ -60,13 +60,12 @@ def plan(ctx: RequestContext, settings: RateLimitConfig) -> Plan:
     token charge's amount per request."""
     keys, models = settings.plans
     principal = ctx.principal
-    own = principal.limits if principal is not None else None
-    key = (principal.name, id(own)) if principal is not None else None
-    known = keys.get(key)
-    if known is None or known[0] is not own:  # (``own`` is kept: its id stays its own)
+    name, own = (None, None) if principal is None else (principal.name, principal.limits)
+    known = keys.get(name)
+    if known is None or known[0] is not own:  # a key's limits are one object (else worked out again)
         if len(keys) >= MAX_CACHED:
             keys.clear()
-        known = keys[key] = (own, _of_key(principal, settings))
+        known = keys[name] = (own, _of_key(principal, settings))
     result = known[1]
     if settings.model_limits:  # the request's model, and an alias's (transforms)
         upstream = ctx.body.get("model") if ctx.body is not None else None
@@ -157,7 +156,8 @@ def headers_of(planned: Sequence[_Planned], quotas: Sequence[Quota]) -> dict[str
         if q.remaining is None or p.kind == "concurrent":
             return {}
         limit, remaining, reset = _NAMES[p.kind]
-        return {limit: str(q.limit), remaining: str(q.remaining), reset: _reset_text(q.reset)}
+        left = _FULL if q.reset == WINDOW else duration(q.reset)
+        return {limit: str(q.limit), remaining: str(q.remaining), reset: left}
     least: dict[str, Quota] = {}
     for p, q in zip(planned, quotas, strict=True):
         if q.remaining is not None and p.kind != "concurrent":
@@ -170,13 +170,8 @@ def headers_of(planned: Sequence[_Planned], quotas: Sequence[Quota]) -> dict[str
         if quota is not None:
             headers[limit] = str(quota.limit)
             headers[remaining] = str(quota.remaining)
-            headers[reset] = _reset_text(quota.reset)
+            headers[reset] = _FULL if quota.reset == WINDOW else duration(quota.reset)
     return headers
-
-
-def _reset_text(seconds: float) -> str:
-    """``duration``, with a full window's (a granted memory charge's reset) written once."""
-    return _FULL_WINDOW if seconds == WINDOW else duration(seconds)
 
 
 def refusal(
@@ -226,4 +221,4 @@ def duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-_FULL_WINDOW = duration(WINDOW)
+_FULL = duration(WINDOW)  # a granted memory charge's reset, written once

@@ -71,8 +71,8 @@ class LimitStore(Protocol):
 
 class _Window:
     """The charges of one bucket in the last ``length`` seconds, oldest first, and their sum: times
-    and amounts side by side (plain numbers, nothing for the garbage collector to walk). Charge
-    number ``n`` (``add``'s answer) sits at ``n - dropped``."""
+    and amounts side by side (plain numbers, nothing for the garbage collector to walk). The charge
+    numbered ``n`` (the ``n``-th appended, from 0) sits at ``n - dropped``."""
 
     __slots__ = ("amounts", "dropped", "length", "times", "total")
 
@@ -89,12 +89,6 @@ class _Window:
             times.popleft()
             self.total -= self.amounts.popleft()
             self.dropped += 1
-
-    def add(self, now: float, amount: int) -> int:
-        self.times.append(now)
-        self.amounts.append(amount)
-        self.total += amount
-        return self.dropped + len(self.times) - 1
 
     def wait(self, amount: int, limit: int, now: float) -> float:
         excess = self.total + amount - limit
@@ -146,9 +140,12 @@ class MemoryStore:
             if charge.window is None:
                 self._slots[charge.bucket] = self._slots.get(charge.bucket, 0) + charge.amount
                 receipts.append((charge.bucket, charge.amount))
-            else:
+            else:  # the charge joins its window; its receipt: the window, the charge's number
                 window = self._windows[charge.bucket]
-                receipts.append((window, window.add(now, charge.amount)))
+                window.times.append(now)
+                window.amounts.append(charge.amount)
+                window.total += charge.amount
+                receipts.append((window, window.dropped + len(window.times) - 1))
         return Grant(True, quotas, receipts)
 
     def _quota(self, charge: Charge, now: float) -> Quota:
