@@ -242,6 +242,12 @@ async def protect(
 
 
 @hookimpl
+def gateway_idle(config: GatewayConfig) -> bool:
+    """Idle while auth is off (no keys, not ``passthrough``): no request is checked or filtered."""
+    return not config.plugin_config(SECTION).active
+
+
+@hookimpl
 def gateway_authenticate(ctx: RequestContext) -> Principal | None:
     """The caller's principal (401 without a valid key); 403/404 when the key may not use the model."""
     settings: AuthConfig = ctx.config.plugin_config(SECTION)
