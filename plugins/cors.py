@@ -62,22 +62,24 @@ def gateway_setup_app(app: web.Application, config: GatewayConfig) -> None:
     signals = app.on_response_prepare
     before = len(signals)
     setup = aiohttp_cors.setup(app, defaults={origin: options for origin in cors.allow_origins})
-    for i in range(before, len(signals)):  # aiohttp-cors's own: only for requests from a browser
-        signals[i] = _with_origin_only(signals[i])
     for route in list(app.router.routes()):
         setup.add(route)
-    signals.append(_unrouted_responses(cors))
+    theirs = signals[before:]  # aiohttp-cors's own
+    del signals[before:]
+    signals.append(_browsers_only([*theirs, _unrouted_responses(cors)]))
 
 
-def _with_origin_only(on_prepare: Any) -> Any:
-    """aiohttp-cors resolves every response's route before it looks for an ``Origin`` header; a
-    request without one (any client but a browser's script) needs no CORS headers: skip it."""
+def _browsers_only(callbacks: list[Any]) -> Any:
+    """All of CORS as one ``on_response_prepare``, skipped for a request without an ``Origin`` header:
+    any client but a browser's script needs no CORS headers (and aiohttp-cors resolves every
+    response's route before it looks for one)."""
 
-    async def guarded(request: web.Request, response: web.StreamResponse) -> None:
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         if hdrs.ORIGIN in request.headers:
-            await on_prepare(request, response)
+            for callback in callbacks:
+                await callback(request, response)
 
-    return guarded
+    return on_prepare
 
 
 def _unrouted_responses(cors: CorsConfig) -> Any:
