@@ -272,10 +272,12 @@ async def _stream(
                 elif filters:
                     for chunk in apply_filters(filters, decode_items(item)):
                         await write(encode_event(chunk))
-                elif type(item) is bytes and item.endswith(DONE):  # the last block, the upstream's [DONE] in it
+                elif type(item) is not bytes:
+                    await write(encode_event(item))
+                elif item.endswith(DONE):  # the last block, the upstream's [DONE] in it
                     await response.write_eof(item)  # the events, [DONE] and the end in one write
                 else:  # pass-through: the backend's events go out as they are
-                    await write(encode_event(item))
+                    await write(item)
                 watchdog.since = since = loop.time()
                 try:
                     item = await anext(chunks)

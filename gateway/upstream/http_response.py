@@ -117,7 +117,7 @@ class Response:
     async def _wait(self) -> None:
         if self._error is not None:
             raise self._error
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self.connection.loop.create_future()
         await self._waiter
 
     def _take(self) -> bytes:

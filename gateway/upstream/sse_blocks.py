@@ -112,12 +112,9 @@ def well_formed(block: bytes) -> bool:
     if not block:
         return True
     lines = block.count(b"\n")
-    return (
-        lines % 2 == 0
-        and block.startswith(b"data: {")
-        and block.endswith(b"}\n\n")
-        and block.count(b"}\n\ndata: {") == lines // 2 - 1
-    )
+    if lines % 2 or not block.startswith(b"data: {") or not block.endswith(b"}\n\n"):
+        return False
+    return lines == 2 or block.count(b"}\n\ndata: {") == lines // 2 - 1
 
 
 def first_malformed(block: bytes) -> int | None:

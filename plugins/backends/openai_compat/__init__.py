@@ -194,17 +194,18 @@ class OpenAICompatBackend(Backend):
                     return
                 renamer = Renamer(ctx.model) if rename else None
                 events = Events(self, ctx, drop_usage, renamer, secrets, choices_of(ctx.body, operation))
+                blocks = events.blocks
                 async for data in response.content.iter_any():
                     block = events.feed(data)
-                    if events.done and events.failure is None:  # [DONE] came with it: one write for both
+                    if blocks.done and events.failure is None:  # [DONE] came with it: one write for both
                         block += DONE
                     if block:
                         yield block
                     if events.failure is not None:
-                        if events.blocks.problem is not None:  # the rest of a broken stream is not read
+                        if blocks.problem is not None:  # the rest of a broken stream is not read
                             response.abort()
                         raise events.failure
-                    if events.done:
+                    if blocks.done:
                         return
                 if not events.ended():
                     raise UpstreamError(f"Backend {self.name!r} ended the stream before it was complete.")
