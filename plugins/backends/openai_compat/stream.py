@@ -108,13 +108,15 @@ class Events:
             return block
         if not blocks.done and self.finishes < self.choices:  # a stream ends on [DONE], or on these
             self.finishes += block.count(_FINISHES[0]) + block.count(_FINISHES[1])
-        if self.drop_usage:  # ``"usage": null`` on each chunk: only the gateway asked for usage
+        if self.null is not None:  # ``"usage": null`` on each chunk: only the gateway asked for usage
+            block = block.replace(self.null, b"")
+        elif self.drop_usage:
             block = self._drop_nulls(block)
         if b'"error"' in block:
             block, failure = inspect_block(self.backend.name, self.ctx, block, self.drop_usage, self.secrets)
             self.failure = failure or self.failure
-        else:
-            block = self._read_usage(block)
+        elif (at := block.rfind(b'"usage"')) >= 0 and _USAGE.match(block, at) is not None:
+            block = self._read_usage(block, at)
         if self.renamer is not None:
             block = self.renamer(block)
         return block
@@ -122,20 +124,13 @@ class Events:
     def _drop_nulls(self, block: bytes) -> bytes:
         """``block`` without its ``"usage": null`` fields, in the spelling the upstream uses (the first
         block that holds one tells which)."""
-        null = self.null
-        if null is None:
-            null = self.null = next((n for n in _NULL_USAGE if n in block), None)
-            if null is None:
-                return block
-        return block.replace(null, b"")
+        null = self.null = next((n for n in _NULL_USAGE if n in block), None)
+        return block if null is None else block.replace(null, b"")
 
-    def _read_usage(self, block: bytes) -> bytes:
-        """Record the usage of the block's last ``"usage"`` field when it holds more than null (the
-        usage event comes last: nothing before it is read); the event is dropped when only the gateway
-        asked for usage and it answers no choice."""
-        at = block.rfind(b'"usage"')
-        if at < 0 or _USAGE.match(block, at) is None:
-            return block
+    def _read_usage(self, block: bytes, at: int) -> bytes:
+        """Record the usage of the block's last ``"usage"`` field, at ``at``, which holds more than
+        null (the usage event comes last: nothing before it is read); the event is dropped when only
+        the gateway asked for usage and it answers no choice."""
         cut = block.rfind(_EVENT_END, 0, at)
         start, end = cut + 2 if cut >= 0 else 0, block.find(_EVENT_END, at) + 2
         chunk = orjson.loads(_data(block[start:end]))
