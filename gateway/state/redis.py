@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
-from redis.retry import Retry
 
 from gateway.state.config import StateConfig
 from gateway.state.resp import LeanConnection, pack, pack_args
