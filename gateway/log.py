@@ -14,6 +14,8 @@ import orjson
 import structlog
 from pydantic import BaseModel, SecretStr
 
+from gateway.log_output import LineBuffer
+
 #: A key names a secret when it ends in one of these words (``X-Goog-Api-Key``, ``access_token``,
 #: ``client_secret``, ``Authorization``), but not ``prompt_tokens``.
 _SECRET_KEY = re.compile(
@@ -322,7 +324,8 @@ def setup_logging(fmt: str = "auto", level: str = "info", stream: Any = None) ->
         factory: Any = structlog.PrintLoggerFactory(stream)
     else:
         processors.append(render_json)
-        factory = structlog.BytesLoggerFactory(getattr(stream, "buffer", stream))
+        output = LineBuffer(getattr(stream, "buffer", stream))
+        factory = structlog.BytesLoggerFactory(output)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
@@ -332,7 +335,6 @@ def setup_logging(fmt: str = "auto", level: str = "info", stream: Any = None) ->
     global _json_lines
     _json_lines = None
     if not console:
-        output = getattr(stream, "buffer", stream)
         _json_lines = _JsonLines(structlog.get_config(), timestamp, getattr(logging, level.upper()), output)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_RedactingFormatter("%(levelname)s %(name)s: %(message)s"))

@@ -25,6 +25,7 @@ from aiohttp.web_protocol import ERROR, RequestHandler
 
 from gateway.errors import GatewayError, InternalError, InvalidRequestError, RequestTimeoutError
 from gateway.keys import generations_key
+from gateway.log_output import batch_lines
 
 log = structlog.get_logger("gateway")
 
@@ -212,9 +213,11 @@ def serve(app: web.Application, *, host: str, port: int, loop: asyncio.AbstractE
         try:
             await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
             _tune_collector()
+            batch_lines(asyncio.get_running_loop())
             await asyncio.Event().wait()  # until GracefulExit
         finally:
             await runner.cleanup()
+            batch_lines(None)
 
     asyncio.set_event_loop(loop)
     task = loop.create_task(main())
