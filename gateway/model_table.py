@@ -208,14 +208,20 @@ def is_pattern(name: str) -> bool:
     return any(c in name for c in "*?[")
 
 
-class ModelIndex:
-    """Exact names and aliases in a dict, patterns in order: ``find`` is one lookup for a known name."""
+#: Pattern lookups ``ModelIndex`` remembers (names a client sent that matched a pattern, or none).
+MATCHES_KEPT = 1024
 
-    __slots__ = ("exact", "patterns")
+
+class ModelIndex:
+    """Exact names and aliases in a dict, patterns in order: ``find`` is one lookup for a known name,
+    and for a name a pattern served before (up to ``MATCHES_KEPT`` of them, then it starts again)."""
+
+    __slots__ = ("exact", "matched", "patterns")
 
     def __init__(self, routes: list[ModelRoute]) -> None:
         self.exact: dict[str, ModelRoute] = {}
         self.patterns: list[ModelRoute] = []
+        self.matched: dict[str, ModelRoute | None] = {}
         for route in routes:
             if route.is_pattern:
                 self.patterns.append(route)
@@ -227,12 +233,17 @@ class ModelIndex:
     def find(self, model: str) -> ModelRoute | None:
         """The route of an exact name or alias, else of the first pattern that matches."""
         route = self.exact.get(model)
-        if route is not None:
+        if route is not None or not self.patterns:
             return route
-        for route in self.patterns:
-            if fnmatchcase(model, route.name):
-                return route
-        return None
+        try:
+            return self.matched[model]
+        except KeyError:
+            pass
+        route = next((route for route in self.patterns if fnmatchcase(model, route.name)), None)
+        if len(self.matched) >= MATCHES_KEPT:  # many distinct names (a client's typos, a scan): start again
+            self.matched.clear()
+        self.matched[model] = route
+        return route
 
 
 def table_problems(routes: list[ModelRoute], backends: set[str]) -> list[tuple[str, str]]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from gateway import model_table
 from gateway.config import ConfigError
 from gateway.loading import load
 
@@ -71,6 +72,17 @@ def test_names_and_aliases_win_over_patterns_and_the_first_entry_wins() -> None:
     assert config.find_route("fast").backend == "two"
     assert config.find_route("gpt-3").backend == "one"
     assert config.find_route("claude") is None
+
+
+def test_pattern_matches_are_remembered_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model_table, "MATCHES_KEPT", 3)
+    index = load(table({"name": "gpt-*", "backend": "one"}, {"name": "*-mini", "backend": "two"})).config.model_index
+    assert index.find("gpt-4o").backend == "one" and index.find("o4-mini").backend == "two"
+    assert index.find("claude") is None and index.find("claude") is None  # a miss is remembered too
+    assert index.matched == {"gpt-4o": index.patterns[0], "o4-mini": index.patterns[1], "claude": None}
+    assert index.find("gpt-mini").backend == "one"  # the first pattern in order wins, remembered or not
+    assert index.matched == {"gpt-mini": index.patterns[0]}  # full: started again
+    assert index.find("o4-mini").backend == "two"
 
 
 @pytest.mark.parametrize(
