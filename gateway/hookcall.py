@@ -25,9 +25,9 @@ class Hooks:
     def __init__(self, pm: pluggy.PluginManager, config: Any = None) -> None:
         self._pm = pm
         self.idle = idle_plugins(pm, config) if config is not None else frozenset()
-        self._impls: dict[str, tuple[tuple[Callable[..., Any], tuple[str, ...], str], ...]] = {
+        self._impls: dict[str, tuple[tuple[Callable[..., Any], tuple[str, ...] | None, str], ...]] = {
             name: tuple(
-                (impl.function, tuple(impl.argnames), impl.plugin_name)
+                (impl.function, _subset(impl.argnames, getattr(pm.hook, name).spec.argnames), impl.plugin_name)
                 for impl in reversed(getattr(pm.hook, name).get_hookimpls())
                 if impl.plugin_name not in self.idle
             )
@@ -49,7 +49,7 @@ class Hooks:
         first = name in self._first
         results = []
         for function, argnames, _ in self._impls[name]:
-            result = function(*map(kwargs.__getitem__, argnames))
+            result = function(**kwargs) if argnames is None else function(*map(kwargs.__getitem__, argnames))
             if result is not None:
                 if first:
                     return result
@@ -59,7 +59,7 @@ class Hooks:
     async def first_result(self, name: str, **kwargs: Any) -> Any:
         """The first non-None result; later impls are not called. Exceptions propagate."""
         for function, argnames, _ in self._impls[name]:
-            result = function(*map(kwargs.__getitem__, argnames))
+            result = function(**kwargs) if argnames is None else function(*map(kwargs.__getitem__, argnames))
             if result is not None and _awaitable(result):
                 result = await result
             if result is not None:
@@ -69,7 +69,7 @@ class Hooks:
     async def call_all(self, name: str, **kwargs: Any) -> None:
         """Call every impl in order. Exceptions propagate (decision hooks fail closed)."""
         for function, argnames, _ in self._impls[name]:
-            result = function(*map(kwargs.__getitem__, argnames))
+            result = function(**kwargs) if argnames is None else function(*map(kwargs.__getitem__, argnames))
             if result is not None and _awaitable(result):
                 await result
 
@@ -80,7 +80,7 @@ class Hooks:
         cancelled: asyncio.CancelledError | None = None
         for function, argnames, plugin in self._impls[name]:
             try:
-                result = function(*map(kwargs.__getitem__, argnames))
+                result = function(**kwargs) if argnames is None else function(*map(kwargs.__getitem__, argnames))
                 if result is not None and _awaitable(result):
                     await result
             except asyncio.CancelledError as exc:
@@ -95,6 +95,12 @@ def idle_plugins(pm: pluggy.PluginManager, config: Any) -> frozenset[str]:
     """The plugins whose ``gateway_idle`` says they have nothing to do under ``config``."""
     impls = pm.hook.gateway_idle.get_hookimpls()
     return frozenset(impl.plugin_name for impl in impls if impl.function(*[config for _ in impl.argnames]))
+
+
+def _subset(argnames: tuple[str, ...], spec: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The arguments an impl takes, or None when it takes all its spec's (then called with the
+    caller's keywords as they are: no tuple built per call). Callers pass every argument of the spec."""
+    return None if set(argnames) == set(spec) else tuple(argnames)
 
 
 def _awaitable(result: object) -> bool:
