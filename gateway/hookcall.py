@@ -25,9 +25,9 @@ class Hooks:
     def __init__(self, pm: pluggy.PluginManager, config: Any = None) -> None:
         self._pm = pm
         self.idle = idle_plugins(pm, config) if config is not None else frozenset()
-        self._impls: dict[str, tuple[tuple[Callable[..., Any], tuple[str, ...] | None, str], ...]] = {
+        self._impls: dict[str, tuple[tuple[Callable[..., Any], str], ...]] = {
             name: tuple(
-                (impl.function, _subset(impl.argnames, getattr(pm.hook, name).spec.argnames), impl.plugin_name)
+                (_keywords(impl.function, impl.argnames, getattr(pm.hook, name).spec.argnames), impl.plugin_name)
                 for impl in reversed(getattr(pm.hook, name).get_hookimpls())
                 if impl.plugin_name not in self.idle
             )
@@ -48,8 +48,8 @@ class Hooks:
             return getattr(self._pm.hook, name)(**kwargs)
         first = name in self._first
         results = []
-        for function, argnames, _ in self._impls[name]:
-            result = function(**kwargs) if argnames is None else function(*map(kwargs.__getitem__, argnames))
+        for function, _ in self._impls[name]:
+            result = function(**kwargs)
             if result is not None:
                 if first:
                     return result
@@ -58,8 +58,8 @@ class Hooks:
 
     async def first_result(self, name: str, **kwargs: Any) -> Any:
         """The first non-None result; later impls are not called. Exceptions propagate."""
-        for function, argnames, _ in self._impls[name]:
-            result = function(**kwargs) if argnames is None else function(*map(kwargs.__getitem__, argnames))
+        for function, _ in self._impls[name]:
+            result = function(**kwargs)
             if result is not None and _awaitable(result):
                 result = await result
             if result is not None:
@@ -68,8 +68,8 @@ class Hooks:
 
     async def call_all(self, name: str, **kwargs: Any) -> None:
         """Call every impl in order. Exceptions propagate (decision hooks fail closed)."""
-        for function, argnames, _ in self._impls[name]:
-            result = function(**kwargs) if argnames is None else function(*map(kwargs.__getitem__, argnames))
+        for function, _ in self._impls[name]:
+            result = function(**kwargs)
             if result is not None and _awaitable(result):
                 await result
 
@@ -78,9 +78,9 @@ class Hooks:
         cancellation (the client left while an impl awaited) lets the next impls run too, and is
         raised after them."""
         cancelled: asyncio.CancelledError | None = None
-        for function, argnames, plugin in self._impls[name]:
+        for function, plugin in self._impls[name]:
             try:
-                result = function(**kwargs) if argnames is None else function(*map(kwargs.__getitem__, argnames))
+                result = function(**kwargs)
                 if result is not None and _awaitable(result):
                     await result
             except asyncio.CancelledError as exc:
@@ -97,10 +97,12 @@ def idle_plugins(pm: pluggy.PluginManager, config: Any) -> frozenset[str]:
     return frozenset(impl.plugin_name for impl in impls if impl.function(*[config for _ in impl.argnames]))
 
 
-def _subset(argnames: tuple[str, ...], spec: tuple[str, ...]) -> tuple[str, ...] | None:
-    """The arguments an impl takes, or None when it takes all its spec's (then called with the
-    caller's keywords as they are: no tuple built per call). Callers pass every argument of the spec."""
-    return None if set(argnames) == set(spec) else tuple(argnames)
+def _keywords(function: Callable[..., Any], argnames: tuple[str, ...], spec: tuple[str, ...]) -> Callable[..., Any]:
+    """An impl callable with every argument of its spec as keywords (as the callers pass them): the
+    impl itself when it takes them all (no tuple built per call), else a wrapper that passes it its own."""
+    if set(argnames) == set(spec):
+        return function
+    return lambda **kwargs: function(*map(kwargs.__getitem__, argnames))
 
 
 def _awaitable(result: object) -> bool:
