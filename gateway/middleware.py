@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
@@ -19,6 +20,10 @@ from gateway.replies import CLIENT_CLOSED, error_response, render_error
 MAX_REQUEST_ID = 200  # a longer X-Request-ID from a client is neither logged nor echoed
 OVERHEAD_HEADER = "X-Gateway-Overhead-Ms"
 LARGE_BODY = 64 * 1024  # aiohttp waits on the client only past its write buffer's high-water mark
+#: Where request ids come from: seeded from ``os.urandom`` (again in a forked worker), then no
+#: system call per id; a plugin that seeds ``random`` does not make them repeat.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
 
 
 @web.middleware
@@ -27,7 +32,7 @@ async def context_middleware(
 ) -> web.StreamResponse:
     """Give the request its context and id, turn any exception into an OpenAI error object, send
     the response, then call ``gateway_request_finished`` once."""
-    request_id = os.urandom(16).hex()  # always the gateway's own: a client's id is not unique
+    request_id = _ids.getrandbits(128).to_bytes(16).hex()  # the gateway's own: a client's is not unique
     client_request_id = request.headers.get("X-Request-ID")
     if client_request_id is not None and (
         len(client_request_id) > MAX_REQUEST_ID or not client_request_id.isprintable()

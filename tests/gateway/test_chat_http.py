@@ -4,6 +4,8 @@ error objects, request ids, and the per-request hooks as a client sees them."""
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import Field, SecretStr
 
-from gateway import Backend, BackendConfig, RequestContext, __version__, hookimpl
+from gateway import Backend, BackendConfig, RequestContext, __version__, hookimpl, middleware
 from gateway.testing import mock_config
 
 MODEL = "mock-gpt-model"
@@ -474,6 +476,31 @@ async def test_the_gateway_always_chooses_its_own_request_id(gateway: Any) -> No
     assert "same" not in ids and len(set(ids)) == 2
     resp = await client.get("/health", headers={"X-Request-ID": "x" * 201})  # too long: not echoed
     assert resp.headers["X-Request-ID"] == resp.headers["X-Gateway-Request-ID"] != "x" * 201
+
+
+async def test_request_ids_do_not_repeat_after_a_plugin_seeds_random(gateway: Any) -> None:
+    """Ids come from the gateway's own generator, not the ``random`` module's, which a plugin may seed."""
+    client = await gateway()
+    ids = []
+    for _ in range(2):
+        random.seed(0)
+        resp = await client.get("/health")
+        ids.append(resp.headers["X-Gateway-Request-ID"])
+    assert ids[0] != ids[1] and all(len(rid) == 32 and int(rid, 16) >= 0 for rid in ids)
+
+
+def test_request_ids_do_not_repeat_in_a_forked_worker() -> None:
+    """A forked child (a worker) reseeds the generator: its next id is not the parent's."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, middleware._ids.getrandbits(128).to_bytes(16))
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 16)
+    os.close(read)
+    assert len(child) == 16 and child != middleware._ids.getrandbits(128).to_bytes(16)
 
 
 # Plugins answering, filtering and post-processing -------------------------------------------------
