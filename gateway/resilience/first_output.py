@@ -28,8 +28,10 @@ async def first_output(ctx: RequestContext, call: Call, select: Select) -> Serve
     deployment = select(ctx)  # from here on, the deployment is tried or given back (a circuit's probe)
     if deployment is None:
         raise ModelNotFoundError(ctx.body["model"] if ctx.body else ctx.model or "")
-    now = asyncio.get_running_loop().time()
-    watchdog = Watchdog(*silence(deployment, limits), request_deadline(ctx, deployment, limits, now))
+    loop = asyncio.get_running_loop()
+    deadline = request_deadline(ctx, deployment, limits, loop.time())
+    writes = ctx.config.server.write_timeout if ctx.stream else None  # a stream's writes are watched
+    watchdog = Watchdog(*silence(deployment, limits), deadline, writes, loop)
     try:
         route = deployment.route
         if route is None or not route.resilient:  # one attempt: no retry state to keep

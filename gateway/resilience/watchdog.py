@@ -32,8 +32,15 @@ class Watchdog:
         "writing",
     )
 
-    def __init__(self, timeout: float, gap: float | None = None, deadline: float | None = None) -> None:
-        self.loop = loop = asyncio.get_running_loop()
+    def __init__(
+        self,
+        timeout: float,
+        gap: float | None = None,
+        deadline: float | None = None,
+        write_timeout: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.loop = loop = loop or asyncio.get_running_loop()
         self.task = asyncio.current_task(loop)
         self.timeout = timeout  # the silence allowed now
         self.gap = timeout if gap is None else gap
@@ -41,7 +48,7 @@ class Watchdog:
         self.since: float | None = None  # when the current wait began; None while not waiting
         self.fired = False
         self.reason = ""  # after firing: "silence", "deadline" or "write"
-        self.write_timeout: float | None = None
+        self.write_timeout = write_timeout  # see ``watch_writes``: given here, the timer is armed once
         self.writing: float | None = None  # when the current write to the client began; None: none
         self._handle = self.loop.call_at(self._due(self.loop.time()), self._check)
 
@@ -69,6 +76,8 @@ class Watchdog:
 
     def watch_writes(self, seconds: float) -> None:
         """From now on a write to the client may take at most ``seconds`` (``writing`` marks each one)."""
+        if seconds == self.write_timeout:
+            return
         self.write_timeout = seconds
         self._handle.cancel()
         self._handle = self.loop.call_at(self._due(self.loop.time()), self._check)

@@ -270,8 +270,8 @@ class transport_errors:  # a context manager used as a function: ``with transpor
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: Any) -> bool:
-        if exc is None or isinstance(exc, GatewayError):
-            return False
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, GatewayError):
+            return False  # nothing, a generator's close or a cancellation, or mapped already
         backend = self.backend
         if isinstance(exc, aiohttp.ClientConnectorError | UpstreamConnectError):
             reason = unreachable_reason(exc.os_error)
@@ -301,7 +301,10 @@ def unreachable_reason(error: OSError) -> str:
 def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The upstream's ``x-ratelimit-*`` headers and ``x-request-id``, for the client's response (the
     core keeps a request id the client sent itself; the gateway's own is ``x-gateway-request-id``)."""
-    return {k: v for k, v in headers.items() if k.lower().startswith(FORWARDED_HEADER_PREFIXES)}
+    return {k: v for k, v in headers.items() if k[:2] in _X and k.lower().startswith(FORWARDED_HEADER_PREFIXES)}
+
+
+_X = ("x-", "X-")
 
 
 async def read_body(response: aiohttp.ClientResponse, backend: str, limit: int) -> bytes:
