@@ -237,7 +237,7 @@ class _JsonLines:
     """Where ``setup_logging``'s JSON lines go, for ``write_event``: its level and output, and its
     structlog configuration, to tell whether logging is still configured that way."""
 
-    def __init__(self, config: dict[str, Any], timestamp: _Timestamp, level: int, output: Any) -> None:
+    def __init__(self, config: dict[str, Any], timestamp: _Timestamp, level: int, output: LineBuffer) -> None:
         self.timestamp, self.level, self.output = timestamp, level, output
         self.processors = list(config["processors"])  # a copy: structlog.testing edits the list in place
         self.wrapper_class, self.logger_factory = config["wrapper_class"], config["logger_factory"]
@@ -271,9 +271,7 @@ def write_event(logger: Any, level: str, event: str, fields: dict[str, Any]) -> 
     fields["level"] = level
     fields["timestamp"] = lines.timestamp.now()
     redact_processor(None, level, fields)
-    output = lines.output
-    output.write(orjson.dumps(fields, default=repr) + b"\n")
-    output.flush()
+    lines.output.write_line(orjson.dumps(fields, default=repr, option=orjson.OPT_APPEND_NEWLINE))
 
 
 #: structlog's context-local variables (``bind_contextvars``), by their prefixed names.

@@ -26,12 +26,22 @@ class LineBuffer:
         _buffers.add(self)
 
     def write(self, data: bytes) -> int:
+        return len(data) if self._kept(data) else self.output.write(data)
+
+    def write_line(self, data: bytes) -> None:
+        """``write`` and ``flush`` in one call."""
+        if not self._kept(data):
+            self.output.write(data)
+            self.output.flush()
+
+    def _kept(self, data: bytes) -> bool:
+        """Keep ``data`` for the end of this loop turn, if lines are batched and the caller is the loop's thread."""
         if _loop is None or threading.get_ident() != _thread:
-            return self.output.write(data)
+            return False
         if not self.lines:
             _loop.call_soon(self.drain)
         self.lines.append(data)
-        return len(data)
+        return True
 
     def flush(self) -> None:
         if _loop is None or threading.get_ident() != _thread:
