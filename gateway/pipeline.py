@@ -252,6 +252,8 @@ async def _stream(
         encoder = ingress.encoder()
     elif endpoint.stream_encoder is not None and not native:  # another dialect, translated chunk by chunk
         encoder = endpoint.stream_encoder(ctx.model or "", ctx.body or {})
+    # the count is for an estimate, made only if the backend reports no usage, and for an encoder,
+    # which tells it when its chunks held none: a pass-through stream stops counting once usage is known
     tail = b""  # the stream's last bytes, sent with its end in one write
     try:  # ConnectionError here comes from a write: the client went away
         try:
@@ -259,7 +261,7 @@ async def _stream(
                 await write(encoder.start())
             while True:
                 ctx.chunks += 1
-                if counting:
+                if counting and (ctx.usage is None or encoder is not None):  # see ``counting`` above
                     if type(item) is bytes:
                         events += item.count(b"data:") - item.endswith(DONE)
                     else:
