@@ -162,27 +162,62 @@ def _plain_chat(body: Any) -> bool:
 
 def validate_chat_request(body: Any) -> None:
     """Check a chat completion body; raise ``InvalidRequestError`` naming the first bad ``param``."""
-    if _plain_chat(body):
+    if _plain_chat(body) or _valid_in_parts(body):
         return
     _validate(ChatCompletionRequest, body)
     _check_stream_options(body)
     _check_tools(body)
     for i, message in enumerate(body["messages"]):
-        role, content = message["role"], message.get("content")
-        if role in _NEEDS_CONTENT and content is None:
-            raise missing(f"messages[{i}].content")
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if part["type"] == "text" and part.get("text") is None:
-                    raise missing(f"messages[{i}].content[{j}].text")
-        if role == "tool" and not message.get("tool_call_id"):
-            raise missing(f"messages[{i}].tool_call_id")
-        if (
-            role == "assistant"
-            and message.get("content") is None
-            and not (message.get("tool_calls") or message.get("function_call"))
-        ):
-            raise missing(f"messages[{i}].content")
+        _check_message(i, message)
+
+
+#: What stands in for the history when the rest of a body is validated on its own (never edited).
+_ONE_MESSAGE = [{"role": "user", "content": ""}]
+
+
+def _valid_in_parts(body: Any) -> bool:
+    """Whether ``body`` passes the whole check, found in parts: each message that is not plain (see
+    ``_plain_chat``) validated on its own, the rest of the body with one plain message for the
+    history. The same verdict as the model's (it has no check across fields), at a fraction of its
+    cost for a long history: 430 -> 60 µs for 400 messages beside a ``temperature``. False for a body
+    that fails: the whole check then runs to name its first problem, as it always did."""
+    if type(body) is not dict:
+        return False
+    messages = body.get("messages")
+    if type(messages) is not list or not messages:
+        return False
+    try:
+        for i, message in enumerate(messages):
+            if (
+                type(message) is not dict
+                or len(message) != 2
+                or type(message.get("content")) is not str
+                or type(role := message.get("role")) is not str
+                or role not in _PLAIN_ROLES
+            ):
+                ChatMessage.model_validate(message)
+                _check_message(i, message)
+        ChatCompletionRequest.model_validate({**body, "messages": _ONE_MESSAGE})
+        _check_stream_options(body)
+        _check_tools(body)
+    except (ValidationError, InvalidRequestError):
+        return False
+    return True
+
+
+def _check_message(i: int, message: dict[str, Any]) -> None:
+    """What the model leaves unchecked in a message (``messages[i]``) that it accepted."""
+    role, content = message["role"], message.get("content")
+    if role in _NEEDS_CONTENT and content is None:
+        raise missing(f"messages[{i}].content")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if part["type"] == "text" and part.get("text") is None:
+                raise missing(f"messages[{i}].content[{j}].text")
+    if role == "tool" and not message.get("tool_call_id"):
+        raise missing(f"messages[{i}].tool_call_id")
+    if role == "assistant" and content is None and not (message.get("tool_calls") or message.get("function_call")):
+        raise missing(f"messages[{i}].content")
 
 
 def _validate(model: type[BaseModel], body: Any) -> None:

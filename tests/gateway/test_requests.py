@@ -1,5 +1,5 @@
-"""gateway/formats/requests.py: the plain-Python check of the commonest chat body accepts only what
-the full validation accepts."""
+"""gateway/formats/requests.py: the plain-Python check of the commonest chat body, and the check in
+parts (messages one by one, the rest with one message), accept exactly what the full validation accepts."""
 
 from __future__ import annotations
 
@@ -26,9 +26,24 @@ MESSAGES: list[Any] = [
     [{"role": "user"}],
     [{"role": "user", "content": "Hi", "name": "ann"}],
     [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+    [{"role": "user", "content": [{"type": "text"}]}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}],
+    [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "42", "tool_call_id": "c"}],
+    [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "42", "tool_call_id": ""}],
     ["Hi"],
     [],
     "Hi",
+]
+
+
+EXTRAS: list[dict[str, Any]] = [
+    {},
+    {"temperature": 5},
+    {"temperature": 0.5, "max_tokens": 10},
+    {"stream_options": {"include_usage": True}},
+    {"tools": [{"type": "function"}]},
+    {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"},
 ]
 
 
@@ -37,26 +52,30 @@ def full_check(body: dict[str, Any]) -> bool:
     try:
         requests._validate(requests.ChatCompletionRequest, body)
         body_copy = dict(body)
-        original, requests._plain_chat = requests._plain_chat, lambda body: False
+        plain, parts = requests._plain_chat, requests._valid_in_parts
+        requests._plain_chat = requests._valid_in_parts = lambda body: False
         try:
             validate_chat_request(body_copy)
         finally:
-            requests._plain_chat = original
+            requests._plain_chat, requests._valid_in_parts = plain, parts
     except InvalidRequestError:
         return False
     return True
 
 
 @pytest.mark.parametrize(("model", "stream"), list(itertools.product(MODELS, STREAMS)))
-def test_the_plain_path_accepts_only_what_the_full_validation_accepts(model: Any, stream: Any) -> None:
+def test_the_quick_paths_accept_exactly_what_the_full_validation_accepts(model: Any, stream: Any) -> None:
     for messages in MESSAGES:
         body = {"model": model, "messages": messages, "stream": stream}
-        for extra in ({}, {"temperature": 5}, {"stream_options": {"include_usage": True}}):
+        for extra in EXTRAS:
             candidate = {**body, **extra}
+            valid = full_check(candidate)
             if requests._plain_chat(candidate):
-                assert full_check(candidate), candidate
+                assert valid, candidate
+            assert requests._valid_in_parts(candidate) == valid, candidate
+            if valid:
                 validate_chat_request(candidate)
-            elif not full_check(candidate):
+            else:
                 with pytest.raises(InvalidRequestError):
                     validate_chat_request(candidate)
 
