@@ -246,6 +246,8 @@ async def _stream(
         watchdog.writing = None
 
     backend = ctx.backend
+    # the count is for an estimate, made only if the backend reports no usage, and for an encoder,
+    # which tells it when its chunks held none: a pass-through stream stops counting once usage is known
     counting = backend is not None and not backend.reports_usage
     events = chars = 0
     encoder = None
@@ -253,8 +255,6 @@ async def _stream(
         encoder = ingress.encoder()
     elif endpoint.stream_encoder is not None and not native:  # another dialect, translated chunk by chunk
         encoder = endpoint.stream_encoder(ctx.model or "", ctx.body or {})
-    # the count is for an estimate, made only if the backend reports no usage, and for an encoder,
-    # which tells it when its chunks held none: a pass-through stream stops counting once usage is known
     tail = b""  # the stream's last bytes, sent with its end in one write
     try:  # ConnectionError here comes from a write: the client went away
         try:

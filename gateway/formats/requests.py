@@ -151,13 +151,15 @@ def _plain_chat(body: Any) -> bool:
         return False
     if type(messages) is not list or not messages:
         return False
-    for message in messages:
-        if type(message) is not dict or len(message) != 2 or type(message.get("content")) is not str:
-            return False
-        role = message.get("role")
-        if type(role) is not str or role not in _PLAIN_ROLES:
-            return False
-    return True
+    return all(map(_plain_message, messages))
+
+
+def _plain_message(message: Any) -> bool:
+    """``{"role", "content"}`` with a plain role and text: a message no check below can refuse."""
+    if type(message) is not dict or len(message) != 2 or type(message.get("content")) is not str:
+        return False
+    role = message.get("role")
+    return type(role) is str and role in _PLAIN_ROLES
 
 
 def validate_chat_request(body: Any) -> None:
@@ -179,7 +181,7 @@ def _valid_in_parts(body: Any) -> bool:
     """Whether ``body`` passes the whole check, found in parts: each message that is not plain (see
     ``_plain_chat``) validated on its own, the rest of the body with one plain message for the
     history. The same verdict as the model's (it has no check across fields), at a fraction of its
-    cost for a long history: 430 -> 60 µs for 400 messages beside a ``temperature``. False for a body
+    cost for a long history: 430 -> 64 µs for 400 messages beside a ``temperature``. False for a body
     that fails: the whole check then runs to name its first problem, as it always did."""
     if type(body) is not dict:
         return False
@@ -188,13 +190,7 @@ def _valid_in_parts(body: Any) -> bool:
         return False
     try:
         for i, message in enumerate(messages):
-            if (
-                type(message) is not dict
-                or len(message) != 2
-                or type(message.get("content")) is not str
-                or type(role := message.get("role")) is not str
-                or role not in _PLAIN_ROLES
-            ):
+            if not _plain_message(message):
                 ChatMessage.model_validate(message)
                 _check_message(i, message)
         ChatCompletionRequest.model_validate({**body, "messages": _ONE_MESSAGE})

@@ -43,6 +43,7 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_ERROR_MESSAGE = 1000
 #: Response headers of an upstream worth passing on to the client.
 FORWARDED_HEADER_PREFIXES = ("x-ratelimit-", "x-request-id")
+_X = ("x-", "X-")  # how their names start, in either case: the others are not lowered
 #: Seconds a model listing may take at most (the backend's ``timeout`` bounds it too), and seconds
 #: before a failed listing, or a refresh for a name the list lacks, may ask the upstream again.
 MODELS_TIMEOUT = 10.0
@@ -302,9 +303,6 @@ def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The upstream's ``x-ratelimit-*`` headers and ``x-request-id``, for the client's response (the
     core keeps a request id the client sent itself; the gateway's own is ``x-gateway-request-id``)."""
     return {k: v for k, v in headers.items() if k[:2] in _X and k.lower().startswith(FORWARDED_HEADER_PREFIXES)}
-
-
-_X = ("x-", "X-")
 
 
 async def read_body(response: aiohttp.ClientResponse, backend: str, limit: int) -> bytes:
